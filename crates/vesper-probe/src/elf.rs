@@ -1,0 +1,253 @@
+//! Writes a relocatable BPF ELF object (the format clang emits and loaders read).
+//!
+//! Layout: one executable section per program (named for its attach point, e.g.
+//! `tracepoint/signal/signal_generate`) with a `.rel` section for its map references,
+//! a legacy `maps` section of `struct bpf_map_def` (5 × u32), `license`, `.symtab`
+//! and one string table. The legacy map form loads with no BTF at all.
+
+use crate::insn::{Insn, MapRef};
+
+const EM_BPF: u16 = 247;
+const SHT_PROGBITS: u32 = 1;
+const SHT_SYMTAB: u32 = 2;
+const SHT_STRTAB: u32 = 3;
+const SHT_REL: u32 = 9;
+const SHF_WRITE: u64 = 1;
+const SHF_ALLOC: u64 = 2;
+const SHF_EXECINSTR: u64 = 4;
+const STB_GLOBAL: u8 = 1;
+const STT_OBJECT: u8 = 1;
+const STT_FUNC: u8 = 2;
+const R_BPF_64_64: u64 = 1;
+/// `sizeof(struct bpf_map_def)` in its legacy, 5-field form.
+pub const MAP_DEF_LEN: usize = 20;
+
+/// BPF map types used by generated probes (include/uapi/linux/bpf.h).
+pub mod map_type {
+    pub const HASH: u32 = 1;
+    pub const ARRAY: u32 = 2;
+    pub const PERCPU_ARRAY: u32 = 6;
+    pub const RINGBUF: u32 = 27;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapDef {
+    pub name: String,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramCode {
+    /// Symbol name; the agent attaches by this name.
+    pub name: String,
+    /// Section name, e.g. `tracepoint/signal/signal_generate` or `kprobe/do_exit`.
+    pub section: String,
+    pub insns: Vec<Insn>,
+    pub map_refs: Vec<MapRef>,
+}
+
+/// Why an object could not be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElfError {
+    #[error("program {program} refers to map {map}, which the object does not define")]
+    UnknownMap { program: String, map: String },
+}
+
+#[derive(Default)]
+struct Strtab {
+    data: Vec<u8>,
+}
+
+impl Strtab {
+    fn add(&mut self, s: &str) -> u32 {
+        if s.is_empty() {
+            return 0;
+        }
+        let off = self.data.len() as u32;
+        self.data.extend_from_slice(s.as_bytes());
+        self.data.push(0);
+        off
+    }
+}
+
+struct Shdr {
+    name: u32,
+    kind: u32,
+    flags: u64,
+    data: Vec<u8>,
+    link: u32,
+    info: u32,
+    align: u64,
+    entsize: u64,
+}
+
+/// Builds the object's bytes.
+pub fn write_object(programs: &[ProgramCode], maps: &[MapDef], license: &str) -> Result<Vec<u8>, ElfError> {
+    let mut strtab = Strtab { data: vec![0] };
+    let mut sections: Vec<Shdr> = Vec::new();
+    // Section indices: 0 null, 1 strtab, then programs (+rel), maps, license, symtab.
+    let strtab_name = strtab.add(".strtab");
+    let first_prog = 2usize;
+    let maps_idx = first_prog + programs.len() * 2;
+    let license_idx = maps_idx + 1;
+    let symtab_idx = license_idx + 1;
+
+    // Symbols: null, then programs, then maps (all global).
+    let mut symbols: Vec<[u8; 24]> = vec![[0; 24]];
+    let sym = |name: u32, kind: u8, shndx: u16, value: u64, size: u64| {
+        let mut s = [0u8; 24];
+        s[0..4].copy_from_slice(&name.to_le_bytes());
+        s[4] = (STB_GLOBAL << 4) | kind;
+        s[6..8].copy_from_slice(&shndx.to_le_bytes());
+        s[8..16].copy_from_slice(&value.to_le_bytes());
+        s[16..24].copy_from_slice(&size.to_le_bytes());
+        s
+    };
+    for (i, p) in programs.iter().enumerate() {
+        let n = strtab.add(&p.name);
+        let size = (p.insns.len() * 8) as u64;
+        symbols.push(sym(n, STT_FUNC, (first_prog + 2 * i) as u16, 0, size));
+    }
+    let map_sym_base = symbols.len();
+    for (i, m) in maps.iter().enumerate() {
+        let n = strtab.add(&m.name);
+        symbols.push(sym(n, STT_OBJECT, maps_idx as u16, (i * MAP_DEF_LEN) as u64, MAP_DEF_LEN as u64));
+    }
+
+    for p in programs {
+        let name = strtab.add(&p.section);
+        sections.push(Shdr {
+            name,
+            kind: SHT_PROGBITS,
+            flags: SHF_ALLOC | SHF_EXECINSTR,
+            data: crate::insn::to_bytes(&p.insns),
+            link: 0,
+            info: 0,
+            align: 8,
+            entsize: 0,
+        });
+        let mut rel = Vec::new();
+        for r in &p.map_refs {
+            let idx = maps.iter().position(|m| m.name == r.map).ok_or_else(|| ElfError::UnknownMap {
+                program: p.name.clone(),
+                map: r.map.clone(),
+            })?;
+            let sym_idx = (map_sym_base + idx) as u64;
+            rel.extend_from_slice(&((r.insn * 8) as u64).to_le_bytes());
+            rel.extend_from_slice(&((sym_idx << 32) | R_BPF_64_64).to_le_bytes());
+        }
+        let rel_name = strtab.add(&format!(".rel{}", p.section));
+        let target = (first_prog + sections.len() - 1) as u32;
+        sections.push(Shdr {
+            name: rel_name,
+            kind: SHT_REL,
+            flags: 0,
+            data: rel,
+            link: symtab_idx as u32,
+            info: target,
+            align: 8,
+            entsize: 16,
+        });
+    }
+    let mut map_data = Vec::new();
+    for m in maps {
+        for v in [m.map_type, m.key_size, m.value_size, m.max_entries, m.flags] {
+            map_data.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    sections.push(Shdr {
+        name: strtab.add("maps"),
+        kind: SHT_PROGBITS,
+        flags: SHF_ALLOC | SHF_WRITE,
+        data: map_data,
+        link: 0,
+        info: 0,
+        align: 4,
+        entsize: 0,
+    });
+    let mut lic = license.as_bytes().to_vec();
+    lic.push(0);
+    sections.push(Shdr {
+        name: strtab.add("license"),
+        kind: SHT_PROGBITS,
+        flags: SHF_ALLOC | SHF_WRITE,
+        data: lic,
+        link: 0,
+        info: 0,
+        align: 1,
+        entsize: 0,
+    });
+    let symtab_name = strtab.add(".symtab");
+    sections.push(Shdr {
+        name: symtab_name,
+        kind: SHT_SYMTAB,
+        flags: 0,
+        data: symbols.concat(),
+        link: 1,
+        info: 1, // index of the first global symbol
+        align: 8,
+        entsize: 24,
+    });
+    sections.insert(
+        0,
+        Shdr {
+            name: strtab_name,
+            kind: SHT_STRTAB,
+            flags: 0,
+            data: strtab.data,
+            link: 0,
+            info: 0,
+            align: 1,
+            entsize: 0,
+        },
+    );
+
+    // File: ELF header, section data, section header table.
+    let mut out = vec![0u8; 64];
+    let mut offsets = Vec::with_capacity(sections.len());
+    for s in &sections {
+        while out.len() % s.align.max(1) as usize != 0 {
+            out.push(0);
+        }
+        offsets.push(out.len() as u64);
+        out.extend_from_slice(&s.data);
+    }
+    while out.len() % 8 != 0 {
+        out.push(0);
+    }
+    let shoff = out.len() as u64;
+    out.extend_from_slice(&[0u8; 64]); // null section header
+    for (s, off) in sections.iter().zip(&offsets) {
+        let mut h = Vec::with_capacity(64);
+        h.extend_from_slice(&s.name.to_le_bytes());
+        h.extend_from_slice(&s.kind.to_le_bytes());
+        h.extend_from_slice(&s.flags.to_le_bytes());
+        h.extend_from_slice(&0u64.to_le_bytes()); // addr
+        h.extend_from_slice(&off.to_le_bytes());
+        h.extend_from_slice(&(s.data.len() as u64).to_le_bytes());
+        h.extend_from_slice(&s.link.to_le_bytes());
+        h.extend_from_slice(&s.info.to_le_bytes());
+        h.extend_from_slice(&s.align.to_le_bytes());
+        h.extend_from_slice(&s.entsize.to_le_bytes());
+        out.extend_from_slice(&h);
+    }
+    let shnum = (sections.len() + 1) as u16;
+    let hdr = &mut out[..64];
+    hdr[0..4].copy_from_slice(b"\x7fELF");
+    hdr[4] = 2; // 64-bit
+    hdr[5] = 1; // little endian
+    hdr[6] = 1; // ELF version
+    hdr[16..18].copy_from_slice(&1u16.to_le_bytes()); // ET_REL
+    hdr[18..20].copy_from_slice(&EM_BPF.to_le_bytes());
+    hdr[20..24].copy_from_slice(&1u32.to_le_bytes());
+    hdr[40..48].copy_from_slice(&shoff.to_le_bytes());
+    hdr[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+    hdr[58..60].copy_from_slice(&64u16.to_le_bytes()); // shentsize
+    hdr[60..62].copy_from_slice(&shnum.to_le_bytes());
+    hdr[62..64].copy_from_slice(&1u16.to_le_bytes()); // shstrndx
+    Ok(out)
+}

@@ -1,0 +1,221 @@
+//! The manifest: what the host must know about a compiled probe to load it and to
+//! decode its records. Records are always decoded with the manifest the *host*
+//! compiled, never with anything a guest says.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachKind {
+    Tracepoint,
+    Kprobe,
+    Kretprobe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attach {
+    pub program: String,
+    pub kind: AttachKind,
+    /// "category:name" for tracepoints, a function name for kprobes.
+    pub target: String,
+}
+
+/// How a record field is stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum FieldKind {
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    /// NUL-padded string of at most `len` bytes.
+    Str { len: u32 },
+    /// An i32 signal number; shown as the number and, in `<name>_name`, its name.
+    Signal,
+}
+
+impl FieldKind {
+    pub fn size(self) -> u32 {
+        match self {
+            FieldKind::U8 | FieldKind::I8 => 1,
+            FieldKind::U16 | FieldKind::I16 => 2,
+            FieldKind::U32 | FieldKind::I32 | FieldKind::Signal => 4,
+            FieldKind::U64 | FieldKind::I64 => 8,
+            FieldKind::Str { len } => len,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldSpec {
+    pub name: String,
+    pub offset: u32,
+    #[serde(flatten)]
+    pub kind: FieldKind,
+}
+
+/// The layout of one record as the BPF program writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schema {
+    pub size: u32,
+    pub fields: Vec<FieldSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    /// Kernel release the object was compiled against, if known.
+    pub kernel_release: Option<String>,
+    pub attach: Vec<Attach>,
+    pub ring_map: String,
+    pub drops_map: String,
+    pub record: Schema,
+}
+
+/// A decoded field value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Int(i64),
+    UInt(u64),
+    Str(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::UInt(v) => write!(f, "{v}"),
+            Value::Str(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record of {got} bytes is shorter than the schema's {want}")]
+    TooShort { got: usize, want: u32 },
+    #[error("field {field} at {offset}+{size} lies outside the {len}-byte record")]
+    FieldOutOfBounds { field: String, offset: u32, size: u32, len: usize },
+}
+
+impl Schema {
+    /// Decodes one record. Never panics, whatever the bytes: a record shorter than
+    /// the schema, or a schema field past the end, is an error.
+    pub fn decode(&self, rec: &[u8]) -> Result<Vec<(String, Value)>, RecordError> {
+        if rec.len() < self.size as usize {
+            return Err(RecordError::TooShort { got: rec.len(), want: self.size });
+        }
+        let mut out = Vec::with_capacity(self.fields.len() + 1);
+        for f in &self.fields {
+            let size = f.kind.size();
+            let start = f.offset as usize;
+            let bytes = start
+                .checked_add(size as usize)
+                .and_then(|end| rec.get(start..end))
+                .ok_or_else(|| RecordError::FieldOutOfBounds {
+                    field: f.name.clone(),
+                    offset: f.offset,
+                    size,
+                    len: rec.len(),
+                })?;
+            let le = |n: usize| {
+                let mut b = [0u8; 8];
+                b[..n].copy_from_slice(&bytes[..n]);
+                u64::from_le_bytes(b)
+            };
+            let value = match f.kind {
+                FieldKind::U8 | FieldKind::U16 | FieldKind::U32 | FieldKind::U64 => Value::UInt(le(size as usize)),
+                FieldKind::I8 => Value::Int(le(1) as u8 as i8 as i64),
+                FieldKind::I16 => Value::Int(le(2) as u16 as i16 as i64),
+                FieldKind::I32 => Value::Int(le(4) as u32 as i32 as i64),
+                FieldKind::I64 => Value::Int(le(8) as i64),
+                FieldKind::Str { .. } => Value::Str(c_string(bytes)),
+                FieldKind::Signal => {
+                    let sig = le(4) as u32 as i32;
+                    out.push((f.name.clone(), Value::Int(sig.into())));
+                    out.push((format!("{}_name", f.name), Value::Str(signal_name(sig))));
+                    continue;
+                }
+            };
+            out.push((f.name.clone(), value));
+        }
+        Ok(out)
+    }
+}
+
+/// Bytes up to the first NUL, as text (invalid UTF-8 replaced, never trusted).
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// The conventional name of a Linux signal number.
+pub fn signal_name(sig: i32) -> String {
+    const NAMES: [&str; 32] = [
+        "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
+        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT",
+        "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF",
+        "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ];
+    match sig {
+        0..=31 => NAMES[sig as usize].to_string(),
+        34..=64 => format!("SIGRTMIN+{}", sig - 34),
+        _ => format!("SIG{sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema {
+            size: 24,
+            fields: vec![
+                FieldSpec { name: "ts_ns".into(), offset: 0, kind: FieldKind::U64 },
+                FieldSpec { name: "sig".into(), offset: 8, kind: FieldKind::Signal },
+                FieldSpec { name: "comm".into(), offset: 12, kind: FieldKind::Str { len: 8 } },
+                FieldSpec { name: "neg".into(), offset: 20, kind: FieldKind::I32 },
+            ],
+        }
+    }
+
+    #[test]
+    fn decodes_fields_and_signal_names() {
+        let mut rec = vec![0u8; 24];
+        rec[0..8].copy_from_slice(&7u64.to_le_bytes());
+        rec[8..12].copy_from_slice(&15i32.to_le_bytes());
+        rec[12..16].copy_from_slice(b"pkil");
+        rec[20..24].copy_from_slice(&(-3i32).to_le_bytes());
+        let d = schema().decode(&rec).unwrap();
+        assert_eq!(d[0], ("ts_ns".into(), Value::UInt(7)));
+        assert_eq!(d[1], ("sig".into(), Value::Int(15)));
+        assert_eq!(d[2], ("sig_name".into(), Value::Str("SIGTERM".into())));
+        assert_eq!(d[3], ("comm".into(), Value::Str("pkil".into())));
+        assert_eq!(d[4], ("neg".into(), Value::Int(-3)));
+    }
+
+    #[test]
+    fn short_record_is_rejected() {
+        assert_eq!(schema().decode(&[0; 5]), Err(RecordError::TooShort { got: 5, want: 24 }));
+    }
+
+    #[test]
+    fn lying_schema_cannot_read_past_the_record() {
+        let mut s = schema();
+        s.fields.push(FieldSpec { name: "far".into(), offset: u32::MAX, kind: FieldKind::U64 });
+        assert!(matches!(s.decode(&[0; 24]), Err(RecordError::FieldOutOfBounds { .. })));
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(9), "SIGKILL");
+        assert_eq!(signal_name(34), "SIGRTMIN+0");
+        assert_eq!(signal_name(-1), "SIG-1");
+    }
+}
