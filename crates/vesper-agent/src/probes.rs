@@ -1,0 +1,155 @@
+//! Loaded probes: BPF objects, their attachments, ring buffers and drop counters.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use aya::maps::{Array, MapData, RingBuf};
+use aya::programs::{KProbe, TracePoint};
+use aya::Ebpf;
+use vesper_proto::{AttachKind, LoadProbe, ProbeStat};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe id {0} is already loaded")]
+    Duplicate(u32),
+    #[error("loading the object of probe {probe}: {source}")]
+    Object { probe: String, source: aya::EbpfError },
+    #[error("probe {probe}: the object has no program {program}")]
+    NoProgram { probe: String, program: String },
+    #[error("probe {probe}: program {program} cannot be used as a {kind:?}: {source}")]
+    WrongKind { probe: String, program: String, kind: AttachKind, source: aya::programs::ProgramError },
+    #[error("probe {probe}: loading program {program} into the kernel: {source}")]
+    Verify { probe: String, program: String, source: aya::programs::ProgramError },
+    #[error("probe {probe}: attaching {program} to {target}: {source}")]
+    Attach { probe: String, program: String, target: String, source: aya::programs::ProgramError },
+    #[error("probe {probe}: bad attach target {target:?} (expected category:name)")]
+    BadTarget { probe: String, target: String },
+    #[error("probe {probe}: map {map}: {reason}")]
+    Map { probe: String, map: String, reason: String },
+}
+
+/// One probe, live in the kernel. Dropping it detaches and unloads everything.
+pub struct LoadedProbe {
+    pub name: String,
+    ring: RingBuf<MapData>,
+    drops: Array<MapData, u64>,
+    /// Next record sequence number.
+    pub next_seq: u64,
+    pub agent_drops: u64,
+    // Holds the programs and links; must outlive nothing else here.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for LoadedProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedProbe").field("name", &self.name).field("next_seq", &self.next_seq).finish()
+    }
+}
+
+impl LoadedProbe {
+    pub fn load(req: &LoadProbe) -> Result<Self, ProbeError> {
+        let probe = req.name.clone();
+        let mut ebpf = Ebpf::load(&req.object).map_err(|source| ProbeError::Object { probe: probe.clone(), source })?;
+        let mut loaded: Vec<&str> = Vec::new();
+        for a in &req.attach {
+            let prog = ebpf
+                .program_mut(&a.program)
+                .ok_or_else(|| ProbeError::NoProgram { probe: probe.clone(), program: a.program.clone() })?;
+            let first = !loaded.contains(&a.program.as_str());
+            let wrong = |source| ProbeError::WrongKind { probe: probe.clone(), program: a.program.clone(), kind: a.kind, source };
+            let verify = |source| ProbeError::Verify { probe: probe.clone(), program: a.program.clone(), source };
+            let attach = |source| ProbeError::Attach {
+                probe: probe.clone(),
+                program: a.program.clone(),
+                target: a.target.clone(),
+                source,
+            };
+            match a.kind {
+                AttachKind::Tracepoint => {
+                    let (cat, name) = a
+                        .target
+                        .split_once(':')
+                        .ok_or_else(|| ProbeError::BadTarget { probe: probe.clone(), target: a.target.clone() })?;
+                    let tp: &mut TracePoint = prog.try_into().map_err(wrong)?;
+                    if first {
+                        tp.load().map_err(verify)?;
+                    }
+                    tp.attach(cat, name).map_err(attach)?;
+                }
+                AttachKind::Kprobe | AttachKind::Kretprobe => {
+                    let kp: &mut KProbe = prog.try_into().map_err(wrong)?;
+                    if first {
+                        kp.load().map_err(verify)?;
+                    }
+                    kp.attach(&a.target, 0).map_err(attach)?;
+                }
+            }
+            loaded.push(&a.program);
+        }
+        let map_err = |map: &str, reason: String| ProbeError::Map { probe: probe.clone(), map: map.into(), reason };
+        let ring = ebpf.take_map(&req.ring_map).ok_or_else(|| map_err(&req.ring_map, "not in the object".into()))?;
+        let ring = RingBuf::try_from(ring).map_err(|e| map_err(&req.ring_map, e.to_string()))?;
+        let drops = ebpf.take_map(&req.drops_map).ok_or_else(|| map_err(&req.drops_map, "not in the object".into()))?;
+        let drops = Array::try_from(drops).map_err(|e| map_err(&req.drops_map, e.to_string()))?;
+        Ok(Self { name: probe, ring, drops, next_seq: 0, agent_drops: 0, _ebpf: ebpf })
+    }
+
+    pub fn ring_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+
+    /// Reservations the BPF program could not make (ring full), since load.
+    pub fn kernel_drops(&self) -> u64 {
+        self.drops.get(&0, 0).unwrap_or(0)
+    }
+
+    /// Moves up to `max_bytes` of records out of the ring buffer into `out`.
+    /// Returns the number of records taken.
+    pub fn drain(&mut self, out: &mut Vec<Vec<u8>>, max_bytes: usize) -> usize {
+        let mut bytes = 0;
+        let mut n = 0;
+        while bytes < max_bytes {
+            let Some(item) = self.ring.next() else { break };
+            bytes += item.len() + 2;
+            out.push(item.to_vec());
+            n += 1;
+        }
+        n
+    }
+}
+
+/// All probes of the current session, by the host's probe id.
+#[derive(Debug, Default)]
+pub struct ProbeSet {
+    pub probes: BTreeMap<u32, LoadedProbe>,
+}
+
+impl ProbeSet {
+    pub fn load(&mut self, req: &LoadProbe) -> Result<u64, ProbeError> {
+        if self.probes.contains_key(&req.probe_id) {
+            return Err(ProbeError::Duplicate(req.probe_id));
+        }
+        let t = Instant::now();
+        let p = LoadedProbe::load(req)?;
+        self.probes.insert(req.probe_id, p);
+        Ok(t.elapsed().as_micros() as u64)
+    }
+
+    pub fn unload(&mut self, id: u32) -> bool {
+        self.probes.remove(&id).is_some()
+    }
+
+    pub fn stats(&self) -> Vec<ProbeStat> {
+        self.probes
+            .iter()
+            .map(|(&probe_id, p)| ProbeStat {
+                probe_id,
+                name: p.name.clone(),
+                records: p.next_seq,
+                kernel_drops: p.kernel_drops(),
+                agent_drops: p.agent_drops,
+            })
+            .collect()
+    }
+}
