@@ -1,1 +1,50 @@
-fn main() {}
+//! vesperd: the Vesper host daemon.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Probes guest kernels from the host: sessions to guest agents, record store, control API.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = vesperd::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Log filter (tracing's EnvFilter syntax), e.g. info or vesperd=debug.
+    #[arg(long, env = "VESPER_LOG", default_value = "info")]
+    log: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Err(e) = run(args).await {
+        eprintln!("vesperd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = vesperd::config::Config::load(&args.config)?;
+    std::fs::create_dir_all(&cfg.daemon.state_dir)
+        .with_context(|| format!("creating state_dir {}", cfg.daemon.state_dir.display()))?;
+    let listener = vesperd::control::bind(&cfg.daemon.socket).await?;
+    let vms = vesperd::start_sessions(&cfg);
+    tracing::info!(socket = %cfg.daemon.socket.display(), vms = vms.len(), "vesperd started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = vesperd::control::serve(listener, vms) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = std::fs::remove_file(&cfg.daemon.socket);
+    tracing::info!("vesperd stopped");
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! The host side of the channel to a guest agent, behind a trait so sessions can be
+//! driven by an in-memory stream and a fake guest in tests.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A connected byte stream to one agent.
+pub trait AgentStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> AgentStream for T {}
+
+pub type BoxStream = Box<dyn AgentStream>;
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> + Send + 'a>>;
+
+/// Opens a new stream to the agent each time it is asked.
+pub trait Connector: Send + Sync {
+    fn connect(&self) -> ConnectFuture<'_>;
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelSpec {
+    /// A unix socket served by QEMU/libvirt (chardev socket, server=on) or by an agent
+    /// started with `--channel unix-listen:PATH`.
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for ChannelSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.strip_prefix("unix:") {
+            Some(p) if !p.is_empty() => Ok(ChannelSpec::Unix(p.into())),
+            _ => Err(format!("{s:?} is not a channel; write unix:/path/to/vm.sock (the VM's virtio-serial chardev socket)")),
+        }
+    }
+}
+
+impl Connector for ChannelSpec {
+    fn connect(&self) -> ConnectFuture<'_> {
+        Box::pin(async move {
+            match self {
+                ChannelSpec::Unix(p) => {
+                    let s = tokio::net::UnixStream::connect(p).await?;
+                    Ok(Box::new(s) as BoxStream)
+                }
+            }
+        })
+    }
+    fn describe(&self) -> String {
+        match self {
+            ChannelSpec::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! vesper.toml: the daemon's configuration. Every mistake names the file, the key and
+//! what to do about it.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::channel::ChannelSpec;
+
+pub const DEFAULT_PATH: &str = "/etc/vesper/vesper.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub vm: Vec<VmConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Control API socket for the CLI (mode 0600).
+    pub socket: PathBuf,
+    /// Record files and caches.
+    pub state_dir: PathBuf,
+    /// Records kept in memory per VM.
+    pub store_max_records: usize,
+    /// Bytes of records (as JSON) kept in memory per VM.
+    pub store_max_bytes: usize,
+    /// Size at which a VM's record file is rotated (one old file is kept).
+    pub file_max_bytes: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            socket: "/run/vesper/vesper.sock".into(),
+            state_dir: "/var/lib/vesper".into(),
+            store_max_records: 100_000,
+            store_max_bytes: 64 << 20,
+            file_max_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: String,
+    /// `unix:PATH`: the QEMU/libvirt chardev socket (server) vesperd connects to.
+    pub channel: String,
+    /// Probes (re)loaded on every agent connect.
+    #[serde(default)]
+    pub probes: Vec<String>,
+    /// The Pacemaker resource this VM backs.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// An agent silent for this long is reported unresponsive.
+    #[serde(default = "default_deadtime_ms")]
+    pub deadtime_ms: u64,
+}
+
+fn default_deadtime_ms() -> u64 {
+    5000
+}
+
+impl VmConfig {
+    pub fn deadtime(&self) -> Duration {
+        Duration::from_millis(self.deadtime_ms)
+    }
+    pub fn channel_spec(&self) -> Result<ChannelSpec, String> {
+        self.channel.parse()
+    }
+}
+
+/// A configuration mistake: where it is and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {reason}")]
+    Invalid { path: PathBuf, key: String, reason: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let message = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {}", e.message())
+                }
+                None => e.message().to_string(),
+            };
+            ConfigError::Parse { path: path.into(), message }
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
+        let mut names = HashSet::new();
+        for (i, vm) in self.vm.iter().enumerate() {
+            let key = |k: &str| format!("vm[{i}].{k}");
+            if vm.name.is_empty() || !vm.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                return Err(invalid(key("name"), format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", vm.name)));
+            }
+            if !names.insert(vm.name.as_str()) {
+                return Err(invalid(key("name"), format!("VM {:?} is defined twice; give each [[vm]] its own name", vm.name)));
+            }
+            vm.channel_spec().map_err(|r| invalid(key("channel"), r))?;
+            for p in &vm.probes {
+                if !vesper_probe::builtin::is_builtin(p) {
+                    return Err(invalid(
+                        key("probes"),
+                        format!("unknown probe {p:?}; built-in probes are: {}", vesper_probe::builtin::NAMES.join(", ")),
+                    ));
+                }
+            }
+            if vm.deadtime_ms < 100 {
+                return Err(invalid(key("deadtime_ms"), "must be at least 100 (the agent heartbeats every 1000 ms)".into()));
+            }
+        }
+        if self.daemon.store_max_records == 0 {
+            return Err(invalid("daemon.store_max_records".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmConfig> {
+        self.vm.iter().find(|v| v.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("vesper.toml"), text)
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let c = parse(
+            r#"
+[daemon]
+socket = "/run/vesper/vesper.sock"
+state_dir = "/var/lib/vesper"
+[[vm]]
+name = "web1"
+channel = "unix:/run/vesper/web1.sock"
+probes = ["signal"]
+resource = "web1"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.vm[0].name, "web1");
+        assert_eq!(c.vm[0].resource.as_deref(), Some("web1"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("[daemon]\nsockett = \"x\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("vesper.toml: line 2:"), "{e}");
+        assert!(e.contains("sockett"), "{e}");
+    }
+
+    #[test]
+    fn unknown_probe_lists_the_known_ones() {
+        let e = parse("[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\nprobes = [\"sigal\"]\n").unwrap_err().to_string();
+        assert_eq!(e, "vesper.toml: key `vm[0].probes`: unknown probe \"sigal\"; built-in probes are: signal");
+    }
+
+    #[test]
+    fn duplicate_vm_and_bad_channel_are_named() {
+        let e = parse("[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\n[[vm]]\nname = \"a\"\nchannel = \"unix:/y\"\n").unwrap_err();
+        assert!(e.to_string().contains("vm[1].name"), "{e}");
+        let e = parse("[[vm]]\nname = \"a\"\nchannel = \"tcp:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("vm[0].channel"), "{e}");
+    }
+}

@@ -1,0 +1,224 @@
+//! The control API: JSON lines over a unix socket (mode 0600: only the owner may load
+//! probes into guests).
+//!
+//! Each connection sends one request line and reads response lines:
+//!
+//! | request | response |
+//! |---------|----------|
+//! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…]}` |
+//! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
+//! | `{"cmd":"load","vm":V,"probe":P}` | `{"ok":true,"result":{"state":"loaded"…}}` |
+//! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true}` |
+//! | `{"cmd":"events","vm":V,"probe":P?,"follow":bool,"last":N?}` | `{"ok":true}` then one record per line |
+//!
+//! Any failure is `{"ok":false,"error":"one line that says what and how to fix it"}`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::session::SessionCmd;
+use crate::store::RecordStore;
+
+const MAX_REQUEST: u64 = 64 * 1024;
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Probes { vm: String },
+    Load { vm: String, probe: String },
+    Unload { vm: String, probe: String },
+    Events { vm: String, probe: Option<String>, #[serde(default)] follow: bool, last: Option<usize> },
+}
+
+/// What the control API can reach of one VM.
+#[derive(Debug, Clone)]
+pub struct VmHandle {
+    pub cmds: mpsc::Sender<SessionCmd>,
+    pub store: Arc<Mutex<RecordStore>>,
+}
+
+pub type Vms = Arc<BTreeMap<String, VmHandle>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Bind { path: String, source: std::io::Error },
+    #[error("control socket {path} is in use by a running vesperd; stop it or set [daemon] socket elsewhere")]
+    InUse { path: String },
+}
+
+/// Binds the control socket, owner-only.
+pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ControlError::Bind { path: path.display().to_string(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(ControlError::InUse { path: path.display().to_string() });
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}
+
+pub async fn serve(listener: UnixListener, vms: Vms) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let vms = vms.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, vms).await {
+                        tracing::debug!(error = %e, "control connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn unknown_vm(vms: &Vms, vm: &str) -> String {
+    let known: Vec<&str> = vms.keys().map(String::as_str).collect();
+    if known.is_empty() {
+        format!("unknown VM {vm:?}: no VMs are configured (add a [[vm]] section to vesper.toml)")
+    } else {
+        format!("unknown VM {vm:?} (configured: {})", known.join(", "))
+    }
+}
+
+async fn ask<T>(h: &VmHandle, make: impl FnOnce(oneshot::Sender<T>) -> SessionCmd) -> Result<T, String> {
+    let (tx, rx) = oneshot::channel();
+    h.cmds.send(make(tx)).await.map_err(|_| "the VM's session has stopped".to_string())?;
+    match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(_)) => Err("the VM's session dropped the request".into()),
+        Err(_) => Err(format!("no answer from the VM's session within {} s", REPLY_TIMEOUT.as_secs())),
+    }
+}
+
+async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(rd.take(MAX_REQUEST)).read_line(&mut line).await?;
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => return reply(&mut wr, Err(format!("bad request: {e}"))).await,
+    };
+    let handle_of = |vm: &str| vms.get(vm).cloned().ok_or_else(|| unknown_vm(&vms, vm));
+    let result = match req {
+        Request::Status => {
+            let mut all = Vec::new();
+            for h in vms.values() {
+                match ask(h, |reply| SessionCmd::Status { reply }).await {
+                    Ok(s) => all.push(s),
+                    Err(e) => return reply(&mut wr, Err(e)).await,
+                }
+            }
+            Ok(json!({ "vms": all }))
+        }
+        Request::Probes { vm } => match handle_of(&vm) {
+            Ok(h) => ask(&h, |reply| SessionCmd::Status { reply }).await.map(|s| json!({ "vm": s })),
+            Err(e) => Err(e),
+        },
+        Request::Load { vm, probe } => match handle_of(&vm) {
+            Ok(h) => match ask(&h, |reply| SessionCmd::Load { probe, reply }).await {
+                Ok(Ok(outcome)) => Ok(json!({ "result": outcome })),
+                Ok(Err(e)) | Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        Request::Unload { vm, probe } => match handle_of(&vm) {
+            Ok(h) => match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
+                Ok(Ok(())) => Ok(json!({})),
+                Ok(Err(e)) | Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        Request::Events { vm, probe, follow, last } => {
+            return match handle_of(&vm) {
+                Ok(h) => events(&mut wr, &h, probe, follow, last).await,
+                Err(e) => reply(&mut wr, Err(e)).await,
+            };
+        }
+    };
+    reply(&mut wr, result).await
+}
+
+async fn reply(wr: &mut tokio::net::unix::OwnedWriteHalf, r: Result<serde_json::Value, String>) -> std::io::Result<()> {
+    let v = match r {
+        Ok(mut v) => {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("ok".into(), true.into());
+            }
+            v
+        }
+        Err(e) => json!({ "ok": false, "error": e }),
+    };
+    let mut s = v.to_string();
+    s.push('\n');
+    wr.write_all(s.as_bytes()).await
+}
+
+async fn events(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    h: &VmHandle,
+    probe: Option<String>,
+    follow: bool,
+    last: Option<usize>,
+) -> std::io::Result<()> {
+    // Snapshot and subscribe under one lock: nothing is missed or repeated in between.
+    let (backlog, mut rx) = {
+        let store = match h.store.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        (store.tail(probe.as_deref(), last), follow.then(|| store.subscribe()))
+    };
+    reply(wr, Ok(json!({}))).await?;
+    let mut out = Vec::with_capacity(64 * 1024);
+    for r in backlog {
+        out.extend_from_slice(r.json.as_bytes());
+        out.push(b'\n');
+        if out.len() > 60 * 1024 {
+            wr.write_all(&out).await?;
+            out.clear();
+        }
+    }
+    wr.write_all(&out).await?;
+    let Some(rx) = rx.as_mut() else { return Ok(()) };
+    loop {
+        match rx.recv().await {
+            Ok(r) => {
+                if probe.as_deref().is_some_and(|p| p != &*r.probe) {
+                    continue;
+                }
+                let mut line = r.json.to_string();
+                line.push('\n');
+                wr.write_all(line.as_bytes()).await?;
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let line = format!("{}\n", json!({ "lagged": n, "note": "this follower fell behind; records are in the store and its file" }));
+                wr.write_all(line.as_bytes()).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
+}

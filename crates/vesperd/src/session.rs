@@ -1,0 +1,673 @@
+//! The per-VM session: one task per VM, one readable state machine.
+//!
+//! ```text
+//!            connect ok               Hello                 frame arrives
+//! Disconnected ───────▶ Handshake ─────────▶ Ready ◀──────────────────────┐
+//!      ▲                    │                  │ nothing heard for deadtime │
+//!      │  EOF, I/O error,   │                  ▼                           │
+//!      └── bad frame, ──────┴──────────── Unresponsive ───────────────────┘
+//!          hello timeout
+//! ```
+//!
+//! - **Disconnected**: no stream. Connects with backoff (100 ms doubling to 5 s).
+//!   Commands still work: `load`/`unload` edit the desired probe set.
+//! - **Handshake**: connected, waiting (at most [`HELLO_TIMEOUT`]) for the agent's Hello.
+//! - **Ready**: Hello seen. Kernel info is fetched for the probes' events, every probe
+//!   in the desired set is compiled for *this* guest's kernel and loaded; records are
+//!   decoded with the host's manifest, accounted by sequence number and stored.
+//! - **Unresponsive**: Ready, but the agent has been silent for longer than the VM's
+//!   deadtime. Any frame brings it back to Ready.
+//!
+//! Anything malformed from the guest ends the connection with one log line and
+//! nothing else: the guest is untrusted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use vesper_probe::{builtin, parse_format, KernelInfo, Manifest};
+use vesper_proto::{encode_frame, AttachPoint, FrameDecoder, Hello, LoadProbe, Message, Records, DEFAULT_MAX_PAYLOAD};
+
+use crate::channel::{BoxStream, Connector};
+use crate::store::{RecordStore, StoredRecord};
+
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Disconnected,
+    Handshake,
+    Ready,
+    Unresponsive,
+}
+
+/// Requests from the control API to a session.
+#[derive(Debug)]
+pub enum SessionCmd {
+    Load { probe: String, reply: oneshot::Sender<Result<LoadOutcome, String>> },
+    Unload { probe: String, reply: oneshot::Sender<Result<(), String>> },
+    Status { reply: oneshot::Sender<VmStatus> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum LoadOutcome {
+    /// Loaded and attached in the guest.
+    Loaded { probe_id: u32, load_us: u64 },
+    /// The VM is not connected; the probe loads when its agent connects.
+    Pending,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentInfo {
+    pub version: String,
+    pub kernel_release: String,
+    pub boot_id: String,
+    pub capabilities: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbePhase {
+    Loading,
+    Loaded,
+}
+
+/// Host-side accounting for one loaded probe.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeStatus {
+    pub name: String,
+    pub probe_id: u32,
+    pub phase: ProbePhase,
+    /// Records received and stored.
+    pub received: u64,
+    /// Next sequence number expected from the agent.
+    pub next_seq: u64,
+    /// Records the BPF program could not write (ring buffer full), as the agent reports.
+    pub kernel_drops: u64,
+    /// Records the agent read but could not send.
+    pub agent_drops: u64,
+    /// Sequence numbers that never arrived.
+    pub transport_lost: u64,
+    /// Records with a sequence number already seen (dropped).
+    pub replayed: u64,
+    /// Records that did not match the probe's schema (dropped).
+    pub malformed: u64,
+    pub load_us: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub state: State,
+    pub channel: String,
+    pub resource: Option<String>,
+    pub agent: Option<AgentInfo>,
+    /// Milliseconds since the agent was last heard from (None: never).
+    pub last_heard_ms: Option<u64>,
+    pub connects: u64,
+    pub last_error: Option<String>,
+    pub desired_probes: Vec<String>,
+    pub probes: Vec<ProbeStatus>,
+    /// Records for probes that are not loaded (dropped).
+    pub unknown_probe_records: u64,
+    pub stored_records: usize,
+    pub stored_bytes: usize,
+    pub evicted_records: u64,
+    pub store_file_error: Option<String>,
+}
+
+struct ActiveProbe {
+    status: ProbeStatus,
+    manifest: Manifest,
+    name: Arc<str>,
+}
+
+/// Why a connection ended.
+type End = String;
+
+pub struct Session {
+    pub name: String,
+    connector: Box<dyn Connector>,
+    resource: Option<String>,
+    deadtime: Duration,
+    store: Arc<Mutex<RecordStore>>,
+    cmds: mpsc::Receiver<SessionCmd>,
+    state: State,
+    desired: Vec<String>,
+    agent: Option<AgentInfo>,
+    kernel: KernelInfo,
+    probes: BTreeMap<u32, ActiveProbe>,
+    next_probe_id: u32,
+    /// Loads waiting for kernel info.
+    waiting_kernel_info: Vec<(String, Option<oneshot::Sender<Result<LoadOutcome, String>>>)>,
+    load_replies: HashMap<u32, oneshot::Sender<Result<LoadOutcome, String>>>,
+    unload_replies: HashMap<u32, oneshot::Sender<Result<(), String>>>,
+    last_heard: Option<Instant>,
+    connects: u64,
+    last_error: Option<String>,
+    unknown_probe_records: u64,
+    out_seq: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("name", &self.name).field("state", &self.state).finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub fn new(
+        name: String,
+        connector: Box<dyn Connector>,
+        probes: Vec<String>,
+        resource: Option<String>,
+        deadtime: Duration,
+        store: Arc<Mutex<RecordStore>>,
+        cmds: mpsc::Receiver<SessionCmd>,
+    ) -> Self {
+        Self {
+            name,
+            connector,
+            resource,
+            deadtime,
+            store,
+            cmds,
+            state: State::Disconnected,
+            desired: probes,
+            agent: None,
+            kernel: KernelInfo::default(),
+            probes: BTreeMap::new(),
+            next_probe_id: 1,
+            waiting_kernel_info: Vec::new(),
+            load_replies: HashMap::new(),
+            unload_replies: HashMap::new(),
+            last_heard: None,
+            connects: 0,
+            last_error: None,
+            unknown_probe_records: 0,
+            out_seq: 0,
+        }
+    }
+
+    fn set_state(&mut self, s: State) {
+        if self.state != s {
+            tracing::info!(vm = %self.name, from = ?self.state, to = ?s, "session state");
+            self.state = s;
+        }
+    }
+
+    /// Runs forever (until the command channel closes).
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            self.set_state(State::Disconnected);
+            let connected = tokio::select! {
+                r = self.connector.connect() => r,
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => { self.command_offline(cmd); continue; }
+                    None => return,
+                },
+            };
+            match connected {
+                Ok(stream) => {
+                    backoff = BACKOFF_MIN;
+                    self.connects += 1;
+                    let end = self.serve(stream).await;
+                    tracing::warn!(vm = %self.name, reason = %end, "session down");
+                    self.last_error = Some(end);
+                    self.reset_connection();
+                    if self.cmds.is_closed() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("connecting to {}: {e}", self.connector.describe());
+                    if self.last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(vm = %self.name, error = %msg, "cannot reach the agent; retrying");
+                    }
+                    self.last_error = Some(msg);
+                }
+            }
+            // Back off, still answering commands.
+            let until = tokio::time::Instant::now() + backoff;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    cmd = self.cmds.recv() => match cmd {
+                        Some(cmd) => self.command_offline(cmd),
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    fn reset_connection(&mut self) {
+        for (_, reply) in self.waiting_kernel_info.drain(..) {
+            if let Some(r) = reply {
+                let _ = r.send(Ok(LoadOutcome::Pending));
+            }
+        }
+        for (_, r) in self.load_replies.drain() {
+            let _ = r.send(Ok(LoadOutcome::Pending));
+        }
+        for (_, r) in self.unload_replies.drain() {
+            let _ = r.send(Ok(()));
+        }
+        self.probes.clear();
+        self.agent = None;
+        self.kernel = KernelInfo::default();
+    }
+
+    fn command_offline(&mut self, cmd: SessionCmd) {
+        match cmd {
+            SessionCmd::Load { probe, reply } => {
+                if let Err(e) = builtin::events(&probe) {
+                    let _ = reply.send(Err(e.to_string()));
+                    return;
+                }
+                if !self.desired.contains(&probe) {
+                    self.desired.push(probe);
+                }
+                let _ = reply.send(Ok(LoadOutcome::Pending));
+            }
+            SessionCmd::Unload { probe, reply } => {
+                let r = if self.desired.contains(&probe) {
+                    self.desired.retain(|p| p != &probe);
+                    Ok(())
+                } else {
+                    Err(format!("probe {probe:?} is not loaded in {}", self.name))
+                };
+                let _ = reply.send(r);
+            }
+            SessionCmd::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    async fn serve(&mut self, stream: BoxStream) -> End {
+        let (rd, mut wr) = tokio::io::split(stream);
+        let (ftx, mut frx) = mpsc::channel(64);
+        let reader = tokio::spawn(read_frames(rd, ftx));
+        self.out_seq = 0;
+        self.set_state(State::Handshake);
+        let connected_at = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let end = loop {
+            let step = tokio::select! {
+                m = frx.recv() => match m {
+                    Some(Ok(msg)) => self.on_message(msg, &mut wr).await,
+                    Some(Err(e)) => Err(e),
+                    None => Err("agent closed the channel".to_string()),
+                },
+                cmd = self.cmds.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd, &mut wr).await,
+                    None => Err("daemon shutting down".to_string()),
+                },
+                _ = tick.tick() => self.on_tick(connected_at),
+            };
+            if let Err(e) = step {
+                break e;
+            }
+        };
+        reader.abort();
+        end
+    }
+
+    fn on_tick(&mut self, connected_at: Instant) -> Result<(), End> {
+        match self.state {
+            State::Handshake if connected_at.elapsed() > HELLO_TIMEOUT => {
+                Err(format!("no Hello from the agent within {} s", HELLO_TIMEOUT.as_secs()))
+            }
+            State::Ready if self.last_heard.is_some_and(|t| t.elapsed() > self.deadtime) => {
+                tracing::warn!(vm = %self.name, deadtime_ms = self.deadtime.as_millis() as u64, "agent unresponsive");
+                self.set_state(State::Unresponsive);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, wr: &mut WriteHalf<BoxStream>, msg: &Message) -> Result<(), End> {
+        let frame = encode_frame(msg, self.out_seq);
+        self.out_seq += 1;
+        wr.write_all(&frame).await.map_err(|e| format!("writing to the agent: {e}"))
+    }
+
+    async fn on_message(&mut self, msg: Message, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
+        self.last_heard = Some(Instant::now());
+        if self.state == State::Unresponsive {
+            tracing::info!(vm = %self.name, "agent heard from again");
+            self.set_state(State::Ready);
+        }
+        match (self.state, msg) {
+            (State::Handshake, Message::Hello(h)) => self.on_hello(h, wr).await,
+            (State::Handshake, other) => Err(format!("agent sent {:?} before Hello", other.kind())),
+            (_, Message::Hello(_)) => Err("agent sent a second Hello".into()),
+            (_, Message::KernelInfo(k)) => {
+                for f in k.formats {
+                    let parsed = f.format.and_then(|t| parse_format(&f.event, &t).ok());
+                    self.kernel.formats.insert(f.event, parsed);
+                }
+                self.kernel.btf = k.btf;
+                self.kernel.release = k.release;
+                let waiting: Vec<_> = self.waiting_kernel_info.drain(..).collect();
+                for (probe, reply) in waiting {
+                    self.start_load(probe, reply, wr).await?;
+                }
+                Ok(())
+            }
+            (_, Message::ProbeLoaded { probe_id, load_us }) => {
+                if let Some(p) = self.probes.get_mut(&probe_id) {
+                    p.status.phase = ProbePhase::Loaded;
+                    p.status.load_us = Some(load_us);
+                    tracing::info!(vm = %self.name, probe = %p.name, probe_id, load_us, "probe loaded");
+                }
+                if let Some(r) = self.load_replies.remove(&probe_id) {
+                    let _ = r.send(Ok(LoadOutcome::Loaded { probe_id, load_us }));
+                }
+                Ok(())
+            }
+            (_, Message::ProbeUnloaded { probe_id }) => {
+                if let Some(p) = self.probes.remove(&probe_id) {
+                    tracing::info!(vm = %self.name, probe = %p.name, probe_id, "probe unloaded");
+                }
+                if let Some(r) = self.unload_replies.remove(&probe_id) {
+                    let _ = r.send(Ok(()));
+                }
+                Ok(())
+            }
+            (_, Message::Error { probe_id, code, message }) => {
+                let failed = self.probes.get(&probe_id).filter(|p| p.status.phase == ProbePhase::Loading).is_some();
+                if failed {
+                    if let Some(p) = self.probes.remove(&probe_id) {
+                        tracing::warn!(vm = %self.name, probe = %p.name, error = %message, "probe failed to load");
+                        self.desired.retain(|d| d != &*p.name);
+                    }
+                }
+                let message = truncate(&message, 4096);
+                if let Some(r) = self.load_replies.remove(&probe_id) {
+                    let _ = r.send(Err(format!("the agent in {} could not load the probe: {message}", self.name)));
+                } else if let Some(r) = self.unload_replies.remove(&probe_id) {
+                    let _ = r.send(Err(message));
+                } else if !failed {
+                    tracing::warn!(vm = %self.name, probe_id, code, error = %message, "agent reported an error");
+                }
+                Ok(())
+            }
+            (_, Message::Records(batch)) => {
+                self.on_records(batch);
+                Ok(())
+            }
+            (_, Message::Heartbeat { .. } | Message::ProbeList { .. }) => Ok(()),
+            (_, other) => Err(format!("agent sent a host-only message ({:?})", other.kind())),
+        }
+    }
+
+    async fn on_hello(&mut self, h: Hello, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
+        let agent = AgentInfo {
+            version: truncate(&h.agent_version, 64),
+            kernel_release: truncate(&h.kernel_release, 128),
+            boot_id: truncate(&h.boot_id, 64),
+            capabilities: h.capabilities,
+        };
+        tracing::info!(vm = %self.name, agent = %agent.version, kernel = %agent.kernel_release, "session up");
+        self.kernel.release = agent.kernel_release.clone();
+        self.agent = Some(agent);
+        self.set_state(State::Ready);
+        for probe in self.desired.clone() {
+            self.start_load(probe, None, wr).await?;
+        }
+        Ok(())
+    }
+
+    /// Compiles `probe` for this guest's kernel and ships it, fetching the kernel's
+    /// tracepoint formats first if they are not known yet.
+    async fn start_load(
+        &mut self,
+        probe: String,
+        reply: Option<oneshot::Sender<Result<LoadOutcome, String>>>,
+        wr: &mut WriteHalf<BoxStream>,
+    ) -> Result<(), End> {
+        let fail = |reply: Option<oneshot::Sender<_>>, msg: String| {
+            if let Some(r) = reply {
+                let _ = r.send(Err(msg));
+            }
+        };
+        let events = match builtin::events(&probe) {
+            Ok(e) => e,
+            Err(e) => {
+                fail(reply, e.to_string());
+                return Ok(());
+            }
+        };
+        if self.probes.values().any(|p| &*p.name == probe.as_str()) {
+            fail(reply, format!("probe {probe:?} is already loaded in {}; unload it first", self.name));
+            return Ok(());
+        }
+        let missing: Vec<String> = events.iter().filter(|e| !self.kernel.formats.contains_key(**e)).map(|e| e.to_string()).collect();
+        if !missing.is_empty() {
+            let ask = !self.waiting_kernel_info.is_empty();
+            self.waiting_kernel_info.push((probe, reply));
+            if !ask {
+                self.send(wr, &Message::KernelInfoRequest { events: missing }).await?;
+            }
+            return Ok(());
+        }
+        let compiled = match builtin::build(&probe, &self.kernel) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(vm = %self.name, probe = %probe, error = %e, "cannot build probe for this guest");
+                fail(reply, format!("cannot build {probe} for {} (kernel {}): {e}", self.name, self.kernel.release));
+                return Ok(());
+            }
+        };
+        if !self.desired.contains(&probe) {
+            self.desired.push(probe.clone());
+        }
+        let probe_id = self.next_probe_id;
+        self.next_probe_id += 1;
+        let m = &compiled.manifest;
+        let load = LoadProbe {
+            probe_id,
+            name: probe.clone(),
+            object: compiled.object,
+            ring_map: m.ring_map.clone(),
+            drops_map: m.drops_map.clone(),
+            attach: m
+                .attach
+                .iter()
+                .map(|a| AttachPoint { program: a.program.clone(), kind: attach_kind(a.kind), target: a.target.clone() })
+                .collect(),
+        };
+        self.probes.insert(
+            probe_id,
+            ActiveProbe {
+                status: ProbeStatus {
+                    name: probe.clone(),
+                    probe_id,
+                    phase: ProbePhase::Loading,
+                    received: 0,
+                    next_seq: 0,
+                    kernel_drops: 0,
+                    agent_drops: 0,
+                    transport_lost: 0,
+                    replayed: 0,
+                    malformed: 0,
+                    load_us: None,
+                },
+                manifest: compiled.manifest,
+                name: probe.into(),
+            },
+        );
+        if let Some(r) = reply {
+            self.load_replies.insert(probe_id, r);
+        }
+        self.send(wr, &Message::LoadProbe(load)).await
+    }
+
+    async fn on_command(&mut self, cmd: SessionCmd, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
+        if self.state == State::Handshake {
+            // Not ready to talk to the agent yet: treat as offline (desired set only).
+            self.command_offline(cmd);
+            return Ok(());
+        }
+        match cmd {
+            SessionCmd::Load { probe, reply } => self.start_load(probe, Some(reply), wr).await,
+            SessionCmd::Unload { probe, reply } => {
+                self.desired.retain(|p| p != &probe);
+                let id = self.probes.iter().find(|(_, p)| &*p.name == probe.as_str()).map(|(id, _)| *id);
+                match id {
+                    Some(probe_id) => {
+                        self.unload_replies.insert(probe_id, reply);
+                        self.send(wr, &Message::UnloadProbe { probe_id }).await
+                    }
+                    None => {
+                        let _ = reply.send(Err(format!("probe {probe:?} is not loaded in {}", self.name)));
+                        Ok(())
+                    }
+                }
+            }
+            SessionCmd::Status { reply } => {
+                let _ = reply.send(self.status());
+                Ok(())
+            }
+        }
+    }
+
+    fn on_records(&mut self, batch: Records) {
+        let Some(p) = self.probes.get_mut(&batch.probe_id) else {
+            self.unknown_probe_records += batch.records.len() as u64;
+            return;
+        };
+        let st = &mut p.status;
+        st.kernel_drops = st.kernel_drops.max(batch.kernel_drops);
+        st.agent_drops = st.agent_drops.max(batch.agent_drops);
+        if batch.first_seq > st.next_seq {
+            let gap = batch.first_seq - st.next_seq;
+            st.transport_lost += gap;
+            tracing::warn!(vm = %self.name, probe = %p.name, lost = gap, "sequence gap: records lost in transit");
+        }
+        let mut store = match self.store.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for (i, rec) in batch.records.iter().enumerate() {
+            let seq = batch.first_seq.saturating_add(i as u64);
+            if seq < st.next_seq {
+                st.replayed += 1;
+                continue;
+            }
+            st.next_seq = seq.saturating_add(1);
+            match p.manifest.record.decode(rec) {
+                Ok(fields) => {
+                    st.received += 1;
+                    let json = record_json(&self.name, &p.name, seq, fields);
+                    store.push(StoredRecord { probe: p.name.clone(), seq, json: json.into() });
+                }
+                Err(_) => st.malformed += 1,
+            }
+        }
+    }
+
+    fn status(&self) -> VmStatus {
+        let store = match self.store.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        VmStatus {
+            name: self.name.clone(),
+            state: self.state,
+            channel: self.connector.describe(),
+            resource: self.resource.clone(),
+            agent: self.agent.clone(),
+            last_heard_ms: self.last_heard.map(|t| t.elapsed().as_millis() as u64),
+            connects: self.connects,
+            last_error: self.last_error.clone(),
+            desired_probes: self.desired.clone(),
+            probes: self.probes.values().map(|p| p.status.clone()).collect(),
+            unknown_probe_records: self.unknown_probe_records,
+            stored_records: store.len(),
+            stored_bytes: store.bytes(),
+            evicted_records: store.evicted,
+            store_file_error: store.file_error.clone(),
+        }
+    }
+}
+
+fn attach_kind(k: vesper_probe::AttachKind) -> vesper_proto::AttachKind {
+    match k {
+        vesper_probe::AttachKind::Tracepoint => vesper_proto::AttachKind::Tracepoint,
+        vesper_probe::AttachKind::Kprobe => vesper_proto::AttachKind::Kprobe,
+        vesper_probe::AttachKind::Kretprobe => vesper_proto::AttachKind::Kretprobe,
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+/// The record's JSON line: `vm`, `probe`, `seq`, then the schema's fields (ts_ns first),
+/// plus `host_ms`, the host's wall clock at receipt.
+pub fn record_json(vm: &str, probe: &str, seq: u64, fields: Vec<(String, vesper_probe::Value)>) -> String {
+    let mut m = serde_json::Map::with_capacity(fields.len() + 4);
+    m.insert("vm".into(), vm.into());
+    m.insert("probe".into(), probe.into());
+    m.insert("seq".into(), seq.into());
+    for (k, v) in fields {
+        let v = match v {
+            vesper_probe::Value::Int(i) => i.into(),
+            vesper_probe::Value::UInt(u) => u.into(),
+            vesper_probe::Value::Str(s) => s.into(),
+        };
+        m.insert(k, v);
+    }
+    let host_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    m.insert("host_ms".into(), host_ms.into());
+    serde_json::Value::Object(m).to_string()
+}
+
+/// Reads frames from the agent until EOF or the first bad byte.
+async fn read_frames(mut rd: ReadHalf<BoxStream>, tx: mpsc::Sender<Result<Message, String>>) {
+    let mut dec = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match rd.read(&mut buf).await {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(format!("reading from the agent: {e}"))).await;
+                return;
+            }
+        };
+        let mut rest = &buf[..n];
+        loop {
+            let used = dec.push(rest);
+            rest = &rest[used..];
+            match dec.next_frame() {
+                Ok(Some(f)) => {
+                    let msg = f.message().map_err(|e| format!("bad frame from the agent: {e}"));
+                    let bad = msg.is_err();
+                    if tx.send(msg).await.is_err() || bad {
+                        return;
+                    }
+                }
+                Ok(None) if rest.is_empty() => break,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(format!("bad frame from the agent: {e}"))).await;
+                    return;
+                }
+            }
+        }
+    }
+}

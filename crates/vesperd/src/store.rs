@@ -1,0 +1,197 @@
+//! RecordStore: a VM's records, bounded in memory (count and bytes), appended to a
+//! JSON-lines file under the state directory, and fanned out to followers.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+/// One record as the host keeps it: its JSON line is built once at ingest.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub probe: Arc<str>,
+    pub seq: u64,
+    pub json: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    pub max_records: usize,
+    pub max_bytes: usize,
+    pub file_max_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct RecordStore {
+    limits: StoreLimits,
+    records: VecDeque<StoredRecord>,
+    bytes: usize,
+    /// Records pushed out of memory by the limits (still in the file).
+    pub evicted: u64,
+    pub total: u64,
+    file: Option<(PathBuf, File, u64)>,
+    /// Set once a write to the file failed; memory keeps serving.
+    pub file_error: Option<String>,
+    followers: broadcast::Sender<StoredRecord>,
+}
+
+impl RecordStore {
+    /// `file`: where to append records (None: memory only).
+    pub fn new(limits: StoreLimits, file: Option<PathBuf>) -> Self {
+        let (followers, _) = broadcast::channel(8192);
+        let mut s = Self {
+            limits,
+            records: VecDeque::new(),
+            bytes: 0,
+            evicted: 0,
+            total: 0,
+            file: None,
+            file_error: None,
+            followers,
+        };
+        if let Some(p) = file {
+            s.open_file(p);
+        }
+        s
+    }
+
+    fn open_file(&mut self, path: PathBuf) {
+        let opened = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&path));
+        match opened {
+            Ok(f) => {
+                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+                self.file = Some((path, f, len));
+            }
+            Err(e) => self.note_file_error(format!("{}: {e}", path.display())),
+        }
+    }
+
+    fn note_file_error(&mut self, msg: String) {
+        if self.file_error.is_none() {
+            tracing::warn!(error = %msg, "record file unavailable; records are kept in memory only");
+        }
+        self.file_error = Some(msg);
+    }
+
+    pub fn push(&mut self, rec: StoredRecord) {
+        self.append_to_file(&rec.json);
+        self.bytes += rec.json.len();
+        self.total += 1;
+        let _ = self.followers.send(rec.clone());
+        self.records.push_back(rec);
+        while self.records.len() > self.limits.max_records || self.bytes > self.limits.max_bytes {
+            match self.records.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.json.len();
+                    self.evicted += 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn append_to_file(&mut self, line: &str) {
+        let Some((path, file, len)) = &mut self.file else { return };
+        if *len + line.len() as u64 + 1 > self.limits.file_max_bytes {
+            let old = path.with_extension("jsonl.1");
+            let reopened = std::fs::rename(&*path, &old)
+                .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&*path));
+            match reopened {
+                Ok(f) => {
+                    *file = f;
+                    *len = 0;
+                }
+                Err(e) => {
+                    let msg = format!("{}: rotating: {e}", path.display());
+                    self.file = None;
+                    self.note_file_error(msg);
+                    return;
+                }
+            }
+        }
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        match file.write_all(&buf) {
+            Ok(()) => *len += buf.len() as u64,
+            Err(e) => {
+                let msg = format!("{}: {e}", path.display());
+                self.note_file_error(msg);
+            }
+        }
+    }
+
+    /// The last `n` records (all if None), optionally of one probe.
+    pub fn tail(&self, probe: Option<&str>, n: Option<usize>) -> Vec<StoredRecord> {
+        let matching: Vec<&StoredRecord> =
+            self.records.iter().filter(|r| probe.is_none_or(|p| &*r.probe == p)).collect();
+        let skip = n.map_or(0, |n| matching.len().saturating_sub(n));
+        matching.into_iter().skip(skip).cloned().collect()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StoredRecord> {
+        self.followers.subscribe()
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(seq: u64, probe: &str, len: usize) -> StoredRecord {
+        StoredRecord { probe: probe.into(), seq, json: "x".repeat(len).into() }
+    }
+
+    #[test]
+    fn bounded_by_count_and_bytes() {
+        let limits = StoreLimits { max_records: 3, max_bytes: 25, file_max_bytes: 1 << 20 };
+        let mut s = RecordStore::new(limits, None);
+        for i in 0..5 {
+            s.push(rec(i, "signal", 10));
+        }
+        assert_eq!(s.len(), 2, "25 bytes hold two 10-byte records");
+        assert_eq!(s.evicted, 3);
+        assert_eq!(s.tail(None, None).iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    }
+
+    #[test]
+    fn tail_filters_by_probe() {
+        let limits = StoreLimits { max_records: 10, max_bytes: 1000, file_max_bytes: 1 << 20 };
+        let mut s = RecordStore::new(limits, None);
+        for i in 0..6 {
+            s.push(rec(i, if i % 2 == 0 { "a" } else { "b" }, 1));
+        }
+        assert_eq!(s.tail(Some("b"), Some(2)).iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 5]);
+    }
+
+    #[test]
+    fn file_is_appended_and_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records/web1.jsonl");
+        let limits = StoreLimits { max_records: 10, max_bytes: 1000, file_max_bytes: 25 };
+        let mut s = RecordStore::new(limits, Some(path.clone()));
+        for i in 0..3 {
+            s.push(rec(i, "a", 10));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        assert_eq!(std::fs::read_to_string(path.with_extension("jsonl.1")).unwrap().lines().count(), 2);
+        assert!(s.file_error.is_none());
+    }
+}
