@@ -1,1 +1,141 @@
-fn main() {}
+//! vesper: the operator's tool. Talks to vesperd's control socket.
+
+mod render;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Debug, Parser)]
+#[command(name = "vesper", version, about = "Probe the kernels of running VMs from the host")]
+struct Cli {
+    /// vesperd's control socket.
+    #[arg(long, env = "VESPER_SOCKET", default_value = "/run/vesper/vesper.sock", global = true)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Every VM's session state, agent, probes and loss accounting.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The probes of one VM.
+    Probes {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a probe into a VM (a built-in name such as `signal`).
+    Load { vm: String, probe: String },
+    /// Unload a probe from a VM.
+    Unload { vm: String, probe: String },
+    /// Show a VM's records.
+    Events {
+        vm: String,
+        /// Only this probe's records.
+        #[arg(long)]
+        probe: Option<String>,
+        /// Keep printing new records as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Only the last N stored records.
+        #[arg(long)]
+        last: Option<usize>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("vesper: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Sends one request; returns the first response line (checked for `ok`) and the reader.
+fn request(socket: &PathBuf, req: Value) -> anyhow::Result<(Value, BufReader<UnixStream>)> {
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        anyhow!("cannot reach vesperd at {}: {e} (is vesperd running? use --socket or VESPER_SOCKET)", socket.display())
+    })?;
+    let mut line = req.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).context("sending the request to vesperd")?;
+    let mut r = BufReader::new(s);
+    let mut first = String::new();
+    r.read_line(&mut first).context("reading vesperd's answer")?;
+    if first.is_empty() {
+        bail!("vesperd closed the connection without an answer");
+    }
+    let v: Value = serde_json::from_str(&first).context("vesperd's answer is not JSON")?;
+    if v["ok"] != json!(true) {
+        bail!("{}", v["error"].as_str().unwrap_or("vesperd refused the request"));
+    }
+    Ok((v, r))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = &mut std::io::stdout().lock();
+    match cli.cmd {
+        Cmd::Status { json } => {
+            let (v, _) = request(&cli.socket, json!({"cmd": "status"}))?;
+            let vms = v["vms"].as_array().cloned().unwrap_or_default();
+            if json {
+                for vm in vms {
+                    writeln!(out, "{vm}")?;
+                }
+            } else {
+                render::status(out, &vms)?;
+            }
+        }
+        Cmd::Probes { vm, json } => {
+            let (v, _) = request(&cli.socket, json!({"cmd": "probes", "vm": vm}))?;
+            if json {
+                for p in v["vm"]["probes"].as_array().into_iter().flatten() {
+                    writeln!(out, "{p}")?;
+                }
+            } else {
+                render::probes(out, &v["vm"])?;
+            }
+        }
+        Cmd::Load { vm, probe } => {
+            let (v, _) = request(&cli.socket, json!({"cmd": "load", "vm": vm, "probe": probe}))?;
+            let r = &v["result"];
+            match r["state"].as_str() {
+                Some("loaded") => writeln!(out, "{probe} loaded in {vm} (attached in {} us)", r["load_us"])?,
+                _ => writeln!(out, "{probe} will load in {vm} when its agent connects")?,
+            }
+        }
+        Cmd::Unload { vm, probe } => {
+            request(&cli.socket, json!({"cmd": "unload", "vm": vm, "probe": probe}))?;
+            writeln!(out, "{probe} unloaded from {vm}")?;
+        }
+        Cmd::Events { vm, probe, follow, json, last } => {
+            let (_, reader) =
+                request(&cli.socket, json!({"cmd": "events", "vm": vm, "probe": probe, "follow": follow, "last": last}))?;
+            for line in reader.lines() {
+                let line = line.context("reading records from vesperd")?;
+                if json {
+                    writeln!(out, "{line}")?;
+                } else {
+                    let v: Value = serde_json::from_str(&line).context("vesperd sent a record that is not JSON")?;
+                    writeln!(out, "{}", render::record(&v))?;
+                }
+                if follow {
+                    out.flush()?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,1 +1,68 @@
-fn main() {}
+//! vesper-testkit: small processes the end-to-end tests drive.
+//!
+//! - `victim [--comm NAME]`: names itself, ignores SIGTERM and SIGUSR1, prints its pid, sleeps.
+//! - `signal --comm NAME --to PID --sig N [--count N]`: names itself, sends the signal, prints its pid.
+//! - `garbage-server PATH`: listens on a unix socket and answers every connection with garbage
+//!   (a hostile "agent").
+
+mod sys;
+
+use std::io::Write;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn num(args: &[String], name: &str, default: i64) -> i64 {
+    arg(args, name).map_or(default, |v| v.parse().unwrap_or_else(|_| die(&format!("{name}: not a number: {v}"))))
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("vesper-testkit: {msg}");
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("victim") => {
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| "victim".into()));
+            sys::ignore_signal(libc::SIGTERM);
+            sys::ignore_signal(libc::SIGUSR1);
+            println!("{}", std::process::id());
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        Some("signal") => {
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| die("signal needs --comm NAME")));
+            let to = num(&args, "--to", -1);
+            if to <= 0 {
+                die("signal needs --to PID");
+            }
+            let sig = num(&args, "--sig", 15) as i32;
+            let count = num(&args, "--count", 1);
+            let mut failed = 0;
+            for _ in 0..count {
+                if !sys::kill(to as i32, sig) {
+                    failed += 1;
+                }
+            }
+            println!("{}", std::process::id());
+            if failed > 0 {
+                die(&format!("{failed} of {count} kill() calls failed"));
+            }
+        }
+        Some("garbage-server") => {
+            let path = args.get(1).unwrap_or_else(|| die("garbage-server needs a socket path"));
+            let _ = std::fs::remove_file(path);
+            let l = std::os::unix::net::UnixListener::bind(path).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+            for conn in l.incoming().flatten() {
+                let mut c = conn;
+                let _ = c.write_all(b"this is not a vesper frame, just hostile garbage\x00\xff\xfe");
+            }
+        }
+        _ => die("usage: vesper-testkit victim|signal|garbage-server ..."),
+    }
+}

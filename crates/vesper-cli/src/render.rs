@@ -1,0 +1,142 @@
+//! Human-readable output. Every string from a guest is shown with control characters
+//! escaped: a guest must not be able to drive the operator's terminal.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+/// Guest text, safe for a terminal.
+pub fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(t) => clean(t),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// HH:MM:SS.mmm (UTC) of a unix time in milliseconds.
+fn clock(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", day_ms / 3_600_000, day_ms / 60_000 % 60, day_ms / 1000 % 60, day_ms % 1000)
+}
+
+pub fn record(v: &Value) -> String {
+    if let Some(n) = v.get("lagged") {
+        return format!("(this view fell behind: {n} records not shown; they are in the store)");
+    }
+    let head = format!(
+        "{} {} {} #{}",
+        clock(v["host_ms"].as_u64().unwrap_or(0)),
+        s(&v["vm"]),
+        s(&v["probe"]),
+        v["seq"]
+    );
+    match v["probe"].as_str() {
+        Some("signal") => format!(
+            "{head} {} ({}) from {} (pid {}, uid {}) to {} (pid {}) result={}",
+            s(&v["sig_name"]),
+            v["sig"],
+            s(&v["sender_comm"]),
+            v["sender_pid"],
+            v["sender_uid"],
+            s(&v["target_comm"]),
+            v["target_pid"],
+            v["result"]
+        ),
+        _ => {
+            let mut line = head;
+            for (k, val) in v.as_object().into_iter().flatten() {
+                if !["vm", "probe", "seq", "host_ms", "ts_ns"].contains(&k.as_str()) {
+                    line.push_str(&format!(" {k}={}", s(val)));
+                }
+            }
+            line
+        }
+    }
+}
+
+pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
+    if vms.is_empty() {
+        return writeln!(out, "no VMs configured");
+    }
+    writeln!(out, "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  probes", "VM", "STATE", "KERNEL", "HEARD", "RECORDS", "LOST")?;
+    for vm in vms {
+        let probes = vm["probes"].as_array().cloned().unwrap_or_default();
+        let received: u64 = probes.iter().filter_map(|p| p["received"].as_u64()).sum();
+        let lost: u64 = probes
+            .iter()
+            .map(|p| ["kernel_drops", "agent_drops", "transport_lost"].iter().filter_map(|k| p[*k].as_u64()).sum::<u64>())
+            .sum();
+        let heard = vm["last_heard_ms"].as_u64().map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let names: Vec<String> = probes.iter().map(|p| format!("{}({})", s(&p["name"]), s(&p["phase"]))).collect();
+        writeln!(
+            out,
+            "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  {}",
+            s(&vm["name"]),
+            s(&vm["state"]),
+            s(&vm["agent"]["kernel_release"]),
+            heard,
+            received,
+            lost,
+            if names.is_empty() { "-".into() } else { names.join(" ") }
+        )?;
+        if vm["state"] == "disconnected" {
+            if let Some(e) = vm["last_error"].as_str() {
+                writeln!(out, "{:<12} last error: {}", "", clean(e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn probes(out: &mut impl Write, vm: &Value) -> std::io::Result<()> {
+    let probes = vm["probes"].as_array().cloned().unwrap_or_default();
+    if probes.is_empty() {
+        let desired: Vec<String> = vm["desired_probes"].as_array().into_iter().flatten().map(s).collect();
+        return writeln!(
+            out,
+            "no probes loaded in {} (state {}; will load on connect: {})",
+            s(&vm["name"]),
+            s(&vm["state"]),
+            if desired.is_empty() { "none".into() } else { desired.join(", ") }
+        );
+    }
+    writeln!(out, "{:<12} {:>4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}", "PROBE", "ID", "PHASE", "RECEIVED", "KDROPS", "ADROPS", "LOST", "LOAD_US")?;
+    for p in probes {
+        writeln!(
+            out,
+            "{:<12} {:>4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            s(&p["name"]),
+            s(&p["probe_id"]),
+            s(&p["phase"]),
+            s(&p["received"]),
+            s(&p["kernel_drops"]),
+            s(&p["agent_drops"]),
+            s(&p["transport_lost"]),
+            s(&p["load_us"])
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn signal_record_reads_like_a_sentence() {
+        let v = json!({"vm":"web1","probe":"signal","seq":3,"ts_ns":1,"sig":15,"sig_name":"SIGTERM",
+            "sender_pid":812,"sender_uid":0,"sender_comm":"pkill","target_pid":212,"target_comm":"httpd","result":0,"host_ms":3_723_004});
+        assert_eq!(record(&v), "01:02:03.004 web1 signal #3 SIGTERM (15) from pkill (pid 812, uid 0) to httpd (pid 212) result=0");
+    }
+
+    #[test]
+    fn guest_strings_cannot_carry_escape_sequences() {
+        assert_eq!(clean("ht\x1b[2Jtpd\n"), "ht?[2Jtpd?");
+    }
+}

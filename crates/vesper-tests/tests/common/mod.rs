@@ -1,0 +1,215 @@
+//! Harness for end-to-end tests: real binaries, real kernel, temp directories.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Root tests run only as root. `cargo xtask test` (and so CI) sets
+/// VESPER_REQUIRE_ROOT_TESTS=1, which turns a missing prerequisite into a failure.
+pub fn need_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return true;
+    }
+    if std::env::var_os("VESPER_REQUIRE_ROOT_TESTS").is_some() {
+        panic!("{test} needs root (BPF) and VESPER_REQUIRE_ROOT_TESTS is set");
+    }
+    eprintln!("SKIP {test}: needs root to load BPF programs; run `cargo xtask test` as root");
+    false
+}
+
+/// Where the workspace's binaries are (built by `cargo xtask test` before the tests).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("VESPER_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        // target/debug/deps/native-HASH -> target/debug
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    });
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build the binaries first (`cargo build --workspace --bins`, or use `cargo xtask test`)", p.display());
+    p
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct VmSpec {
+    pub name: &'static str,
+    /// None: no agent is started (the test provides the other end of the socket).
+    pub agent: bool,
+    pub probes: &'static [&'static str],
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub agents: Vec<Proc>,
+    pub vesperd: Option<Proc>,
+}
+
+impl Harness {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("vesper.sock")
+    }
+    pub fn agent_socket(&self, vm: &str) -> PathBuf {
+        self.dir.path().join(format!("{vm}.sock"))
+    }
+    pub fn vesperd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vesperd.log")).unwrap_or_default()
+    }
+
+    pub fn start(vms: &[VmSpec]) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut h = Harness { dir, agents: Vec::new(), vesperd: None };
+        let mut cfg = format!(
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+            h.socket().display(),
+            h.dir.path().join("state").display()
+        );
+        for vm in vms {
+            let sock = h.agent_socket(vm.name);
+            let probes: Vec<String> = vm.probes.iter().map(|p| format!("\"{p}\"")).collect();
+            cfg.push_str(&format!(
+                "[[vm]]\nname = \"{}\"\nchannel = \"unix:{}\"\nprobes = [{}]\n",
+                vm.name,
+                sock.display(),
+                probes.join(", ")
+            ));
+            if vm.agent {
+                let log = std::fs::File::create(h.dir.path().join(format!("agent-{}.log", vm.name))).unwrap();
+                let child = Command::new(bin("vesper-agent"))
+                    .arg("--channel")
+                    .arg(format!("unix-listen:{}", sock.display()))
+                    .stderr(log)
+                    .spawn()
+                    .expect("start vesper-agent");
+                h.agents.push(Proc { child, name: format!("agent {}", vm.name) });
+                wait_until(Duration::from_secs(5), || sock.exists(), "agent socket");
+            }
+        }
+        let cfg_path = h.dir.path().join("vesper.toml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let log = std::fs::File::create(h.dir.path().join("vesperd.log")).unwrap();
+        let child = Command::new(bin("vesperd"))
+            .arg("--config")
+            .arg(&cfg_path)
+            .stderr(log)
+            .spawn()
+            .expect("start vesperd");
+        h.vesperd = Some(Proc { child, name: "vesperd".into() });
+        let sock = h.socket();
+        wait_until(Duration::from_secs(5), || sock.exists(), "vesperd control socket");
+        h
+    }
+
+    /// Runs the CLI against this harness's vesperd.
+    pub fn vesper(&self, args: &[&str]) -> Output {
+        Command::new(bin("vesper")).env("VESPER_SOCKET", self.socket()).args(args).output().expect("run vesper")
+    }
+
+    /// Runs the CLI and insists it succeeds; returns stdout.
+    pub fn vesper_ok(&self, args: &[&str]) -> String {
+        let o = self.vesper(args);
+        assert!(o.status.success(), "vesper {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn events_json(&self, vm: &str, probe: &str) -> Vec<Value> {
+        self.vesper_ok(&["events", vm, "--probe", probe, "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("record is JSON"))
+            .collect()
+    }
+
+    pub fn vm_status(&self, vm: &str) -> Value {
+        let out = self.vesper_ok(&["status", "--json"]);
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|v| v["name"] == vm)
+            .unwrap_or_else(|| panic!("{vm} not in status: {out}"))
+    }
+
+    /// Waits until `vm`'s probe is loaded in the agent.
+    pub fn wait_loaded(&self, vm: &str, probe: &str) {
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                self.vm_status(vm)["probes"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == probe && p["phase"] == "loaded"))
+            },
+            "probe loaded",
+        );
+    }
+
+    /// `vesper events VM -f --json` in the background; lines arrive on the receiver.
+    pub fn follow(&self, vm: &str) -> (Proc, mpsc::Receiver<(Instant, Value)>) {
+        let mut child = Command::new(bin("vesper"))
+            .env("VESPER_SOCKET", self.socket())
+            .args(["events", vm, "-f", "--json", "--last", "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("vesper events -f");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    if tx.send((Instant::now(), v)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (Proc { child, name: "follower".into() }, rx)
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool, what: &str) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Starts `vesper-testkit victim`; returns it and its pid.
+pub fn victim(comm: &str) -> (Proc, u32) {
+    let mut child = Command::new(bin("vesper-testkit"))
+        .args(["victim", "--comm", comm])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start victim");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let pid = line.trim().parse().expect("victim pid");
+    (Proc { child, name: "victim".into() }, pid)
+}
+
+/// Sends `count` signals from a process named `comm`; returns the sender's pid.
+pub fn send_signals(comm: &str, to: u32, sig: i32, count: u32) -> u32 {
+    let out = Command::new(bin("vesper-testkit"))
+        .args(["signal", "--comm", comm, "--to", &to.to_string(), "--sig", &sig.to_string(), "--count", &count.to_string()])
+        .output()
+        .expect("run signal sender");
+    assert!(out.status.success(), "sender failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("sender pid")
+}
