@@ -1,1 +1,46 @@
-fn main() {}
+//! Development tasks. `cargo xtask test` runs every test (the README's test command);
+//! `cargo xtask demo` is the main job on a fresh machine.
+
+mod demo;
+mod util;
+
+use anyhow::bail;
+
+const USAGE: &str = "usage: cargo xtask <test|demo>
+  test   build everything and run all tests, including the root-only end-to-end tests
+  demo   start an agent and vesperd on this machine, catch a signal and show it";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("demo") => demo::run(),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the end-to-end tests load BPF programs into the kernel: run `cargo xtask test` as root (plain `cargo test` runs the rest without root)");
+    }
+    util::ensure_tracefs()?;
+    util::progress("building the workspace binaries");
+    util::cargo(&["build", "--workspace", "--bins"])?;
+    util::progress("running all tests (root tests required)");
+    let bin_dir = util::target_dir()?.join("debug");
+    util::run(
+        std::process::Command::new(util::cargo_bin())
+            .args(["test", "--workspace"])
+            .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+            .env("VESPER_BIN_DIR", &bin_dir),
+    )?;
+    util::progress("all tests passed");
+    Ok(())
+}

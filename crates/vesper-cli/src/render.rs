@@ -37,7 +37,7 @@ pub fn record(v: &Value) -> String {
     );
     match v["probe"].as_str() {
         Some("signal") => format!(
-            "{head} {} ({}) from {} (pid {}, uid {}) to {} (pid {}) result={}",
+            "{head} {} ({}) from {} (pid {}, uid {}) to {} (pid {}): {}",
             s(&v["sig_name"]),
             v["sig"],
             s(&v["sender_comm"]),
@@ -45,7 +45,7 @@ pub fn record(v: &Value) -> String {
             v["sender_uid"],
             s(&v["target_comm"]),
             v["target_pid"],
-            v["result"]
+            signal_result(&v["result"])
         ),
         _ => {
             let mut line = head;
@@ -56,6 +56,18 @@ pub fn record(v: &Value) -> String {
             }
             line
         }
+    }
+}
+
+/// The kernel's `enum trace_signal_result` (include/trace/events/signal.h).
+fn signal_result(v: &Value) -> String {
+    match v.as_i64() {
+        Some(0) => "delivered".into(),
+        Some(1) => "ignored".into(),
+        Some(2) => "already pending".into(),
+        Some(3) => "queue overflow".into(),
+        Some(4) => "delivered without info".into(),
+        _ => format!("result {v}"),
     }
 }
 
@@ -132,7 +144,7 @@ mod tests {
     fn signal_record_reads_like_a_sentence() {
         let v = json!({"vm":"web1","probe":"signal","seq":3,"ts_ns":1,"sig":15,"sig_name":"SIGTERM",
             "sender_pid":812,"sender_uid":0,"sender_comm":"pkill","target_pid":212,"target_comm":"httpd","result":0,"host_ms":3_723_004});
-        assert_eq!(record(&v), "01:02:03.004 web1 signal #3 SIGTERM (15) from pkill (pid 812, uid 0) to httpd (pid 212) result=0");
+        assert_eq!(record(&v), "01:02:03.004 web1 signal #3 SIGTERM (15) from pkill (pid 812, uid 0) to httpd (pid 212): delivered");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! vesper-testkit: small processes the end-to-end tests drive.
 //!
-//! - `victim [--comm NAME]`: names itself, ignores SIGTERM and SIGUSR1, prints its pid, sleeps.
+//! - `victim [--comm NAME] [--mortal]`: names itself, ignores SIGTERM (unless --mortal) and
+//!   SIGUSR1, prints its pid, sleeps.
 //! - `signal --comm NAME --to PID --sig N [--count N]`: names itself, sends the signal, prints its pid.
 //! - `garbage-server PATH`: listens on a unix socket and answers every connection with garbage
 //!   (a hostile "agent").
@@ -27,7 +28,9 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("victim") => {
             sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| "victim".into()));
-            sys::ignore_signal(libc::SIGTERM);
+            if !args.iter().any(|a| a == "--mortal") {
+                sys::ignore_signal(libc::SIGTERM);
+            }
             sys::ignore_signal(libc::SIGUSR1);
             println!("{}", std::process::id());
             let _ = std::io::stdout().flush();

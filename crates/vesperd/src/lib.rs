@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod session;
 pub mod store;
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

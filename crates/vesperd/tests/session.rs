@@ -1,0 +1,161 @@
+//! The per-VM session state machine, driven by a fake guest over an in-memory channel.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use vesper_proto::{EventFormat, Hello, KernelInfo, Message, Records};
+use vesperd::session::{Session, SessionCmd, State, VmStatus};
+use vesperd::store::{RecordStore, StoreLimits};
+use vesperd::testing::{memory_channel, FakeGuest, MemoryListener};
+
+const FORMAT: &str = include_str!("../../vesper-probe/tests/data/signal_generate.6.18.format");
+
+struct Rig {
+    cmds: mpsc::Sender<SessionCmd>,
+    store: Arc<Mutex<RecordStore>>,
+    listener: MemoryListener,
+}
+
+fn rig(probes: &[&str]) -> Rig {
+    let (connector, listener) = memory_channel();
+    let limits = StoreLimits { max_records: 1000, max_bytes: 1 << 20, file_max_bytes: 1 << 20 };
+    let store = Arc::new(Mutex::new(RecordStore::new(limits, None)));
+    let (tx, rx) = mpsc::channel(8);
+    let s = Session::new(
+        "web1".into(),
+        Box::new(connector),
+        probes.iter().map(|p| p.to_string()).collect(),
+        None,
+        Duration::from_millis(300),
+        store.clone(),
+        rx,
+    );
+    tokio::spawn(s.run());
+    Rig { cmds: tx, store, listener }
+}
+
+async fn status(r: &Rig) -> VmStatus {
+    let (reply, rx) = oneshot::channel();
+    r.cmds.send(SessionCmd::Status { reply }).await.unwrap();
+    rx.await.unwrap()
+}
+
+async fn wait_state(r: &Rig, s: State) -> VmStatus {
+    for _ in 0..200 {
+        let st = status(r).await;
+        if st.state == s {
+            return st;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("session never reached {s:?}: {:?}", status(r).await);
+}
+
+/// Hello → KernelInfoRequest → KernelInfo → LoadProbe → ProbeLoaded. Returns the probe id.
+async fn handshake_and_load(g: &mut FakeGuest) -> u32 {
+    g.send(&Message::Hello(Hello {
+        agent_version: "fake".into(),
+        kernel_release: "6.18-fake".into(),
+        capabilities: 3,
+        boot_id: "b1".into(),
+    }))
+    .await;
+    match g.recv().await {
+        Message::KernelInfoRequest { events } => assert_eq!(events, ["signal:signal_generate"]),
+        other => panic!("expected KernelInfoRequest, got {other:?}"),
+    }
+    g.send(&Message::KernelInfo(KernelInfo {
+        release: "6.18-fake".into(),
+        btf: true,
+        formats: vec![EventFormat { event: "signal:signal_generate".into(), format: Some(FORMAT.into()) }],
+    }))
+    .await;
+    let load = match g.recv().await {
+        Message::LoadProbe(l) => l,
+        other => panic!("expected LoadProbe, got {other:?}"),
+    };
+    assert_eq!(load.name, "signal");
+    assert_eq!(load.attach[0].target, "signal:signal_generate");
+    assert_eq!(&load.object[..4], b"\x7fELF");
+    g.send(&Message::ProbeLoaded { probe_id: load.probe_id, load_us: 42 }).await;
+    load.probe_id
+}
+
+fn signal_record(sig: i32, sender: &[u8], target: &[u8]) -> Vec<u8> {
+    let mut r = vec![0u8; 64];
+    r[0..8].copy_from_slice(&123u64.to_le_bytes());
+    r[8..12].copy_from_slice(&301u32.to_le_bytes());
+    r[16..20].copy_from_slice(&sig.to_le_bytes());
+    r[20..24].copy_from_slice(&212i32.to_le_bytes());
+    r[32..32 + sender.len()].copy_from_slice(sender);
+    r[48..48 + target.len()].copy_from_slice(target);
+    r
+}
+
+#[tokio::test]
+async fn loads_configured_probes_on_connect_and_accounts_every_sequence_number() {
+    let r = rig(&["signal"]);
+    let mut g = r.listener.guest().await;
+    let id = handshake_and_load(&mut g).await;
+    let rec = signal_record(15, b"pkill", b"httpd");
+    let batch = |first_seq, records: Vec<Vec<u8>>| Message::Records(Records { probe_id: id, first_seq, kernel_drops: 2, agent_drops: 0, records });
+    g.send(&batch(0, vec![rec.clone(), rec.clone()])).await; // seq 0, 1
+    g.send(&batch(5, vec![rec.clone()])).await; // 2..4 lost in transit
+    g.send(&batch(5, vec![rec.clone()])).await; // replay
+    g.send(&batch(6, vec![vec![1, 2, 3]])).await; // malformed
+    g.send(&Message::Records(Records { probe_id: 99, first_seq: 0, kernel_drops: 0, agent_drops: 0, records: vec![rec] })).await;
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let st = wait_state(&r, State::Ready).await;
+    let p = &st.probes[0];
+    assert_eq!((p.received, p.transport_lost, p.replayed, p.malformed, p.kernel_drops), (3, 3, 1, 1, 2));
+    assert_eq!(p.next_seq, 7);
+    assert_eq!(st.unknown_probe_records, 1);
+    let recs = r.store.lock().unwrap().tail(None, None);
+    assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 5]);
+    let v: serde_json::Value = serde_json::from_str(&recs[0].json).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).take(6).collect();
+    assert_eq!(keys, ["vm", "probe", "seq", "ts_ns", "sig", "sig_name"]);
+    assert_eq!(v["sig_name"], "SIGTERM");
+    assert_eq!(v["sender_comm"], "pkill");
+    assert_eq!(v["target_comm"], "httpd");
+    assert_eq!(v["target_pid"], 212);
+}
+
+#[tokio::test]
+async fn garbage_closes_the_session_and_a_new_connection_reloads_probes() {
+    let r = rig(&["signal"]);
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    g.send_raw(b"\xde\xad\xbe\xef not a frame at all, 24+ bytes").await;
+    let st = wait_state(&r, State::Disconnected).await;
+    assert!(st.last_error.as_deref().unwrap_or("").contains("bad frame"), "{:?}", st.last_error);
+    assert!(st.probes.is_empty());
+    assert_eq!(st.desired_probes, ["signal"]);
+
+    let mut g2 = r.listener.guest().await;
+    handshake_and_load(&mut g2).await;
+    let st = wait_state(&r, State::Ready).await;
+    assert_eq!(st.connects, 2);
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_unresponsive_after_deadtime_and_recovers_on_any_frame() {
+    let r = rig(&[]);
+    let mut g = r.listener.guest().await;
+    g.send(&Message::Hello(Hello { agent_version: "f".into(), kernel_release: "k".into(), capabilities: 0, boot_id: "b".into() })).await;
+    wait_state(&r, State::Ready).await;
+    wait_state(&r, State::Unresponsive).await; // deadtime is 300 ms
+    g.send(&Message::Heartbeat { uptime_ms: 1, probes: 0 }).await;
+    wait_state(&r, State::Ready).await;
+}
+
+#[tokio::test]
+async fn messages_before_hello_and_host_only_messages_end_the_session() {
+    let r = rig(&[]);
+    let mut g = r.listener.guest().await;
+    g.send(&Message::Heartbeat { uptime_ms: 1, probes: 0 }).await;
+    let st = wait_state(&r, State::Disconnected).await;
+    assert!(st.last_error.unwrap().contains("before Hello"));
+}

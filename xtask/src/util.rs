@@ -1,0 +1,52 @@
+//! Helpers for running commands with clear progress and errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+pub fn progress(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+pub fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+}
+
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    Ok(std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target")))
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let desc = format!("{cmd:?}");
+    let status = cmd.current_dir(workspace_root()).status().with_context(|| format!("starting {desc}"))?;
+    if !status.success() {
+        bail!("{desc} failed ({status})");
+    }
+    Ok(())
+}
+
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new(cargo_bin()).args(args))
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Fresh machines have no tracefs mounted; the agent mounts it too, but the tests and
+/// bpftrace comparisons want it from the start.
+pub fn ensure_tracefs() -> anyhow::Result<()> {
+    if Path::new("/sys/kernel/tracing/events").is_dir() {
+        return Ok(());
+    }
+    progress("mounting tracefs at /sys/kernel/tracing");
+    run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
+}
