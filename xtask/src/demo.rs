@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 use crate::util::{self, progress};
 
@@ -33,7 +33,9 @@ fn wait_for(path: &std::path::Path, what: &str) -> anyhow::Result<()> {
 
 pub fn run() -> anyhow::Result<()> {
     if !util::is_root() {
-        bail!("the demo loads a BPF program into this machine's kernel: run `cargo xtask demo` as root");
+        bail!(
+            "the demo loads a BPF program into this machine's kernel: run `cargo xtask demo` as root"
+        );
     }
     util::ensure_tracefs()?;
     progress("building vesper-agent, vesperd, vesper (release)");
@@ -74,7 +76,10 @@ pub fn run() -> anyhow::Result<()> {
     );
     wait_for(&sock, "vesperd's control socket")?;
     let vesper = |args: &[&str]| -> anyhow::Result<String> {
-        let o = Command::new(bin.join("vesper")).env("VESPER_SOCKET", &sock).args(args).output()?;
+        let o = Command::new(bin.join("vesper"))
+            .env("VESPER_SOCKET", &sock)
+            .args(args)
+            .output()?;
         if !o.status.success() {
             bail!("vesper {args:?}: {}", String::from_utf8_lossy(&o.stderr));
         }
@@ -83,7 +88,10 @@ pub fn run() -> anyhow::Result<()> {
     let t = Instant::now();
     while !vesper(&["status", "--json"])?.contains("\"phase\":\"loaded\"") {
         if t.elapsed() > Duration::from_secs(15) {
-            bail!("the signal probe did not load; see {}", dir.join("vesperd.log").display());
+            bail!(
+                "the signal probe did not load; see {}",
+                dir.join("vesperd.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -91,29 +99,46 @@ pub fn run() -> anyhow::Result<()> {
 
     progress("starting a process named httpd, then SIGTERM to it from a process named pkill");
     let testkit = bin.join("vesper-testkit");
-    let mut httpd = Command::new(&testkit).args(["victim", "--comm", "httpd", "--mortal"]).stdout(Stdio::piped()).spawn()?;
+    let mut httpd = Command::new(&testkit)
+        .args(["victim", "--comm", "httpd", "--mortal"])
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut line = String::new();
     BufReader::new(httpd.stdout.take().context("httpd stdout")?).read_line(&mut line)?;
     let pid = line.trim().to_string();
     procs.0.push(httpd);
     let sent = Instant::now();
-    let out = Command::new(&testkit).args(["signal", "--comm", "pkill", "--to", &pid, "--sig", "15"]).output()?;
+    let out = Command::new(&testkit)
+        .args(["signal", "--comm", "pkill", "--to", &pid, "--sig", "15"])
+        .output()?;
     if !out.status.success() {
-        bail!("sending the signal failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "sending the signal failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let shown = loop {
         let ev = vesper(&["events", "demo1", "--probe", "signal"])?;
-        if let Some(l) = ev.lines().find(|l| l.contains("from pkill") && l.contains(&format!("pid {pid})"))) {
+        if let Some(l) = ev
+            .lines()
+            .find(|l| l.contains("from pkill") && l.contains(&format!("pid {pid})")))
+        {
             break l.to_string();
         }
         if sent.elapsed() > Duration::from_secs(5) {
-            bail!("the signal was not caught; see {}", dir.join("vesperd.log").display());
+            bail!(
+                "the signal was not caught; see {}",
+                dir.join("vesperd.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(5));
     };
     let latency = sent.elapsed();
     println!("\n$ vesper events demo1 --probe signal | grep pkill\n{shown}");
-    println!("\ncaught and shown {:.1} ms after the kill() (polling the CLI)", latency.as_secs_f64() * 1000.0);
+    println!(
+        "\ncaught and shown {:.1} ms after the kill() (polling the CLI)",
+        latency.as_secs_f64() * 1000.0
+    );
     print!("\n$ vesper probes demo1\n{}", vesper(&["probes", "demo1"])?);
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);

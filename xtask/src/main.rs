@@ -28,9 +28,20 @@ fn main() {
 
 fn test() -> anyhow::Result<()> {
     if !util::is_root() {
-        bail!("the end-to-end tests load BPF programs into the kernel: run `cargo xtask test` as root (plain `cargo test` runs the rest without root)");
+        bail!(
+            "the end-to-end tests load BPF programs into the kernel: run `cargo xtask test` as root (plain `cargo test` runs the rest without root)"
+        );
     }
     util::ensure_tracefs()?;
+    util::progress("clippy (warnings are errors)");
+    util::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     util::progress("building the workspace binaries");
     util::cargo(&["build", "--workspace", "--bins"])?;
     util::progress("running all tests (root tests required)");

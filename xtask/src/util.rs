@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 
 pub fn progress(msg: &str) {
     eprintln!("==> {msg}");
@@ -14,16 +14,24 @@ pub fn cargo_bin() -> String {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into())
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ".".into())
 }
 
 pub fn target_dir() -> anyhow::Result<PathBuf> {
-    Ok(std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target")))
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target")))
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let desc = format!("{cmd:?}");
-    let status = cmd.current_dir(workspace_root()).status().with_context(|| format!("starting {desc}"))?;
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {desc}"))?;
     if !status.success() {
         bail!("{desc} failed ({status})");
     }
@@ -37,7 +45,11 @@ pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 

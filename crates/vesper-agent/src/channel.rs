@@ -31,13 +31,17 @@ impl std::str::FromStr for ChannelSpec {
             Ok(Self::Auto)
         } else if let Some(p) = s.strip_prefix("unix-listen:") {
             if p.is_empty() {
-                return Err("unix-listen: needs a path, e.g. unix-listen:/run/vesper-agent.sock".into());
+                return Err(
+                    "unix-listen: needs a path, e.g. unix-listen:/run/vesper-agent.sock".into(),
+                );
             }
             Ok(Self::UnixListen(p.into()))
         } else if s.starts_with('/') {
             Ok(Self::Device(s.into()))
         } else {
-            Err(format!("bad channel {s:?}: use auto, a device path like /dev/vport1p1, or unix-listen:PATH"))
+            Err(format!(
+                "bad channel {s:?}: use auto, a device path like /dev/vport1p1, or unix-listen:PATH"
+            ))
         }
     }
 }
@@ -70,14 +74,20 @@ impl Channel {
                 Ok(Box::new(s))
             }
             (ChannelSpec::Device(p), _) => open_device(p),
-            (ChannelSpec::Auto, _) => open_device(&find_port(Path::new("/sys/class/virtio-ports"))?),
+            (ChannelSpec::Auto, _) => {
+                open_device(&find_port(Path::new("/sys/class/virtio-ports"))?)
+            }
             (ChannelSpec::UnixListen(_), None) => Err(io::Error::other("listener missing")),
         }
     }
 }
 
 fn open_device(p: &Path) -> io::Result<Box<dyn Conn>> {
-    let f = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK).open(p)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(p)?;
     Ok(Box::new(f))
 }
 
@@ -91,7 +101,13 @@ pub fn find_port(sysfs: &Path) -> io::Result<PathBuf> {
             return Ok(Path::new("/dev").join(entry.file_name()));
         }
     }
-    Err(io::Error::new(io::ErrorKind::NotFound, format!("no virtio-serial port named {PORT_NAME} under {}", sysfs.display())))
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "no virtio-serial port named {PORT_NAME} under {}",
+            sysfs.display()
+        ),
+    ))
 }
 
 pub fn raw_fd(c: &dyn Conn) -> RawFd {
@@ -105,7 +121,10 @@ mod tests {
     #[test]
     fn finds_our_port_by_name_among_several() {
         let d = std::env::temp_dir().join(format!("vesper-ports-{}", std::process::id()));
-        for (port, name) in [("vport1p1", "org.qemu.guest_agent.0"), ("vport2p1", "org.vesper.0")] {
+        for (port, name) in [
+            ("vport1p1", "org.qemu.guest_agent.0"),
+            ("vport2p1", "org.vesper.0"),
+        ] {
             std::fs::create_dir_all(d.join(port)).unwrap();
             std::fs::write(d.join(port).join("name"), format!("{name}\n")).unwrap();
         }
@@ -116,7 +135,10 @@ mod tests {
     #[test]
     fn parses_specs() {
         assert_eq!("auto".parse::<ChannelSpec>(), Ok(ChannelSpec::Auto));
-        assert_eq!("/dev/vport1p1".parse::<ChannelSpec>(), Ok(ChannelSpec::Device("/dev/vport1p1".into())));
+        assert_eq!(
+            "/dev/vport1p1".parse::<ChannelSpec>(),
+            Ok(ChannelSpec::Device("/dev/vport1p1".into()))
+        );
         assert!("tcp:1".parse::<ChannelSpec>().is_err());
     }
 }

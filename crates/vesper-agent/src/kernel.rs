@@ -27,7 +27,9 @@ pub fn has_btf() -> bool {
 }
 
 pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 pub fn capabilities() -> u32 {
@@ -44,16 +46,26 @@ pub fn capabilities() -> u32 {
 /// Only `category:name` made of [A-Za-z0-9_] may touch the filesystem.
 fn valid_event(event: &str) -> Option<(&str, &str)> {
     let (cat, name) = event.split_once(':')?;
-    let ok = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let ok = |s: &str| {
+        !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
     (ok(cat) && ok(name)).then_some((cat, name))
 }
 
 fn read_format(event: &str) -> Option<String> {
     use std::io::Read;
     let (cat, name) = valid_event(event)?;
-    let path = Path::new(TRACEFS).join("events").join(cat).join(name).join("format");
+    let path = Path::new(TRACEFS)
+        .join("events")
+        .join(cat)
+        .join(name)
+        .join("format");
     let mut text = String::new();
-    std::fs::File::open(path).ok()?.take(MAX_FORMAT_LEN).read_to_string(&mut text).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_FORMAT_LEN)
+        .read_to_string(&mut text)
+        .ok()?;
     Some(text)
 }
 
@@ -61,7 +73,14 @@ pub fn kernel_info(events: &[String]) -> KernelInfo {
     KernelInfo {
         release: sys::kernel_release(),
         btf: has_btf(),
-        formats: events.iter().take(256).map(|e| EventFormat { event: e.clone(), format: read_format(e) }).collect(),
+        formats: events
+            .iter()
+            .take(256)
+            .map(|e| EventFormat {
+                event: e.clone(),
+                format: read_format(e),
+            })
+            .collect(),
     }
 }
 

@@ -17,11 +17,16 @@ struct StderrLog;
 
 impl log::Log for StderrLog {
     fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::Level::Info || (m.level() <= log::Level::Debug && m.target().starts_with("vesper"))
+        m.level() <= log::Level::Info
+            || (m.level() <= log::Level::Debug && m.target().starts_with("vesper"))
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            eprintln!("vesper-agent {}: {}", r.level().as_str().to_lowercase(), r.args());
+            eprintln!(
+                "vesper-agent {}: {}",
+                r.level().as_str().to_lowercase(),
+                r.args()
+            );
         }
     }
     fn flush(&self) {}
@@ -42,12 +47,17 @@ fn run() -> Result<(), String> {
     let mut lock = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value\n{USAGE}"));
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "--channel" => spec = value("--channel")?.parse()?,
             "--heartbeat-ms" => {
                 let v = value("--heartbeat-ms")?;
-                let ms: u64 = v.parse().map_err(|_| format!("--heartbeat-ms: {v:?} is not a number of milliseconds"))?;
+                let ms: u64 = v.parse().map_err(|_| {
+                    format!("--heartbeat-ms: {v:?} is not a number of milliseconds")
+                })?;
                 cfg.heartbeat = Duration::from_millis(ms.max(10));
             }
             "--lock-memory" => lock = true,
@@ -58,14 +68,16 @@ fn run() -> Result<(), String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if lock {
-        if let Err(e) = sys::lock_memory() {
-            log::warn!("mlockall failed ({e}); continuing unlocked");
-        }
+    if lock && let Err(e) = sys::lock_memory() {
+        log::warn!("mlockall failed ({e}); continuing unlocked");
     }
     kernel::ensure_tracefs();
     let channel = Channel::new(spec.clone()).map_err(|e| format!("channel {spec:?}: {e}"))?;
-    log::info!("agent {} on kernel {}, channel {spec:?}", env!("CARGO_PKG_VERSION"), sys::kernel_release());
+    log::info!(
+        "agent {} on kernel {}, channel {spec:?}",
+        env!("CARGO_PKG_VERSION"),
+        sys::kernel_release()
+    );
     loop {
         let conn = match channel.connect() {
             Ok(c) => c,
@@ -79,7 +91,9 @@ fn run() -> Result<(), String> {
         match session::Session::new(conn, &cfg, started).run() {
             session::End::HostClosed => log::info!("host disconnected; probes unloaded"),
             session::End::Io(e) => log::warn!("channel error: {e}; probes unloaded"),
-            session::End::Protocol(e) => log::warn!("bad frame from host: {e}; session closed, probes unloaded"),
+            session::End::Protocol(e) => {
+                log::warn!("bad frame from host: {e}; session closed, probes unloaded")
+            }
         }
         if !matches!(spec, ChannelSpec::UnixListen(_)) {
             // A device port reports hang-up until the host reopens it: don't spin.

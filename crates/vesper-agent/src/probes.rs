@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
+use aya::Ebpf;
 use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::{KProbe, TracePoint};
-use aya::Ebpf;
 use vesper_proto::{AttachKind, LoadProbe, ProbeStat};
 
 #[derive(Debug, thiserror::Error)]
@@ -14,19 +14,40 @@ pub enum ProbeError {
     #[error("probe id {0} is already loaded")]
     Duplicate(u32),
     #[error("loading the object of probe {probe}: {source}")]
-    Object { probe: String, source: aya::EbpfError },
+    Object {
+        probe: String,
+        source: Box<aya::EbpfError>,
+    },
     #[error("probe {probe}: the object has no program {program}")]
     NoProgram { probe: String, program: String },
     #[error("probe {probe}: program {program} cannot be used as a {kind:?}: {source}")]
-    WrongKind { probe: String, program: String, kind: AttachKind, source: aya::programs::ProgramError },
+    WrongKind {
+        probe: String,
+        program: String,
+        kind: AttachKind,
+        source: aya::programs::ProgramError,
+    },
     #[error("probe {probe}: loading program {program} into the kernel: {source}")]
-    Verify { probe: String, program: String, source: aya::programs::ProgramError },
+    Verify {
+        probe: String,
+        program: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("probe {probe}: attaching {program} to {target}: {source}")]
-    Attach { probe: String, program: String, target: String, source: aya::programs::ProgramError },
+    Attach {
+        probe: String,
+        program: String,
+        target: String,
+        source: aya::programs::ProgramError,
+    },
     #[error("probe {probe}: bad attach target {target:?} (expected category:name)")]
     BadTarget { probe: String, target: String },
     #[error("probe {probe}: map {map}: {reason}")]
-    Map { probe: String, map: String, reason: String },
+    Map {
+        probe: String,
+        map: String,
+        reason: String,
+    },
 }
 
 /// One probe, live in the kernel. Dropping it detaches and unloads everything.
@@ -43,22 +64,40 @@ pub struct LoadedProbe {
 
 impl std::fmt::Debug for LoadedProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedProbe").field("name", &self.name).field("next_seq", &self.next_seq).finish()
+        f.debug_struct("LoadedProbe")
+            .field("name", &self.name)
+            .field("next_seq", &self.next_seq)
+            .finish()
     }
 }
 
 impl LoadedProbe {
     pub fn load(req: &LoadProbe) -> Result<Self, ProbeError> {
         let probe = req.name.clone();
-        let mut ebpf = Ebpf::load(&req.object).map_err(|source| ProbeError::Object { probe: probe.clone(), source })?;
+        let mut ebpf = Ebpf::load(&req.object).map_err(|e| ProbeError::Object {
+            probe: probe.clone(),
+            source: Box::new(e),
+        })?;
         let mut loaded: Vec<&str> = Vec::new();
         for a in &req.attach {
             let prog = ebpf
                 .program_mut(&a.program)
-                .ok_or_else(|| ProbeError::NoProgram { probe: probe.clone(), program: a.program.clone() })?;
+                .ok_or_else(|| ProbeError::NoProgram {
+                    probe: probe.clone(),
+                    program: a.program.clone(),
+                })?;
             let first = !loaded.contains(&a.program.as_str());
-            let wrong = |source| ProbeError::WrongKind { probe: probe.clone(), program: a.program.clone(), kind: a.kind, source };
-            let verify = |source| ProbeError::Verify { probe: probe.clone(), program: a.program.clone(), source };
+            let wrong = |source| ProbeError::WrongKind {
+                probe: probe.clone(),
+                program: a.program.clone(),
+                kind: a.kind,
+                source,
+            };
+            let verify = |source| ProbeError::Verify {
+                probe: probe.clone(),
+                program: a.program.clone(),
+                source,
+            };
             let attach = |source| ProbeError::Attach {
                 probe: probe.clone(),
                 program: a.program.clone(),
@@ -67,10 +106,13 @@ impl LoadedProbe {
             };
             match a.kind {
                 AttachKind::Tracepoint => {
-                    let (cat, name) = a
-                        .target
-                        .split_once(':')
-                        .ok_or_else(|| ProbeError::BadTarget { probe: probe.clone(), target: a.target.clone() })?;
+                    let (cat, name) =
+                        a.target
+                            .split_once(':')
+                            .ok_or_else(|| ProbeError::BadTarget {
+                                probe: probe.clone(),
+                                target: a.target.clone(),
+                            })?;
                     let tp: &mut TracePoint = prog.try_into().map_err(wrong)?;
                     if first {
                         tp.load().map_err(verify)?;
@@ -87,12 +129,27 @@ impl LoadedProbe {
             }
             loaded.push(&a.program);
         }
-        let map_err = |map: &str, reason: String| ProbeError::Map { probe: probe.clone(), map: map.into(), reason };
-        let ring = ebpf.take_map(&req.ring_map).ok_or_else(|| map_err(&req.ring_map, "not in the object".into()))?;
+        let map_err = |map: &str, reason: String| ProbeError::Map {
+            probe: probe.clone(),
+            map: map.into(),
+            reason,
+        };
+        let ring = ebpf
+            .take_map(&req.ring_map)
+            .ok_or_else(|| map_err(&req.ring_map, "not in the object".into()))?;
         let ring = RingBuf::try_from(ring).map_err(|e| map_err(&req.ring_map, e.to_string()))?;
-        let drops = ebpf.take_map(&req.drops_map).ok_or_else(|| map_err(&req.drops_map, "not in the object".into()))?;
+        let drops = ebpf
+            .take_map(&req.drops_map)
+            .ok_or_else(|| map_err(&req.drops_map, "not in the object".into()))?;
         let drops = Array::try_from(drops).map_err(|e| map_err(&req.drops_map, e.to_string()))?;
-        Ok(Self { name: probe, ring, drops, next_seq: 0, agent_drops: 0, _ebpf: ebpf })
+        Ok(Self {
+            name: probe,
+            ring,
+            drops,
+            next_seq: 0,
+            agent_drops: 0,
+            _ebpf: ebpf,
+        })
     }
 
     pub fn ring_fd(&self) -> RawFd {

@@ -8,9 +8,9 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use vesper_proto::message::error_code;
-use vesper_proto::{encode_frame, FrameDecoder, Hello, Message, Records, DEFAULT_MAX_PAYLOAD};
+use vesper_proto::{DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, Message, Records, encode_frame};
 
-use crate::channel::{raw_fd, Conn};
+use crate::channel::{Conn, raw_fd};
 use crate::kernel;
 use crate::probes::ProbeSet;
 use crate::sys;
@@ -26,7 +26,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { heartbeat: Duration::from_secs(1), batch_bytes: 256 * 1024, out_limit: 4 << 20 }
+        Self {
+            heartbeat: Duration::from_secs(1),
+            batch_bytes: 256 * 1024,
+            out_limit: 4 << 20,
+        }
     }
 }
 
@@ -88,9 +92,17 @@ impl<'a> Session<'a> {
             }
             let mut fds = vec![sys::pollfd(conn_fd, events)];
             if self.out.len() < self.cfg.out_limit {
-                fds.extend(self.probes.probes.values().map(|p| sys::pollfd(p.ring_fd(), libc::POLLIN)));
+                fds.extend(
+                    self.probes
+                        .probes
+                        .values()
+                        .map(|p| sys::pollfd(p.ring_fd(), libc::POLLIN)),
+                );
             }
-            let wait = next_hb.saturating_duration_since(Instant::now()).as_millis().min(1000) as i32;
+            let wait = next_hb
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(1000) as i32;
             if let Err(e) = sys::poll(&mut fds, wait) {
                 return End::Io(e);
             }
@@ -141,13 +153,25 @@ impl<'a> Session<'a> {
             }
             Message::LoadProbe(req) => match self.probes.load(&req) {
                 Ok(load_us) => {
-                    log::info!("probe {} (id {}) loaded and attached in {} us", req.name, req.probe_id, load_us);
-                    self.send(&Message::ProbeLoaded { probe_id: req.probe_id, load_us });
+                    log::info!(
+                        "probe {} (id {}) loaded and attached in {} us",
+                        req.name,
+                        req.probe_id,
+                        load_us
+                    );
+                    self.send(&Message::ProbeLoaded {
+                        probe_id: req.probe_id,
+                        load_us,
+                    });
                 }
                 Err(e) => {
                     log::warn!("{e}");
                     let message = format!("{e}{}", source_chain(&e));
-                    self.send(&Message::Error { probe_id: req.probe_id, code: error_code::LOAD_FAILED, message });
+                    self.send(&Message::Error {
+                        probe_id: req.probe_id,
+                        code: error_code::LOAD_FAILED,
+                        message,
+                    });
                 }
             },
             Message::UnloadProbe { probe_id } => {
@@ -156,7 +180,11 @@ impl<'a> Session<'a> {
                     self.send(&Message::ProbeUnloaded { probe_id });
                 } else {
                     let message = format!("no probe with id {probe_id} is loaded");
-                    self.send(&Message::Error { probe_id, code: error_code::UNKNOWN_PROBE, message });
+                    self.send(&Message::Error {
+                        probe_id,
+                        code: error_code::UNKNOWN_PROBE,
+                        message,
+                    });
                 }
             }
             Message::ListProbes => {
@@ -166,7 +194,11 @@ impl<'a> Session<'a> {
             Message::Heartbeat { .. } => {}
             other => {
                 let message = format!("the agent does not accept {:?} messages", other.kind());
-                self.send(&Message::Error { probe_id: 0, code: error_code::BAD_REQUEST, message });
+                self.send(&Message::Error {
+                    probe_id: 0,
+                    code: error_code::BAD_REQUEST,
+                    message,
+                });
             }
         }
     }
@@ -179,7 +211,9 @@ impl<'a> Session<'a> {
                 if self.out.len() >= self.cfg.out_limit {
                     return;
                 }
-                let Some(p) = self.probes.probes.get_mut(&id) else { break };
+                let Some(p) = self.probes.probes.get_mut(&id) else {
+                    break;
+                };
                 batch.clear();
                 let n = p.drain(&mut batch, self.cfg.batch_bytes);
                 if n == 0 {
@@ -201,7 +235,12 @@ impl<'a> Session<'a> {
     fn flush(&mut self) -> io::Result<()> {
         while !self.out.is_empty() {
             match self.conn.write(&self.out) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "host channel closed")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "host channel closed",
+                    ));
+                }
                 Ok(n) => {
                     self.out.drain(..n);
                 }

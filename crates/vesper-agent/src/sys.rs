@@ -20,7 +20,11 @@ pub fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
 }
 
 pub fn pollfd(fd: RawFd, events: i16) -> libc::pollfd {
-    libc::pollfd { fd, events, revents: 0 }
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
 }
 
 /// Mounts tracefs at `target` (the agent needs it for tracepoint ids and formats).
@@ -30,7 +34,15 @@ pub fn mount_tracefs(target: &str) -> io::Result<()> {
     let target = std::ffi::CString::new(target).map_err(io::Error::other)?;
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call;
     // data is null, which mount(2) accepts.
-    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -56,6 +68,11 @@ pub fn kernel_release() -> String {
     if unsafe { libc::uname(&mut u) } != 0 {
         return "unknown".into();
     }
-    let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = u
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -6,15 +6,24 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{Context, anyhow, bail};
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(name = "vesper", version, about = "Probe the kernels of running VMs from the host")]
+#[command(
+    name = "vesper",
+    version,
+    about = "Probe the kernels of running VMs from the host"
+)]
 struct Cli {
     /// vesperd's control socket.
-    #[arg(long, env = "VESPER_SOCKET", default_value = "/run/vesper/vesper.sock", global = true)]
+    #[arg(
+        long,
+        env = "VESPER_SOCKET",
+        default_value = "/run/vesper/vesper.sock",
+        global = true
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,20 +75,28 @@ fn main() {
 /// Sends one request; returns the first response line (checked for `ok`) and the reader.
 fn request(socket: &PathBuf, req: Value) -> anyhow::Result<(Value, BufReader<UnixStream>)> {
     let mut s = UnixStream::connect(socket).map_err(|e| {
-        anyhow!("cannot reach vesperd at {}: {e} (is vesperd running? use --socket or VESPER_SOCKET)", socket.display())
+        anyhow!(
+            "cannot reach vesperd at {}: {e} (is vesperd running? use --socket or VESPER_SOCKET)",
+            socket.display()
+        )
     })?;
     let mut line = req.to_string();
     line.push('\n');
-    s.write_all(line.as_bytes()).context("sending the request to vesperd")?;
+    s.write_all(line.as_bytes())
+        .context("sending the request to vesperd")?;
     let mut r = BufReader::new(s);
     let mut first = String::new();
-    r.read_line(&mut first).context("reading vesperd's answer")?;
+    r.read_line(&mut first)
+        .context("reading vesperd's answer")?;
     if first.is_empty() {
         bail!("vesperd closed the connection without an answer");
     }
     let v: Value = serde_json::from_str(&first).context("vesperd's answer is not JSON")?;
     if v["ok"] != json!(true) {
-        bail!("{}", v["error"].as_str().unwrap_or("vesperd refused the request"));
+        bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("vesperd refused the request")
+        );
     }
     Ok((v, r))
 }
@@ -109,26 +126,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Load { vm, probe } => {
-            let (v, _) = request(&cli.socket, json!({"cmd": "load", "vm": vm, "probe": probe}))?;
+            let (v, _) = request(
+                &cli.socket,
+                json!({"cmd": "load", "vm": vm, "probe": probe}),
+            )?;
             let r = &v["result"];
             match r["state"].as_str() {
-                Some("loaded") => writeln!(out, "{probe} loaded in {vm} (attached in {} us)", r["load_us"])?,
+                Some("loaded") => writeln!(
+                    out,
+                    "{probe} loaded in {vm} (attached in {} us)",
+                    r["load_us"]
+                )?,
                 _ => writeln!(out, "{probe} will load in {vm} when its agent connects")?,
             }
         }
         Cmd::Unload { vm, probe } => {
-            request(&cli.socket, json!({"cmd": "unload", "vm": vm, "probe": probe}))?;
+            request(
+                &cli.socket,
+                json!({"cmd": "unload", "vm": vm, "probe": probe}),
+            )?;
             writeln!(out, "{probe} unloaded from {vm}")?;
         }
-        Cmd::Events { vm, probe, follow, json, last } => {
-            let (_, reader) =
-                request(&cli.socket, json!({"cmd": "events", "vm": vm, "probe": probe, "follow": follow, "last": last}))?;
+        Cmd::Events {
+            vm,
+            probe,
+            follow,
+            json,
+            last,
+        } => {
+            let (_, reader) = request(
+                &cli.socket,
+                json!({"cmd": "events", "vm": vm, "probe": probe, "follow": follow, "last": last}),
+            )?;
             for line in reader.lines() {
                 let line = line.context("reading records from vesperd")?;
                 if json {
                     writeln!(out, "{line}")?;
                 } else {
-                    let v: Value = serde_json::from_str(&line).context("vesperd sent a record that is not JSON")?;
+                    let v: Value = serde_json::from_str(&line)
+                        .context("vesperd sent a record that is not JSON")?;
                     writeln!(out, "{}", render::record(&v))?;
                 }
                 if follow {

@@ -7,7 +7,9 @@ use serde_json::Value;
 
 /// Guest text, safe for a terminal.
 pub fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn s(v: &Value) -> String {
@@ -21,7 +23,13 @@ fn s(v: &Value) -> String {
 /// HH:MM:SS.mmm (UTC) of a unix time in milliseconds.
 fn clock(ms: u64) -> String {
     let day_ms = ms % 86_400_000;
-    format!("{:02}:{:02}:{:02}.{:03}", day_ms / 3_600_000, day_ms / 60_000 % 60, day_ms / 1000 % 60, day_ms % 1000)
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
 }
 
 pub fn record(v: &Value) -> String {
@@ -75,16 +83,30 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
     if vms.is_empty() {
         return writeln!(out, "no VMs configured");
     }
-    writeln!(out, "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  probes", "VM", "STATE", "KERNEL", "HEARD", "RECORDS", "LOST")?;
+    writeln!(
+        out,
+        "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  probes",
+        "VM", "STATE", "KERNEL", "HEARD", "RECORDS", "LOST"
+    )?;
     for vm in vms {
         let probes = vm["probes"].as_array().cloned().unwrap_or_default();
         let received: u64 = probes.iter().filter_map(|p| p["received"].as_u64()).sum();
         let lost: u64 = probes
             .iter()
-            .map(|p| ["kernel_drops", "agent_drops", "transport_lost"].iter().filter_map(|k| p[*k].as_u64()).sum::<u64>())
+            .map(|p| {
+                ["kernel_drops", "agent_drops", "transport_lost"]
+                    .iter()
+                    .filter_map(|k| p[*k].as_u64())
+                    .sum::<u64>()
+            })
             .sum();
-        let heard = vm["last_heard_ms"].as_u64().map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-        let names: Vec<String> = probes.iter().map(|p| format!("{}({})", s(&p["name"]), s(&p["phase"]))).collect();
+        let heard = vm["last_heard_ms"]
+            .as_u64()
+            .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+        let names: Vec<String> = probes
+            .iter()
+            .map(|p| format!("{}({})", s(&p["name"]), s(&p["phase"])))
+            .collect();
         writeln!(
             out,
             "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  {}",
@@ -94,12 +116,16 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
             heard,
             received,
             lost,
-            if names.is_empty() { "-".into() } else { names.join(" ") }
-        )?;
-        if vm["state"] == "disconnected" {
-            if let Some(e) = vm["last_error"].as_str() {
-                writeln!(out, "{:<12} last error: {}", "", clean(e))?;
+            if names.is_empty() {
+                "-".into()
+            } else {
+                names.join(" ")
             }
+        )?;
+        if vm["state"] == "disconnected"
+            && let Some(e) = vm["last_error"].as_str()
+        {
+            writeln!(out, "{:<12} last error: {}", "", clean(e))?;
         }
     }
     Ok(())
@@ -108,16 +134,29 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
 pub fn probes(out: &mut impl Write, vm: &Value) -> std::io::Result<()> {
     let probes = vm["probes"].as_array().cloned().unwrap_or_default();
     if probes.is_empty() {
-        let desired: Vec<String> = vm["desired_probes"].as_array().into_iter().flatten().map(s).collect();
+        let desired: Vec<String> = vm["desired_probes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect();
         return writeln!(
             out,
             "no probes loaded in {} (state {}; will load on connect: {})",
             s(&vm["name"]),
             s(&vm["state"]),
-            if desired.is_empty() { "none".into() } else { desired.join(", ") }
+            if desired.is_empty() {
+                "none".into()
+            } else {
+                desired.join(", ")
+            }
         );
     }
-    writeln!(out, "{:<12} {:>4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}", "PROBE", "ID", "PHASE", "RECEIVED", "KDROPS", "ADROPS", "LOST", "LOAD_US")?;
+    writeln!(
+        out,
+        "{:<12} {:>4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "PROBE", "ID", "PHASE", "RECEIVED", "KDROPS", "ADROPS", "LOST", "LOAD_US"
+    )?;
     for p in probes {
         writeln!(
             out,
@@ -144,7 +183,10 @@ mod tests {
     fn signal_record_reads_like_a_sentence() {
         let v = json!({"vm":"web1","probe":"signal","seq":3,"ts_ns":1,"sig":15,"sig_name":"SIGTERM",
             "sender_pid":812,"sender_uid":0,"sender_comm":"pkill","target_pid":212,"target_comm":"httpd","result":0,"host_ms":3_723_004});
-        assert_eq!(record(&v), "01:02:03.004 web1 signal #3 SIGTERM (15) from pkill (pid 812, uid 0) to httpd (pid 212): delivered");
+        assert_eq!(
+            record(&v),
+            "01:02:03.004 web1 signal #3 SIGTERM (15) from pkill (pid 812, uid 0) to httpd (pid 212): delivered"
+        );
     }
 
     #[test]

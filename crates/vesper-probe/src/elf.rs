@@ -86,7 +86,11 @@ struct Shdr {
 }
 
 /// Builds the object's bytes.
-pub fn write_object(programs: &[ProgramCode], maps: &[MapDef], license: &str) -> Result<Vec<u8>, ElfError> {
+pub fn write_object(
+    programs: &[ProgramCode],
+    maps: &[MapDef],
+    license: &str,
+) -> Result<Vec<u8>, ElfError> {
     let mut strtab = Strtab { data: vec![0] };
     let mut sections: Vec<Shdr> = Vec::new();
     // Section indices: 0 null, 1 strtab, then programs (+rel), maps, license, symtab.
@@ -115,7 +119,13 @@ pub fn write_object(programs: &[ProgramCode], maps: &[MapDef], license: &str) ->
     let map_sym_base = symbols.len();
     for (i, m) in maps.iter().enumerate() {
         let n = strtab.add(&m.name);
-        symbols.push(sym(n, STT_OBJECT, maps_idx as u16, (i * MAP_DEF_LEN) as u64, MAP_DEF_LEN as u64));
+        symbols.push(sym(
+            n,
+            STT_OBJECT,
+            maps_idx as u16,
+            (i * MAP_DEF_LEN) as u64,
+            MAP_DEF_LEN as u64,
+        ));
     }
 
     for p in programs {
@@ -132,10 +142,13 @@ pub fn write_object(programs: &[ProgramCode], maps: &[MapDef], license: &str) ->
         });
         let mut rel = Vec::new();
         for r in &p.map_refs {
-            let idx = maps.iter().position(|m| m.name == r.map).ok_or_else(|| ElfError::UnknownMap {
-                program: p.name.clone(),
-                map: r.map.clone(),
-            })?;
+            let idx =
+                maps.iter()
+                    .position(|m| m.name == r.map)
+                    .ok_or_else(|| ElfError::UnknownMap {
+                        program: p.name.clone(),
+                        map: r.map.clone(),
+                    })?;
             let sym_idx = (map_sym_base + idx) as u64;
             rel.extend_from_slice(&((r.insn * 8) as u64).to_le_bytes());
             rel.extend_from_slice(&((sym_idx << 32) | R_BPF_64_64).to_le_bytes());
@@ -210,13 +223,13 @@ pub fn write_object(programs: &[ProgramCode], maps: &[MapDef], license: &str) ->
     let mut out = vec![0u8; 64];
     let mut offsets = Vec::with_capacity(sections.len());
     for s in &sections {
-        while out.len() % s.align.max(1) as usize != 0 {
+        while !out.len().is_multiple_of(s.align.max(1) as usize) {
             out.push(0);
         }
         offsets.push(out.len() as u64);
         out.extend_from_slice(&s.data);
     }
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push(0);
     }
     let shoff = out.len() as u64;

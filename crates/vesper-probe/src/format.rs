@@ -55,15 +55,24 @@ pub fn parse_format(event: &str, text: &str) -> Result<TracepointFormat, FormatE
     let mut id = None;
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        let err = |reason: &str| FormatError { event: event.to_string(), line: i + 1, reason: reason.to_string() };
+        let err = |reason: &str| FormatError {
+            event: event.to_string(),
+            line: i + 1,
+            reason: reason.to_string(),
+        };
         if let Some(v) = line.strip_prefix("ID:") {
             id = v.trim().parse().ok();
             continue;
         }
-        let Some(rest) = line.strip_prefix("field:") else { continue };
+        let Some(rest) = line.strip_prefix("field:") else {
+            continue;
+        };
         // field:char comm[16];	offset:20;	size:16;	signed:0;
         let mut parts = rest.split(';').map(str::trim);
-        let decl = parts.next().ok_or_else(|| err("missing declaration"))?.to_string();
+        let decl = parts
+            .next()
+            .ok_or_else(|| err("missing declaration"))?
+            .to_string();
         let mut offset = None;
         let mut size = None;
         let mut signed = false;
@@ -88,7 +97,11 @@ pub fn parse_format(event: &str, text: &str) -> Result<TracepointFormat, FormatE
             signed,
         });
     }
-    Ok(TracepointFormat { event: event.to_string(), id, fields })
+    Ok(TracepointFormat {
+        event: event.to_string(),
+        id,
+        fields,
+    })
 }
 
 /// `char comm[16]` → comm, `__data_loc char[] comm` → comm, `pid_t pid` → pid.

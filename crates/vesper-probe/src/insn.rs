@@ -17,7 +17,16 @@ impl Insn {
     pub fn to_bytes(self) -> [u8; 8] {
         let o = self.off.to_le_bytes();
         let i = self.imm.to_le_bytes();
-        [self.code, (self.src << 4) | (self.dst & 0x0f), o[0], o[1], i[0], i[1], i[2], i[3]]
+        [
+            self.code,
+            (self.src << 4) | (self.dst & 0x0f),
+            o[0],
+            o[1],
+            i[0],
+            i[1],
+            i[2],
+            i[3],
+        ]
     }
 }
 
@@ -184,7 +193,13 @@ impl Asm {
         self.insns.is_empty()
     }
     fn push(&mut self, code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> &mut Self {
-        self.insns.push(Insn { code, dst, src, off, imm });
+        self.insns.push(Insn {
+            code,
+            dst,
+            src,
+            off,
+            imm,
+        });
         self
     }
     pub fn label(&mut self) -> Label {
@@ -217,7 +232,10 @@ impl Asm {
     }
     /// `dst = &map` (two slots, relocated at load time).
     pub fn ld_map(&mut self, dst: Reg, map: &str) -> &mut Self {
-        self.map_refs.push(MapRef { insn: self.insns.len(), map: map.to_string() });
+        self.map_refs.push(MapRef {
+            insn: self.insns.len(),
+            map: map.to_string(),
+        });
         self.push(BPF_LD | BPF_DW | BPF_IMM, dst, BPF_PSEUDO_MAP_FD, 0, 0);
         self.push(0, 0, 0, 0, 0)
     }
@@ -235,7 +253,13 @@ impl Asm {
     }
     /// `lock *(u64 *)(dst + off) += src`
     pub fn atomic_add64(&mut self, dst: Reg, off: i16, src: Reg) -> &mut Self {
-        self.push(BPF_STX | BPF_ATOMIC | BPF_DW, dst, src, off, Alu::Add as i32)
+        self.push(
+            BPF_STX | BPF_ATOMIC | BPF_DW,
+            dst,
+            src,
+            off,
+            Alu::Add as i32,
+        )
     }
     pub fn call(&mut self, helper: i32) -> &mut Self {
         self.push(BPF_JMP | BPF_CALL, 0, 0, 0, helper)
@@ -282,7 +306,10 @@ mod tests {
         let mut a = Asm::new();
         a.mov_imm(R0, 0).exit();
         let (insns, _) = a.finish().unwrap();
-        assert_eq!(to_bytes(&insns), [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            to_bytes(&insns),
+            [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]

@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use format::{parse_format, FormatError, TracepointField, TracepointFormat};
-pub use manifest::{Attach, AttachKind, FieldKind, FieldSpec, Manifest, RecordError, Schema, Value};
+pub use format::{FormatError, TracepointField, TracepointFormat, parse_format};
+pub use manifest::{
+    Attach, AttachKind, FieldKind, FieldSpec, Manifest, RecordError, Schema, Value,
+};
 
 /// What the compiler needs to know about the target kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,8 +33,13 @@ impl KernelInfo {
     pub fn format(&self, event: &str) -> Result<&TracepointFormat, BuildError> {
         match self.formats.get(event) {
             Some(Some(f)) => Ok(f),
-            Some(None) => Err(BuildError::NoSuchEvent { event: event.into(), release: self.release.clone() }),
-            None => Err(BuildError::NoFormat { event: event.into() }),
+            Some(None) => Err(BuildError::NoSuchEvent {
+                event: event.into(),
+                release: self.release.clone(),
+            }),
+            None => Err(BuildError::NoFormat {
+                event: event.into(),
+            }),
         }
     }
 }
@@ -54,9 +61,18 @@ pub enum BuildError {
     #[error("no tracepoint format for {event} was provided (ask the target kernel for it)")]
     NoFormat { event: String },
     #[error("tracepoint {event} has no field {field:?} (fields: {available})")]
-    MissingField { event: String, field: String, available: String },
+    MissingField {
+        event: String,
+        field: String,
+        available: String,
+    },
     #[error("tracepoint {event}: field {field} has an unsupported layout ({decl}, {size} bytes)")]
-    BadField { event: String, field: String, decl: String, size: u32 },
+    BadField {
+        event: String,
+        field: String,
+        decl: String,
+        size: u32,
+    },
     #[error(transparent)]
     Asm(#[from] insn::AsmError),
     #[error(transparent)]

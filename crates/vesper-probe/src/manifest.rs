@@ -33,7 +33,9 @@ pub enum FieldKind {
     I32,
     I64,
     /// NUL-padded string of at most `len` bytes.
-    Str { len: u32 },
+    Str {
+        len: u32,
+    },
     /// An i32 signal number; shown as the number and, in `<name>_name`, its name.
     Signal,
 }
@@ -100,7 +102,12 @@ pub enum RecordError {
     #[error("record of {got} bytes is shorter than the schema's {want}")]
     TooShort { got: usize, want: u32 },
     #[error("field {field} at {offset}+{size} lies outside the {len}-byte record")]
-    FieldOutOfBounds { field: String, offset: u32, size: u32, len: usize },
+    FieldOutOfBounds {
+        field: String,
+        offset: u32,
+        size: u32,
+        len: usize,
+    },
 }
 
 impl Schema {
@@ -108,7 +115,10 @@ impl Schema {
     /// the schema, or a schema field past the end, is an error.
     pub fn decode(&self, rec: &[u8]) -> Result<Vec<(String, Value)>, RecordError> {
         if rec.len() < self.size as usize {
-            return Err(RecordError::TooShort { got: rec.len(), want: self.size });
+            return Err(RecordError::TooShort {
+                got: rec.len(),
+                want: self.size,
+            });
         }
         let mut out = Vec::with_capacity(self.fields.len() + 1);
         for f in &self.fields {
@@ -129,7 +139,9 @@ impl Schema {
                 u64::from_le_bytes(b)
             };
             let value = match f.kind {
-                FieldKind::U8 | FieldKind::U16 | FieldKind::U32 | FieldKind::U64 => Value::UInt(le(size as usize)),
+                FieldKind::U8 | FieldKind::U16 | FieldKind::U32 | FieldKind::U64 => {
+                    Value::UInt(le(size as usize))
+                }
                 FieldKind::I8 => Value::Int(le(1) as u8 as i8 as i64),
                 FieldKind::I16 => Value::Int(le(2) as u16 as i16 as i64),
                 FieldKind::I32 => Value::Int(le(4) as u32 as i32 as i64),
@@ -157,10 +169,38 @@ fn c_string(bytes: &[u8]) -> String {
 /// The conventional name of a Linux signal number.
 pub fn signal_name(sig: i32) -> String {
     const NAMES: [&str; 32] = [
-        "0", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL",
-        "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT",
-        "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF",
-        "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+        "0",
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
     ];
     match sig {
         0..=31 => NAMES[sig as usize].to_string(),
@@ -177,10 +217,26 @@ mod tests {
         Schema {
             size: 24,
             fields: vec![
-                FieldSpec { name: "ts_ns".into(), offset: 0, kind: FieldKind::U64 },
-                FieldSpec { name: "sig".into(), offset: 8, kind: FieldKind::Signal },
-                FieldSpec { name: "comm".into(), offset: 12, kind: FieldKind::Str { len: 8 } },
-                FieldSpec { name: "neg".into(), offset: 20, kind: FieldKind::I32 },
+                FieldSpec {
+                    name: "ts_ns".into(),
+                    offset: 0,
+                    kind: FieldKind::U64,
+                },
+                FieldSpec {
+                    name: "sig".into(),
+                    offset: 8,
+                    kind: FieldKind::Signal,
+                },
+                FieldSpec {
+                    name: "comm".into(),
+                    offset: 12,
+                    kind: FieldKind::Str { len: 8 },
+                },
+                FieldSpec {
+                    name: "neg".into(),
+                    offset: 20,
+                    kind: FieldKind::I32,
+                },
             ],
         }
     }
@@ -202,14 +258,24 @@ mod tests {
 
     #[test]
     fn short_record_is_rejected() {
-        assert_eq!(schema().decode(&[0; 5]), Err(RecordError::TooShort { got: 5, want: 24 }));
+        assert_eq!(
+            schema().decode(&[0; 5]),
+            Err(RecordError::TooShort { got: 5, want: 24 })
+        );
     }
 
     #[test]
     fn lying_schema_cannot_read_past_the_record() {
         let mut s = schema();
-        s.fields.push(FieldSpec { name: "far".into(), offset: u32::MAX, kind: FieldKind::U64 });
-        assert!(matches!(s.decode(&[0; 24]), Err(RecordError::FieldOutOfBounds { .. })));
+        s.fields.push(FieldSpec {
+            name: "far".into(),
+            offset: u32::MAX,
+            kind: FieldKind::U64,
+        });
+        assert!(matches!(
+            s.decode(&[0; 24]),
+            Err(RecordError::FieldOutOfBounds { .. })
+        ));
     }
 
     #[test]

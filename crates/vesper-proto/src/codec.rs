@@ -62,7 +62,10 @@ impl<'a> Reader<'a> {
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if n > self.data.len() {
-            return Err(DecodeError::Truncated { needed: n, remaining: self.data.len() });
+            return Err(DecodeError::Truncated {
+                needed: n,
+                remaining: self.data.len(),
+            });
         }
         let (head, tail) = self.data.split_at(n);
         self.data = tail;

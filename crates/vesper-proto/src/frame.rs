@@ -211,12 +211,22 @@ impl FrameDecoder {
         hasher.update(&payload);
         let actual = hasher.finalize();
         let result = if actual != h.crc {
-            Err(DecodeError::BadCrc { expected: h.crc, actual })
+            Err(DecodeError::BadCrc {
+                expected: h.crc,
+                actual,
+            })
         } else if h.seq != self.next_seq {
-            Err(DecodeError::BadSequence { expected: self.next_seq, got: h.seq })
+            Err(DecodeError::BadSequence {
+                expected: self.next_seq,
+                got: h.seq,
+            })
         } else {
             self.next_seq += 1;
-            Ok(Some(Frame { kind: h.kind, seq: h.seq, payload }))
+            Ok(Some(Frame {
+                kind: h.kind,
+                seq: h.seq,
+                payload,
+            }))
         };
         if let Err(e) = &result {
             self.error = Some(e.clone());

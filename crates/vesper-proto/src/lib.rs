@@ -25,8 +25,8 @@ pub mod message;
 
 pub use codec::{Reader, Writer};
 pub use frame::{
-    encode_frame, DecodeError, Frame, FrameDecoder, FrameHeader, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
-    MAGIC, PROTOCOL_VERSION,
+    DEFAULT_MAX_PAYLOAD, DecodeError, Frame, FrameDecoder, FrameHeader, HEADER_LEN, MAGIC,
+    PROTOCOL_VERSION, encode_frame,
 };
 pub use message::{
     AttachKind, AttachPoint, EventFormat, Hello, KernelInfo, LoadProbe, Message, MessageKind,

@@ -112,7 +112,10 @@ impl TryFrom<u8> for AttachKind {
             1 => Ok(Self::Tracepoint),
             2 => Ok(Self::Kprobe),
             3 => Ok(Self::Kretprobe),
-            other => Err(DecodeError::BadValue { field: "attach kind", value: other.into() }),
+            other => Err(DecodeError::BadValue {
+                field: "attach kind",
+                value: other.into(),
+            }),
         }
     }
 }
@@ -167,17 +170,35 @@ impl Records {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),
-    KernelInfoRequest { events: Vec<String> },
+    KernelInfoRequest {
+        events: Vec<String>,
+    },
     KernelInfo(KernelInfo),
     LoadProbe(LoadProbe),
-    ProbeLoaded { probe_id: u32, load_us: u64 },
-    UnloadProbe { probe_id: u32 },
-    ProbeUnloaded { probe_id: u32 },
+    ProbeLoaded {
+        probe_id: u32,
+        load_us: u64,
+    },
+    UnloadProbe {
+        probe_id: u32,
+    },
+    ProbeUnloaded {
+        probe_id: u32,
+    },
     ListProbes,
-    ProbeList { probes: Vec<ProbeStat> },
+    ProbeList {
+        probes: Vec<ProbeStat>,
+    },
     Records(Records),
-    Heartbeat { uptime_ms: u64, probes: u32 },
-    Error { probe_id: u32, code: u16, message: String },
+    Heartbeat {
+        uptime_ms: u64,
+        probes: u32,
+    },
+    Error {
+        probe_id: u32,
+        code: u16,
+        message: String,
+    },
 }
 
 /// Error codes carried by [`Message::Error`].
@@ -214,7 +235,10 @@ impl Message {
         let mut w = Writer::new();
         match self {
             Message::Hello(h) => {
-                w.str(&h.agent_version).str(&h.kernel_release).u32(h.capabilities).str(&h.boot_id);
+                w.str(&h.agent_version)
+                    .str(&h.kernel_release)
+                    .u32(h.capabilities)
+                    .str(&h.boot_id);
             }
             Message::KernelInfoRequest { events } => {
                 w.u32(events.len() as u32);
@@ -223,13 +247,21 @@ impl Message {
                 }
             }
             Message::KernelInfo(k) => {
-                w.str(&k.release).u8(k.btf as u8).u32(k.formats.len() as u32);
+                w.str(&k.release)
+                    .u8(k.btf as u8)
+                    .u32(k.formats.len() as u32);
                 for f in &k.formats {
-                    w.str(&f.event).u8(f.format.is_some() as u8).str(f.format.as_deref().unwrap_or(""));
+                    w.str(&f.event)
+                        .u8(f.format.is_some() as u8)
+                        .str(f.format.as_deref().unwrap_or(""));
                 }
             }
             Message::LoadProbe(p) => {
-                w.u32(p.probe_id).str(&p.name).bytes(&p.object).str(&p.ring_map).str(&p.drops_map);
+                w.u32(p.probe_id)
+                    .str(&p.name)
+                    .bytes(&p.object)
+                    .str(&p.ring_map)
+                    .str(&p.drops_map);
                 w.u32(p.attach.len() as u32);
                 for a in &p.attach {
                     w.str(&a.program).u8(a.kind as u8).str(&a.target);
@@ -245,11 +277,18 @@ impl Message {
             Message::ProbeList { probes } => {
                 w.u32(probes.len() as u32);
                 for p in probes {
-                    w.u32(p.probe_id).str(&p.name).u64(p.records).u64(p.kernel_drops).u64(p.agent_drops);
+                    w.u32(p.probe_id)
+                        .str(&p.name)
+                        .u64(p.records)
+                        .u64(p.kernel_drops)
+                        .u64(p.agent_drops);
                 }
             }
             Message::Records(r) => {
-                w.u32(r.probe_id).u64(r.first_seq).u64(r.kernel_drops).u64(r.agent_drops);
+                w.u32(r.probe_id)
+                    .u64(r.first_seq)
+                    .u64(r.kernel_drops)
+                    .u64(r.agent_drops);
                 w.u32(r.records.len() as u32);
                 for rec in &r.records {
                     let len = rec.len().min(MAX_RECORD_LEN);
@@ -259,7 +298,11 @@ impl Message {
             Message::Heartbeat { uptime_ms, probes } => {
                 w.u64(*uptime_ms).u32(*probes);
             }
-            Message::Error { probe_id, code, message } => {
+            Message::Error {
+                probe_id,
+                code,
+                message,
+            } => {
                 w.u32(*probe_id).u16(*code).str(message);
             }
         }
@@ -292,9 +335,16 @@ impl Message {
                     let event = r.string()?;
                     let found = r.u8()? != 0;
                     let text = r.string()?;
-                    formats.push(EventFormat { event, format: found.then_some(text) });
+                    formats.push(EventFormat {
+                        event,
+                        format: found.then_some(text),
+                    });
                 }
-                Message::KernelInfo(KernelInfo { release, btf, formats })
+                Message::KernelInfo(KernelInfo {
+                    release,
+                    btf,
+                    formats,
+                })
             }
             MessageKind::LoadProbe => {
                 let probe_id = r.u32()?;
@@ -308,11 +358,25 @@ impl Message {
                     let program = r.string()?;
                     let kind = AttachKind::try_from(r.u8()?)?;
                     let target = r.string()?;
-                    attach.push(AttachPoint { program, kind, target });
+                    attach.push(AttachPoint {
+                        program,
+                        kind,
+                        target,
+                    });
                 }
-                Message::LoadProbe(LoadProbe { probe_id, name, object, ring_map, drops_map, attach })
+                Message::LoadProbe(LoadProbe {
+                    probe_id,
+                    name,
+                    object,
+                    ring_map,
+                    drops_map,
+                    attach,
+                })
             }
-            MessageKind::ProbeLoaded => Message::ProbeLoaded { probe_id: r.u32()?, load_us: r.u64()? },
+            MessageKind::ProbeLoaded => Message::ProbeLoaded {
+                probe_id: r.u32()?,
+                load_us: r.u64()?,
+            },
             MessageKind::UnloadProbe => Message::UnloadProbe { probe_id: r.u32()? },
             MessageKind::ProbeUnloaded => Message::ProbeUnloaded { probe_id: r.u32()? },
             MessageKind::ListProbes => Message::ListProbes,
@@ -341,10 +405,23 @@ impl Message {
                     let len = r.u16()? as usize;
                     records.push(r.raw(len)?.to_vec());
                 }
-                Message::Records(Records { probe_id, first_seq, kernel_drops, agent_drops, records })
+                Message::Records(Records {
+                    probe_id,
+                    first_seq,
+                    kernel_drops,
+                    agent_drops,
+                    records,
+                })
             }
-            MessageKind::Heartbeat => Message::Heartbeat { uptime_ms: r.u64()?, probes: r.u32()? },
-            MessageKind::Error => Message::Error { probe_id: r.u32()?, code: r.u16()?, message: r.string()? },
+            MessageKind::Heartbeat => Message::Heartbeat {
+                uptime_ms: r.u64()?,
+                probes: r.u32()?,
+            },
+            MessageKind::Error => Message::Error {
+                probe_id: r.u32()?,
+                code: r.u16()?,
+                message: r.string()?,
+            },
         };
         r.finish()?;
         Ok(msg)

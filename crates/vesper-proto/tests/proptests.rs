@@ -1,5 +1,7 @@
 //! Round trips for every message and the decoder's behaviour on hostile input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use proptest::prelude::*;
 use vesper_proto::*;
 
@@ -9,48 +11,92 @@ fn arb_string() -> impl Strategy<Value = String> {
 
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (arb_string(), arb_string(), any::<u32>(), arb_string()).prop_map(|(a, k, c, b)| Message::Hello(
-            Hello { agent_version: a, kernel_release: k, capabilities: c, boot_id: b }
-        )),
-        prop::collection::vec(arb_string(), 0..5).prop_map(|events| Message::KernelInfoRequest { events }),
-        (arb_string(), any::<bool>(), prop::collection::vec((arb_string(), prop::option::of(arb_string())), 0..4))
+        (arb_string(), arb_string(), any::<u32>(), arb_string()).prop_map(|(a, k, c, b)| {
+            Message::Hello(Hello {
+                agent_version: a,
+                kernel_release: k,
+                capabilities: c,
+                boot_id: b,
+            })
+        }),
+        prop::collection::vec(arb_string(), 0..5)
+            .prop_map(|events| Message::KernelInfoRequest { events }),
+        (
+            arb_string(),
+            any::<bool>(),
+            prop::collection::vec((arb_string(), prop::option::of(arb_string())), 0..4)
+        )
             .prop_map(|(release, btf, f)| Message::KernelInfo(KernelInfo {
                 release,
                 btf,
-                formats: f.into_iter().map(|(event, format)| EventFormat { event, format }).collect(),
+                formats: f
+                    .into_iter()
+                    .map(|(event, format)| EventFormat { event, format })
+                    .collect(),
             })),
-        (any::<u32>(), arb_string(), prop::collection::vec(any::<u8>(), 0..256), arb_string(), arb_string())
-            .prop_map(|(probe_id, name, object, ring_map, drops_map)| Message::LoadProbe(LoadProbe {
-                probe_id,
-                name,
-                object,
-                ring_map,
-                drops_map,
-                attach: vec![AttachPoint { program: "p".into(), kind: AttachKind::Kprobe, target: "f".into() }],
-            })),
-        (any::<u32>(), any::<u64>()).prop_map(|(probe_id, load_us)| Message::ProbeLoaded { probe_id, load_us }),
+        (
+            any::<u32>(),
+            arb_string(),
+            prop::collection::vec(any::<u8>(), 0..256),
+            arb_string(),
+            arb_string()
+        )
+            .prop_map(
+                |(probe_id, name, object, ring_map, drops_map)| Message::LoadProbe(LoadProbe {
+                    probe_id,
+                    name,
+                    object,
+                    ring_map,
+                    drops_map,
+                    attach: vec![AttachPoint {
+                        program: "p".into(),
+                        kind: AttachKind::Kprobe,
+                        target: "f".into()
+                    }],
+                })
+            ),
+        (any::<u32>(), any::<u64>())
+            .prop_map(|(probe_id, load_us)| Message::ProbeLoaded { probe_id, load_us }),
         any::<u32>().prop_map(|probe_id| Message::UnloadProbe { probe_id }),
         any::<u32>().prop_map(|probe_id| Message::ProbeUnloaded { probe_id }),
         Just(Message::ListProbes),
-        prop::collection::vec((any::<u32>(), arb_string(), any::<u64>()), 0..4).prop_map(|v| Message::ProbeList {
-            probes: v
-                .into_iter()
-                .map(|(probe_id, name, n)| ProbeStat { probe_id, name, records: n, kernel_drops: n / 2, agent_drops: 1 })
-                .collect()
+        prop::collection::vec((any::<u32>(), arb_string(), any::<u64>()), 0..4).prop_map(|v| {
+            Message::ProbeList {
+                probes: v
+                    .into_iter()
+                    .map(|(probe_id, name, n)| ProbeStat {
+                        probe_id,
+                        name,
+                        records: n,
+                        kernel_drops: n / 2,
+                        agent_drops: 1,
+                    })
+                    .collect(),
+            }
         }),
-        (any::<u32>(), any::<u64>(), any::<u64>(), prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..20))
-            .prop_map(|(probe_id, first_seq, kernel_drops, records)| Message::Records(Records {
+        (
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..20)
+        )
+            .prop_map(
+                |(probe_id, first_seq, kernel_drops, records)| Message::Records(Records {
+                    probe_id,
+                    first_seq,
+                    kernel_drops,
+                    agent_drops: 0,
+                    records
+                })
+            ),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(uptime_ms, probes)| Message::Heartbeat { uptime_ms, probes }),
+        (any::<u32>(), any::<u16>(), arb_string()).prop_map(|(probe_id, code, message)| {
+            Message::Error {
                 probe_id,
-                first_seq,
-                kernel_drops,
-                agent_drops: 0,
-                records
-            })),
-        (any::<u64>(), any::<u32>()).prop_map(|(uptime_ms, probes)| Message::Heartbeat { uptime_ms, probes }),
-        (any::<u32>(), any::<u16>(), arb_string()).prop_map(|(probe_id, code, message)| Message::Error {
-            probe_id,
-            code,
-            message
+                code,
+                message,
+            }
         }),
     ]
 }
@@ -100,10 +146,7 @@ proptest! {
         wire[i] ^= 1 << bit;
         let mut dec = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
         // A flipped length may leave the frame incomplete (Ok(empty)); anything decoded must not be `m`.
-        match dec.decode_all(&wire) {
-            Ok(frames) => prop_assert!(frames.is_empty(), "corruption at byte {} went unnoticed", i),
-            Err(_) => {}
-        }
+        if let Ok(frames) = dec.decode_all(&wire) { prop_assert!(frames.is_empty(), "corruption at byte {} went unnoticed", i) }
     }
 }
 
@@ -112,7 +155,13 @@ fn lying_length_is_rejected_before_any_allocation() {
     let mut wire = encode_frame(&Message::ListProbes, 0);
     wire[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut dec = FrameDecoder::new(1024);
-    assert_eq!(dec.decode_all(&wire), Err(DecodeError::TooLarge { len: u32::MAX, limit: 1024 }));
+    assert_eq!(
+        dec.decode_all(&wire),
+        Err(DecodeError::TooLarge {
+            len: u32::MAX,
+            limit: 1024
+        })
+    );
 }
 
 #[test]
@@ -120,7 +169,13 @@ fn replayed_sequence_is_rejected() {
     let mut wire = encode_frame(&Message::ListProbes, 0);
     wire.extend(encode_frame(&Message::ListProbes, 0));
     let mut dec = FrameDecoder::new(1024);
-    assert_eq!(dec.decode_all(&wire), Err(DecodeError::BadSequence { expected: 1, got: 0 }));
+    assert_eq!(
+        dec.decode_all(&wire),
+        Err(DecodeError::BadSequence {
+            expected: 1,
+            got: 0
+        })
+    );
 }
 
 #[test]

@@ -11,11 +11,17 @@ mod sys;
 use std::io::Write;
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
 }
 
 fn num(args: &[String], name: &str, default: i64) -> i64 {
-    arg(args, name).map_or(default, |v| v.parse().unwrap_or_else(|_| die(&format!("{name}: not a number: {v}"))))
+    arg(args, name).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| die(&format!("{name}: not a number: {v}")))
+    })
 }
 
 fn die(msg: &str) -> ! {
@@ -58,12 +64,16 @@ fn main() {
             }
         }
         Some("garbage-server") => {
-            let path = args.get(1).unwrap_or_else(|| die("garbage-server needs a socket path"));
+            let path = args
+                .get(1)
+                .unwrap_or_else(|| die("garbage-server needs a socket path"));
             let _ = std::fs::remove_file(path);
-            let l = std::os::unix::net::UnixListener::bind(path).unwrap_or_else(|e| die(&format!("{path}: {e}")));
+            let l = std::os::unix::net::UnixListener::bind(path)
+                .unwrap_or_else(|e| die(&format!("{path}: {e}")));
             for conn in l.incoming().flatten() {
                 let mut c = conn;
-                let _ = c.write_all(b"this is not a vesper frame, just hostile garbage\x00\xff\xfe");
+                let _ =
+                    c.write_all(b"this is not a vesper frame, just hostile garbage\x00\xff\xfe");
             }
         }
         _ => die("usage: vesper-testkit victim|signal|garbage-server ..."),

@@ -1,6 +1,8 @@
 //! The walking skeleton on the real kernel: agent (on the host, over a unix socket),
 //! vesperd and the CLI, with the built-in `signal` probe.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use std::time::{Duration, Instant};
@@ -15,7 +17,11 @@ fn sigterm_from_stopper_to_victim_is_shown_within_a_second_and_stops_after_unloa
     if !need_root("sigterm_from_stopper_to_victim") {
         return;
     }
-    let h = Harness::start(&[VmSpec { name: "host1", agent: true, probes: &[] }]);
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
     let loaded = h.vesper_ok(&["load", "host1", "signal"]);
     assert!(loaded.starts_with("signal loaded in host1"), "{loaded}");
     let (_victim, victim_pid) = victim("victim");
@@ -25,7 +31,9 @@ fn sigterm_from_stopper_to_victim_is_shown_within_a_second_and_stops_after_unloa
     let sent = Instant::now();
     let stopper_pid = send_signals("stopper", victim_pid, SIGTERM, 1);
     let (arrived, rec) = loop {
-        let (t, v) = rx.recv_timeout(Duration::from_secs(2)).expect("no record within 2 s");
+        let (t, v) = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("no record within 2 s");
         if v["sender_comm"] == "stopper" && v["target_pid"] == victim_pid {
             break (t, v);
         }
@@ -44,9 +52,18 @@ fn sigterm_from_stopper_to_victim_is_shown_within_a_second_and_stops_after_unloa
     assert!(rec["result"].is_i64());
 
     let human = h.vesper_ok(&["events", "host1", "--probe", "signal"]);
-    let line = human.lines().find(|l| l.contains("stopper")).expect("human line");
-    assert!(line.contains(&format!("SIGTERM (15) from stopper (pid {stopper_pid}")), "{line}");
-    assert!(line.contains(&format!("to victim (pid {victim_pid})")), "{line}");
+    let line = human
+        .lines()
+        .find(|l| l.contains("stopper"))
+        .expect("human line");
+    assert!(
+        line.contains(&format!("SIGTERM (15) from stopper (pid {stopper_pid}")),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("to victim (pid {victim_pid})")),
+        "{line}"
+    );
 
     h.vesper_ok(&["unload", "host1", "signal"]);
     send_signals("stopper", victim_pid, SIGTERM, 1);
@@ -65,7 +82,11 @@ fn burst_of_10000_signals_arrives_complete_or_the_loss_is_reported_exactly() {
     if !need_root("burst_of_10000_signals") {
         return;
     }
-    let h = Harness::start(&[VmSpec { name: "host1", agent: true, probes: &["signal"] }]);
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &["signal"],
+    }]);
     h.wait_loaded("host1", "signal");
     let (_victim, victim_pid) = victim("burstee");
     let before = h.vm_status("host1")["probes"][0].clone();
@@ -74,11 +95,18 @@ fn burst_of_10000_signals_arrives_complete_or_the_loss_is_reported_exactly() {
     let count = || {
         h.events_json("host1", "signal")
             .iter()
-            .filter(|r| r["sender_comm"] == "burster" && r["target_pid"] == victim_pid && r["sig"] == SIGUSR1)
+            .filter(|r| {
+                r["sender_comm"] == "burster"
+                    && r["target_pid"] == victim_pid
+                    && r["sig"] == SIGUSR1
+            })
             .count() as u64
     };
     let lost = |p: &serde_json::Value| {
-        ["kernel_drops", "agent_drops", "transport_lost"].iter().map(|k| p[*k].as_u64().unwrap()).sum::<u64>()
+        ["kernel_drops", "agent_drops", "transport_lost"]
+            .iter()
+            .map(|k| p[*k].as_u64().unwrap())
+            .sum::<u64>()
     };
     let mut got = 0;
     let mut loss = 0;
@@ -91,10 +119,16 @@ fn burst_of_10000_signals_arrives_complete_or_the_loss_is_reported_exactly() {
         },
         "10,000 records received or accounted as lost",
     );
-    eprintln!("burst: {got} received, {loss} reported lost, in {:?}", t.elapsed());
+    eprintln!(
+        "burst: {got} received, {loss} reported lost, in {:?}",
+        t.elapsed()
+    );
     assert!(got <= 10_000);
     if loss == 0 {
-        assert_eq!(got, 10_000, "nothing reported lost, so every record must be there");
+        assert_eq!(
+            got, 10_000,
+            "nothing reported lost, so every record must be there"
+        );
     }
     let p = &h.vm_status("host1")["probes"][0];
     assert_eq!(p["replayed"], 0);
@@ -107,8 +141,16 @@ fn garbage_from_one_guest_closes_only_its_session() {
         return;
     }
     let h = Harness::start(&[
-        VmSpec { name: "good", agent: true, probes: &["signal"] },
-        VmSpec { name: "evil", agent: false, probes: &["signal"] },
+        VmSpec {
+            name: "good",
+            agent: true,
+            probes: &["signal"],
+        },
+        VmSpec {
+            name: "evil",
+            agent: false,
+            probes: &["signal"],
+        },
     ]);
     let evil_sock = h.agent_socket("evil");
     let _evil = Proc {
@@ -119,17 +161,28 @@ fn garbage_from_one_guest_closes_only_its_session() {
         name: "garbage".into(),
     };
     h.wait_loaded("good", "signal");
-    wait_until(Duration::from_secs(10), || h.vesperd_log().contains("bad frame from the agent"), "evil session closed");
+    wait_until(
+        Duration::from_secs(10),
+        || h.vesperd_log().contains("bad frame from the agent"),
+        "evil session closed",
+    );
     let log = h.vesperd_log();
     let line = log.lines().find(|l| l.contains("bad frame")).unwrap();
-    assert!(line.contains("evil") && line.contains("session down") && line.contains("bad magic"), "{line}");
+    assert!(
+        line.contains("evil") && line.contains("session down") && line.contains("bad magic"),
+        "{line}"
+    );
     assert_eq!(h.vm_status("evil")["probes"].as_array().unwrap().len(), 0);
 
     let (_victim, pid) = victim("victim");
     send_signals("stillgood", pid, SIGTERM, 1);
     wait_until(
         Duration::from_secs(2),
-        || h.events_json("good", "signal").iter().any(|r| r["sender_comm"] == "stillgood" && r["target_pid"] == pid),
+        || {
+            h.events_json("good", "signal")
+                .iter()
+                .any(|r| r["sender_comm"] == "stillgood" && r["target_pid"] == pid)
+        },
         "the good VM keeps streaming",
     );
     assert!(h.vesperd.as_ref().is_some(), "vesperd still running");
@@ -140,19 +193,39 @@ fn user_mistakes_get_one_line_and_exit_status_1() {
     if !need_root("user_mistakes") {
         return;
     }
-    let h = Harness::start(&[VmSpec { name: "host1", agent: true, probes: &[] }]);
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
     for (args, expect) in [
-        (&["load", "web9", "signal"][..], "vesper: unknown VM \"web9\" (configured: host1)\n"),
-        (&["load", "host1", "sigal"][..], "vesper: unknown built-in probe \"sigal\" (built-in probes: signal)\n"),
-        (&["unload", "host1", "signal"][..], "vesper: probe \"signal\" is not loaded in host1\n"),
-        (&["events", "nope"][..], "vesper: unknown VM \"nope\" (configured: host1)\n"),
+        (
+            &["load", "web9", "signal"][..],
+            "vesper: unknown VM \"web9\" (configured: host1)\n",
+        ),
+        (
+            &["load", "host1", "sigal"][..],
+            "vesper: unknown built-in probe \"sigal\" (built-in probes: signal)\n",
+        ),
+        (
+            &["unload", "host1", "signal"][..],
+            "vesper: probe \"signal\" is not loaded in host1\n",
+        ),
+        (
+            &["events", "nope"][..],
+            "vesper: unknown VM \"nope\" (configured: host1)\n",
+        ),
     ] {
         let o = h.vesper(args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");
         assert_eq!(String::from_utf8_lossy(&o.stderr), expect, "{args:?}");
     }
     // No daemon at all: one line that says what to do.
-    let o = std::process::Command::new(bin("vesper")).env("VESPER_SOCKET", "/nonexistent/v.sock").arg("status").output().unwrap();
+    let o = std::process::Command::new(bin("vesper"))
+        .env("VESPER_SOCKET", "/nonexistent/v.sock")
+        .arg("status")
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -164,9 +237,16 @@ fn invalid_config_names_the_file_the_key_and_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vesper.toml");
     std::fs::write(&cfg, "[[vm]]\nname = \"web1\"\nchannel = \"tcp:1234\"\n").unwrap();
-    let o = std::process::Command::new(bin("vesperd")).arg("--config").arg(&cfg).output().unwrap();
+    let o = std::process::Command::new(bin("vesperd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(&format!("{}: key `vm[0].channel`", cfg.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}: key `vm[0].channel`", cfg.display())),
+        "{err}"
+    );
     assert!(err.contains("unix:/path/to/vm.sock"), "{err}");
 }

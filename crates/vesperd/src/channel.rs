@@ -33,7 +33,9 @@ impl std::str::FromStr for ChannelSpec {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.strip_prefix("unix:") {
             Some(p) if !p.is_empty() => Ok(ChannelSpec::Unix(p.into())),
-            _ => Err(format!("{s:?} is not a channel; write unix:/path/to/vm.sock (the VM's virtio-serial chardev socket)")),
+            _ => Err(format!(
+                "{s:?} is not a channel; write unix:/path/to/vm.sock (the VM's virtio-serial chardev socket)"
+            )),
         }
     }
 }

@@ -81,16 +81,26 @@ impl VmConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {reason}")]
-    Invalid { path: PathBuf, key: String, reason: String },
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
@@ -98,43 +108,80 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let message = match e.span() {
                 Some(span) => {
-                    let line = text.as_bytes()[..span.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
+                    let line = text.as_bytes()[..span.start.min(text.len())]
+                        .iter()
+                        .filter(|&&b| b == b'\n')
+                        .count()
+                        + 1;
                     format!("line {line}: {}", e.message())
                 }
                 None => e.message().to_string(),
             };
-            ConfigError::Parse { path: path.into(), message }
+            ConfigError::Parse {
+                path: path.into(),
+                message,
+            }
         })?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, reason: String| ConfigError::Invalid { path: path.into(), key, reason };
+        let invalid = |key: String, reason: String| ConfigError::Invalid {
+            path: path.into(),
+            key,
+            reason,
+        };
         let mut names = HashSet::new();
         for (i, vm) in self.vm.iter().enumerate() {
             let key = |k: &str| format!("vm[{i}].{k}");
-            if vm.name.is_empty() || !vm.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                return Err(invalid(key("name"), format!("{:?} must be non-empty letters, digits, '-', '_' or '.'", vm.name)));
+            if vm.name.is_empty()
+                || !vm
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "{:?} must be non-empty letters, digits, '-', '_' or '.'",
+                        vm.name
+                    ),
+                ));
             }
             if !names.insert(vm.name.as_str()) {
-                return Err(invalid(key("name"), format!("VM {:?} is defined twice; give each [[vm]] its own name", vm.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "VM {:?} is defined twice; give each [[vm]] its own name",
+                        vm.name
+                    ),
+                ));
             }
             vm.channel_spec().map_err(|r| invalid(key("channel"), r))?;
             for p in &vm.probes {
                 if !vesper_probe::builtin::is_builtin(p) {
                     return Err(invalid(
                         key("probes"),
-                        format!("unknown probe {p:?}; built-in probes are: {}", vesper_probe::builtin::NAMES.join(", ")),
+                        format!(
+                            "unknown probe {p:?}; built-in probes are: {}",
+                            vesper_probe::builtin::NAMES.join(", ")
+                        ),
                     ));
                 }
             }
             if vm.deadtime_ms < 100 {
-                return Err(invalid(key("deadtime_ms"), "must be at least 100 (the agent heartbeats every 1000 ms)".into()));
+                return Err(invalid(
+                    key("deadtime_ms"),
+                    "must be at least 100 (the agent heartbeats every 1000 ms)".into(),
+                ));
             }
         }
         if self.daemon.store_max_records == 0 {
-            return Err(invalid("daemon.store_max_records".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "daemon.store_max_records".into(),
+                "must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -173,15 +220,22 @@ resource = "web1"
 
     #[test]
     fn unknown_key_names_file_line_and_key() {
-        let e = parse("[daemon]\nsockett = \"x\"\n").unwrap_err().to_string();
+        let e = parse("[daemon]\nsockett = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("vesper.toml: line 2:"), "{e}");
         assert!(e.contains("sockett"), "{e}");
     }
 
     #[test]
     fn unknown_probe_lists_the_known_ones() {
-        let e = parse("[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\nprobes = [\"sigal\"]\n").unwrap_err().to_string();
-        assert_eq!(e, "vesper.toml: key `vm[0].probes`: unknown probe \"sigal\"; built-in probes are: signal");
+        let e = parse("[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\nprobes = [\"sigal\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "vesper.toml: key `vm[0].probes`: unknown probe \"sigal\"; built-in probes are: signal"
+        );
     }
 
     #[test]

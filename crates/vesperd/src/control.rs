@@ -34,10 +34,24 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
-    Probes { vm: String },
-    Load { vm: String, probe: String },
-    Unload { vm: String, probe: String },
-    Events { vm: String, probe: Option<String>, #[serde(default)] follow: bool, last: Option<usize> },
+    Probes {
+        vm: String,
+    },
+    Load {
+        vm: String,
+        probe: String,
+    },
+    Unload {
+        vm: String,
+        probe: String,
+    },
+    Events {
+        vm: String,
+        probe: Option<String>,
+        #[serde(default)]
+        follow: bool,
+        last: Option<usize>,
+    },
 }
 
 /// What the control API can reach of one VM.
@@ -52,21 +66,31 @@ pub type Vms = Arc<BTreeMap<String, VmHandle>>;
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("control socket {path}: {source}")]
-    Bind { path: String, source: std::io::Error },
-    #[error("control socket {path} is in use by a running vesperd; stop it or set [daemon] socket elsewhere")]
+    Bind {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "control socket {path} is in use by a running vesperd; stop it or set [daemon] socket elsewhere"
+    )]
     InUse { path: String },
 }
 
 /// Binds the control socket, owner-only.
 pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| ControlError::Bind { path: path.display().to_string(), source };
+    let err = |source| ControlError::Bind {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            return Err(ControlError::InUse { path: path.display().to_string() });
+            return Err(ControlError::InUse {
+                path: path.display().to_string(),
+            });
         }
         std::fs::remove_file(path).map_err(err)?;
     }
@@ -103,13 +127,22 @@ fn unknown_vm(vms: &Vms, vm: &str) -> String {
     }
 }
 
-async fn ask<T>(h: &VmHandle, make: impl FnOnce(oneshot::Sender<T>) -> SessionCmd) -> Result<T, String> {
+async fn ask<T>(
+    h: &VmHandle,
+    make: impl FnOnce(oneshot::Sender<T>) -> SessionCmd,
+) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
-    h.cmds.send(make(tx)).await.map_err(|_| "the VM's session has stopped".to_string())?;
+    h.cmds
+        .send(make(tx))
+        .await
+        .map_err(|_| "the VM's session has stopped".to_string())?;
     match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(_)) => Err("the VM's session dropped the request".into()),
-        Err(_) => Err(format!("no answer from the VM's session within {} s", REPLY_TIMEOUT.as_secs())),
+        Err(_) => Err(format!(
+            "no answer from the VM's session within {} s",
+            REPLY_TIMEOUT.as_secs()
+        )),
     }
 }
 
@@ -117,7 +150,9 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(rd.take(MAX_REQUEST)).read_line(&mut line).await?;
+    BufReader::new(rd.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await?;
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => return reply(&mut wr, Err(format!("bad request: {e}"))).await,
@@ -135,7 +170,9 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
             Ok(json!({ "vms": all }))
         }
         Request::Probes { vm } => match handle_of(&vm) {
-            Ok(h) => ask(&h, |reply| SessionCmd::Status { reply }).await.map(|s| json!({ "vm": s })),
+            Ok(h) => ask(&h, |reply| SessionCmd::Status { reply })
+                .await
+                .map(|s| json!({ "vm": s })),
             Err(e) => Err(e),
         },
         Request::Load { vm, probe } => match handle_of(&vm) {
@@ -152,7 +189,12 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
             },
             Err(e) => Err(e),
         },
-        Request::Events { vm, probe, follow, last } => {
+        Request::Events {
+            vm,
+            probe,
+            follow,
+            last,
+        } => {
             return match handle_of(&vm) {
                 Ok(h) => events(&mut wr, &h, probe, follow, last).await,
                 Err(e) => reply(&mut wr, Err(e)).await,
@@ -162,7 +204,10 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
     reply(&mut wr, result).await
 }
 
-async fn reply(wr: &mut tokio::net::unix::OwnedWriteHalf, r: Result<serde_json::Value, String>) -> std::io::Result<()> {
+async fn reply(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    r: Result<serde_json::Value, String>,
+) -> std::io::Result<()> {
     let v = match r {
         Ok(mut v) => {
             if let Some(o) = v.as_object_mut() {
@@ -190,7 +235,10 @@ async fn events(
             Ok(s) => s,
             Err(p) => p.into_inner(),
         };
-        (store.tail(probe.as_deref(), last), follow.then(|| store.subscribe()))
+        (
+            store.tail(probe.as_deref(), last),
+            follow.then(|| store.subscribe()),
+        )
     };
     reply(wr, Ok(json!({}))).await?;
     let mut out = Vec::with_capacity(64 * 1024);
@@ -215,7 +263,10 @@ async fn events(
                 wr.write_all(line.as_bytes()).await?;
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                let line = format!("{}\n", json!({ "lagged": n, "note": "this follower fell behind; records are in the store and its file" }));
+                let line = format!(
+                    "{}\n",
+                    json!({ "lagged": n, "note": "this follower fell behind; records are in the store and its file" })
+                );
                 wr.write_all(line.as_bytes()).await?;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),

@@ -27,7 +27,11 @@ pub fn start_sessions(cfg: &Config) -> Vms {
     };
     let mut vms = BTreeMap::new();
     for vm in &cfg.vm {
-        let file = cfg.daemon.state_dir.join("records").join(format!("{}.jsonl", vm.name));
+        let file = cfg
+            .daemon
+            .state_dir
+            .join("records")
+            .join(format!("{}.jsonl", vm.name));
         let store = Arc::new(Mutex::new(RecordStore::new(limits, Some(file))));
         let (tx, rx) = mpsc::channel(64);
         // Validated at load time.

@@ -28,8 +28,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use vesper_probe::{builtin, parse_format, KernelInfo, Manifest};
-use vesper_proto::{encode_frame, AttachPoint, FrameDecoder, Hello, LoadProbe, Message, Records, DEFAULT_MAX_PAYLOAD};
+use vesper_probe::{KernelInfo, Manifest, builtin, parse_format};
+use vesper_proto::{
+    AttachPoint, DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, LoadProbe, Message, Records,
+    encode_frame,
+};
 
 use crate::channel::{BoxStream, Connector};
 use crate::store::{RecordStore, StoredRecord};
@@ -50,9 +53,17 @@ pub enum State {
 /// Requests from the control API to a session.
 #[derive(Debug)]
 pub enum SessionCmd {
-    Load { probe: String, reply: oneshot::Sender<Result<LoadOutcome, String>> },
-    Unload { probe: String, reply: oneshot::Sender<Result<(), String>> },
-    Status { reply: oneshot::Sender<VmStatus> },
+    Load {
+        probe: String,
+        reply: oneshot::Sender<Result<LoadOutcome, String>>,
+    },
+    Unload {
+        probe: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status {
+        reply: oneshot::Sender<VmStatus>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +142,7 @@ struct ActiveProbe {
 
 /// Why a connection ended.
 type End = String;
+type LoadReply = oneshot::Sender<Result<LoadOutcome, String>>;
 
 pub struct Session {
     pub name: String,
@@ -146,8 +158,8 @@ pub struct Session {
     probes: BTreeMap<u32, ActiveProbe>,
     next_probe_id: u32,
     /// Loads waiting for kernel info.
-    waiting_kernel_info: Vec<(String, Option<oneshot::Sender<Result<LoadOutcome, String>>>)>,
-    load_replies: HashMap<u32, oneshot::Sender<Result<LoadOutcome, String>>>,
+    waiting_kernel_info: Vec<(String, Option<LoadReply>)>,
+    load_replies: HashMap<u32, LoadReply>,
     unload_replies: HashMap<u32, oneshot::Sender<Result<(), String>>>,
     last_heard: Option<Instant>,
     connects: u64,
@@ -158,7 +170,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("name", &self.name).field("state", &self.state).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
     }
 }
 
@@ -325,9 +340,10 @@ impl Session {
 
     fn on_tick(&mut self, connected_at: Instant) -> Result<(), End> {
         match self.state {
-            State::Handshake if connected_at.elapsed() > HELLO_TIMEOUT => {
-                Err(format!("no Hello from the agent within {} s", HELLO_TIMEOUT.as_secs()))
-            }
+            State::Handshake if connected_at.elapsed() > HELLO_TIMEOUT => Err(format!(
+                "no Hello from the agent within {} s",
+                HELLO_TIMEOUT.as_secs()
+            )),
             State::Ready if self.last_heard.is_some_and(|t| t.elapsed() > self.deadtime) => {
                 tracing::warn!(vm = %self.name, deadtime_ms = self.deadtime.as_millis() as u64, "agent unresponsive");
                 self.set_state(State::Unresponsive);
@@ -340,7 +356,9 @@ impl Session {
     async fn send(&mut self, wr: &mut WriteHalf<BoxStream>, msg: &Message) -> Result<(), End> {
         let frame = encode_frame(msg, self.out_seq);
         self.out_seq += 1;
-        wr.write_all(&frame).await.map_err(|e| format!("writing to the agent: {e}"))
+        wr.write_all(&frame)
+            .await
+            .map_err(|e| format!("writing to the agent: {e}"))
     }
 
     async fn on_message(&mut self, msg: Message, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
@@ -386,17 +404,29 @@ impl Session {
                 }
                 Ok(())
             }
-            (_, Message::Error { probe_id, code, message }) => {
-                let failed = self.probes.get(&probe_id).filter(|p| p.status.phase == ProbePhase::Loading).is_some();
-                if failed {
-                    if let Some(p) = self.probes.remove(&probe_id) {
-                        tracing::warn!(vm = %self.name, probe = %p.name, error = %message, "probe failed to load");
-                        self.desired.retain(|d| d != &*p.name);
-                    }
+            (
+                _,
+                Message::Error {
+                    probe_id,
+                    code,
+                    message,
+                },
+            ) => {
+                let failed = self
+                    .probes
+                    .get(&probe_id)
+                    .filter(|p| p.status.phase == ProbePhase::Loading)
+                    .is_some();
+                if failed && let Some(p) = self.probes.remove(&probe_id) {
+                    tracing::warn!(vm = %self.name, probe = %p.name, error = %message, "probe failed to load");
+                    self.desired.retain(|d| d != &*p.name);
                 }
                 let message = truncate(&message, 4096);
                 if let Some(r) = self.load_replies.remove(&probe_id) {
-                    let _ = r.send(Err(format!("the agent in {} could not load the probe: {message}", self.name)));
+                    let _ = r.send(Err(format!(
+                        "the agent in {} could not load the probe: {message}",
+                        self.name
+                    )));
                 } else if let Some(r) = self.unload_replies.remove(&probe_id) {
                     let _ = r.send(Err(message));
                 } else if !failed {
@@ -409,7 +439,10 @@ impl Session {
                 Ok(())
             }
             (_, Message::Heartbeat { .. } | Message::ProbeList { .. }) => Ok(()),
-            (_, other) => Err(format!("agent sent a host-only message ({:?})", other.kind())),
+            (_, other) => Err(format!(
+                "agent sent a host-only message ({:?})",
+                other.kind()
+            )),
         }
     }
 
@@ -435,7 +468,7 @@ impl Session {
     async fn start_load(
         &mut self,
         probe: String,
-        reply: Option<oneshot::Sender<Result<LoadOutcome, String>>>,
+        reply: Option<LoadReply>,
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
         let fail = |reply: Option<oneshot::Sender<_>>, msg: String| {
@@ -451,15 +484,26 @@ impl Session {
             }
         };
         if self.probes.values().any(|p| &*p.name == probe.as_str()) {
-            fail(reply, format!("probe {probe:?} is already loaded in {}; unload it first", self.name));
+            fail(
+                reply,
+                format!(
+                    "probe {probe:?} is already loaded in {}; unload it first",
+                    self.name
+                ),
+            );
             return Ok(());
         }
-        let missing: Vec<String> = events.iter().filter(|e| !self.kernel.formats.contains_key(**e)).map(|e| e.to_string()).collect();
+        let missing: Vec<String> = events
+            .iter()
+            .filter(|e| !self.kernel.formats.contains_key(**e))
+            .map(|e| e.to_string())
+            .collect();
         if !missing.is_empty() {
             let ask = !self.waiting_kernel_info.is_empty();
             self.waiting_kernel_info.push((probe, reply));
             if !ask {
-                self.send(wr, &Message::KernelInfoRequest { events: missing }).await?;
+                self.send(wr, &Message::KernelInfoRequest { events: missing })
+                    .await?;
             }
             return Ok(());
         }
@@ -467,7 +511,13 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(vm = %self.name, probe = %probe, error = %e, "cannot build probe for this guest");
-                fail(reply, format!("cannot build {probe} for {} (kernel {}): {e}", self.name, self.kernel.release));
+                fail(
+                    reply,
+                    format!(
+                        "cannot build {probe} for {} (kernel {}): {e}",
+                        self.name, self.kernel.release
+                    ),
+                );
                 return Ok(());
             }
         };
@@ -486,7 +536,11 @@ impl Session {
             attach: m
                 .attach
                 .iter()
-                .map(|a| AttachPoint { program: a.program.clone(), kind: attach_kind(a.kind), target: a.target.clone() })
+                .map(|a| AttachPoint {
+                    program: a.program.clone(),
+                    kind: attach_kind(a.kind),
+                    target: a.target.clone(),
+                })
                 .collect(),
         };
         self.probes.insert(
@@ -515,7 +569,11 @@ impl Session {
         self.send(wr, &Message::LoadProbe(load)).await
     }
 
-    async fn on_command(&mut self, cmd: SessionCmd, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
+    async fn on_command(
+        &mut self,
+        cmd: SessionCmd,
+        wr: &mut WriteHalf<BoxStream>,
+    ) -> Result<(), End> {
         if self.state == State::Handshake {
             // Not ready to talk to the agent yet: treat as offline (desired set only).
             self.command_offline(cmd);
@@ -525,14 +583,21 @@ impl Session {
             SessionCmd::Load { probe, reply } => self.start_load(probe, Some(reply), wr).await,
             SessionCmd::Unload { probe, reply } => {
                 self.desired.retain(|p| p != &probe);
-                let id = self.probes.iter().find(|(_, p)| &*p.name == probe.as_str()).map(|(id, _)| *id);
+                let id = self
+                    .probes
+                    .iter()
+                    .find(|(_, p)| &*p.name == probe.as_str())
+                    .map(|(id, _)| *id);
                 match id {
                     Some(probe_id) => {
                         self.unload_replies.insert(probe_id, reply);
                         self.send(wr, &Message::UnloadProbe { probe_id }).await
                     }
                     None => {
-                        let _ = reply.send(Err(format!("probe {probe:?} is not loaded in {}", self.name)));
+                        let _ = reply.send(Err(format!(
+                            "probe {probe:?} is not loaded in {}",
+                            self.name
+                        )));
                         Ok(())
                     }
                 }
@@ -572,7 +637,11 @@ impl Session {
                 Ok(fields) => {
                     st.received += 1;
                     let json = record_json(&self.name, &p.name, seq, fields);
-                    store.push(StoredRecord { probe: p.name.clone(), seq, json: json.into() });
+                    store.push(StoredRecord {
+                        probe: p.name.clone(),
+                        seq,
+                        json: json.into(),
+                    });
                 }
                 Err(_) => st.malformed += 1,
             }
@@ -618,7 +687,12 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// The record's JSON line: `vm`, `probe`, `seq`, then the schema's fields (ts_ns first),
 /// plus `host_ms`, the host's wall clock at receipt.
-pub fn record_json(vm: &str, probe: &str, seq: u64, fields: Vec<(String, vesper_probe::Value)>) -> String {
+pub fn record_json(
+    vm: &str,
+    probe: &str,
+    seq: u64,
+    fields: Vec<(String, vesper_probe::Value)>,
+) -> String {
     let mut m = serde_json::Map::with_capacity(fields.len() + 4);
     m.insert("vm".into(), vm.into());
     m.insert("probe".into(), probe.into());
@@ -631,7 +705,10 @@ pub fn record_json(vm: &str, probe: &str, seq: u64, fields: Vec<(String, vesper_
         };
         m.insert(k, v);
     }
-    let host_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let host_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     m.insert("host_ms".into(), host_ms.into());
     serde_json::Value::Object(m).to_string()
 }
@@ -655,7 +732,9 @@ async fn read_frames(mut rd: ReadHalf<BoxStream>, tx: mpsc::Sender<Result<Messag
             rest = &rest[used..];
             match dec.next_frame() {
                 Ok(Some(f)) => {
-                    let msg = f.message().map_err(|e| format!("bad frame from the agent: {e}"));
+                    let msg = f
+                        .message()
+                        .map_err(|e| format!("bad frame from the agent: {e}"));
                     let bad = msg.is_err();
                     if tx.send(msg).await.is_err() || bad {
                         return;

@@ -63,7 +63,12 @@ impl RecordStore {
             .parent()
             .map(std::fs::create_dir_all)
             .transpose()
-            .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&path));
+            .and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+            });
         match opened {
             Ok(f) => {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -98,11 +103,17 @@ impl RecordStore {
     }
 
     fn append_to_file(&mut self, line: &str) {
-        let Some((path, file, len)) = &mut self.file else { return };
+        let Some((path, file, len)) = &mut self.file else {
+            return;
+        };
         if *len + line.len() as u64 + 1 > self.limits.file_max_bytes {
             let old = path.with_extension("jsonl.1");
-            let reopened = std::fs::rename(&*path, &old)
-                .and_then(|_| std::fs::OpenOptions::new().create(true).append(true).open(&*path));
+            let reopened = std::fs::rename(&*path, &old).and_then(|_| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&*path)
+            });
             match reopened {
                 Ok(f) => {
                     *file = f;
@@ -130,8 +141,11 @@ impl RecordStore {
 
     /// The last `n` records (all if None), optionally of one probe.
     pub fn tail(&self, probe: Option<&str>, n: Option<usize>) -> Vec<StoredRecord> {
-        let matching: Vec<&StoredRecord> =
-            self.records.iter().filter(|r| probe.is_none_or(|p| &*r.probe == p)).collect();
+        let matching: Vec<&StoredRecord> = self
+            .records
+            .iter()
+            .filter(|r| probe.is_none_or(|p| &*r.probe == p))
+            .collect();
         let skip = n.map_or(0, |n| matching.len().saturating_sub(n));
         matching.into_iter().skip(skip).cloned().collect()
     }
@@ -156,42 +170,73 @@ mod tests {
     use super::*;
 
     fn rec(seq: u64, probe: &str, len: usize) -> StoredRecord {
-        StoredRecord { probe: probe.into(), seq, json: "x".repeat(len).into() }
+        StoredRecord {
+            probe: probe.into(),
+            seq,
+            json: "x".repeat(len).into(),
+        }
     }
 
     #[test]
     fn bounded_by_count_and_bytes() {
-        let limits = StoreLimits { max_records: 3, max_bytes: 25, file_max_bytes: 1 << 20 };
+        let limits = StoreLimits {
+            max_records: 3,
+            max_bytes: 25,
+            file_max_bytes: 1 << 20,
+        };
         let mut s = RecordStore::new(limits, None);
         for i in 0..5 {
             s.push(rec(i, "signal", 10));
         }
         assert_eq!(s.len(), 2, "25 bytes hold two 10-byte records");
         assert_eq!(s.evicted, 3);
-        assert_eq!(s.tail(None, None).iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(
+            s.tail(None, None).iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [3, 4]
+        );
     }
 
     #[test]
     fn tail_filters_by_probe() {
-        let limits = StoreLimits { max_records: 10, max_bytes: 1000, file_max_bytes: 1 << 20 };
+        let limits = StoreLimits {
+            max_records: 10,
+            max_bytes: 1000,
+            file_max_bytes: 1 << 20,
+        };
         let mut s = RecordStore::new(limits, None);
         for i in 0..6 {
             s.push(rec(i, if i % 2 == 0 { "a" } else { "b" }, 1));
         }
-        assert_eq!(s.tail(Some("b"), Some(2)).iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 5]);
+        assert_eq!(
+            s.tail(Some("b"), Some(2))
+                .iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>(),
+            [3, 5]
+        );
     }
 
     #[test]
     fn file_is_appended_and_rotated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("records/web1.jsonl");
-        let limits = StoreLimits { max_records: 10, max_bytes: 1000, file_max_bytes: 25 };
+        let limits = StoreLimits {
+            max_records: 10,
+            max_bytes: 1000,
+            file_max_bytes: 25,
+        };
         let mut s = RecordStore::new(limits, Some(path.clone()));
         for i in 0..3 {
             s.push(rec(i, "a", 10));
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
-        assert_eq!(std::fs::read_to_string(path.with_extension("jsonl.1")).unwrap().lines().count(), 2);
+        assert_eq!(
+            std::fs::read_to_string(path.with_extension("jsonl.1"))
+                .unwrap()
+                .lines()
+                .count(),
+            2
+        );
         assert!(s.file_error.is_none());
     }
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::{mpsc, Mutex};
-use vesper_proto::{encode_frame, FrameDecoder, Message, DEFAULT_MAX_PAYLOAD};
+use tokio::sync::{Mutex, mpsc};
+use vesper_proto::{DEFAULT_MAX_PAYLOAD, FrameDecoder, Message, encode_frame};
 
 use crate::channel::{BoxStream, ConnectFuture, Connector};
 
@@ -23,7 +23,12 @@ pub struct MemoryListener {
 
 pub fn memory_channel() -> (MemoryConnector, MemoryListener) {
     let (offer, rx) = mpsc::channel(4);
-    (MemoryConnector { incoming: Mutex::new(rx) }, MemoryListener { offer })
+    (
+        MemoryConnector {
+            incoming: Mutex::new(rx),
+        },
+        MemoryListener { offer },
+    )
 }
 
 impl Connector for MemoryConnector {
@@ -46,7 +51,11 @@ impl MemoryListener {
     pub async fn guest(&self) -> FakeGuest {
         let (host, guest) = tokio::io::duplex(1 << 20);
         self.offer.send(host).await.expect("session gone");
-        FakeGuest { stream: guest, dec: FrameDecoder::new(DEFAULT_MAX_PAYLOAD), seq: 0 }
+        FakeGuest {
+            stream: guest,
+            dec: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),
+            seq: 0,
+        }
     }
 }
 
@@ -66,7 +75,10 @@ impl FakeGuest {
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write to session");
+        self.stream
+            .write_all(bytes)
+            .await
+            .expect("write to session");
     }
 
     /// The next message from the host (panics after 5 s: a test bug or a hang).

@@ -1,5 +1,7 @@
 //! The per-VM session state machine, driven by a fake guest over an in-memory channel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -7,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use vesper_proto::{EventFormat, Hello, KernelInfo, Message, Records};
 use vesperd::session::{Session, SessionCmd, State, VmStatus};
 use vesperd::store::{RecordStore, StoreLimits};
-use vesperd::testing::{memory_channel, FakeGuest, MemoryListener};
+use vesperd::testing::{FakeGuest, MemoryListener, memory_channel};
 
 const FORMAT: &str = include_str!("../../vesper-probe/tests/data/signal_generate.6.18.format");
 
@@ -19,7 +21,11 @@ struct Rig {
 
 fn rig(probes: &[&str]) -> Rig {
     let (connector, listener) = memory_channel();
-    let limits = StoreLimits { max_records: 1000, max_bytes: 1 << 20, file_max_bytes: 1 << 20 };
+    let limits = StoreLimits {
+        max_records: 1000,
+        max_bytes: 1 << 20,
+        file_max_bytes: 1 << 20,
+    };
     let store = Arc::new(Mutex::new(RecordStore::new(limits, None)));
     let (tx, rx) = mpsc::channel(8);
     let s = Session::new(
@@ -32,7 +38,11 @@ fn rig(probes: &[&str]) -> Rig {
         rx,
     );
     tokio::spawn(s.run());
-    Rig { cmds: tx, store, listener }
+    Rig {
+        cmds: tx,
+        store,
+        listener,
+    }
 }
 
 async fn status(r: &Rig) -> VmStatus {
@@ -68,7 +78,10 @@ async fn handshake_and_load(g: &mut FakeGuest) -> u32 {
     g.send(&Message::KernelInfo(KernelInfo {
         release: "6.18-fake".into(),
         btf: true,
-        formats: vec![EventFormat { event: "signal:signal_generate".into(), format: Some(FORMAT.into()) }],
+        formats: vec![EventFormat {
+            event: "signal:signal_generate".into(),
+            format: Some(FORMAT.into()),
+        }],
     }))
     .await;
     let load = match g.recv().await {
@@ -78,7 +91,11 @@ async fn handshake_and_load(g: &mut FakeGuest) -> u32 {
     assert_eq!(load.name, "signal");
     assert_eq!(load.attach[0].target, "signal:signal_generate");
     assert_eq!(&load.object[..4], b"\x7fELF");
-    g.send(&Message::ProbeLoaded { probe_id: load.probe_id, load_us: 42 }).await;
+    g.send(&Message::ProbeLoaded {
+        probe_id: load.probe_id,
+        load_us: 42,
+    })
+    .await;
     load.probe_id
 }
 
@@ -99,23 +116,53 @@ async fn loads_configured_probes_on_connect_and_accounts_every_sequence_number()
     let mut g = r.listener.guest().await;
     let id = handshake_and_load(&mut g).await;
     let rec = signal_record(15, b"pkill", b"httpd");
-    let batch = |first_seq, records: Vec<Vec<u8>>| Message::Records(Records { probe_id: id, first_seq, kernel_drops: 2, agent_drops: 0, records });
+    let batch = |first_seq, records: Vec<Vec<u8>>| {
+        Message::Records(Records {
+            probe_id: id,
+            first_seq,
+            kernel_drops: 2,
+            agent_drops: 0,
+            records,
+        })
+    };
     g.send(&batch(0, vec![rec.clone(), rec.clone()])).await; // seq 0, 1
     g.send(&batch(5, vec![rec.clone()])).await; // 2..4 lost in transit
     g.send(&batch(5, vec![rec.clone()])).await; // replay
     g.send(&batch(6, vec![vec![1, 2, 3]])).await; // malformed
-    g.send(&Message::Records(Records { probe_id: 99, first_seq: 0, kernel_drops: 0, agent_drops: 0, records: vec![rec] })).await;
+    g.send(&Message::Records(Records {
+        probe_id: 99,
+        first_seq: 0,
+        kernel_drops: 0,
+        agent_drops: 0,
+        records: vec![rec],
+    }))
+    .await;
 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let st = wait_state(&r, State::Ready).await;
     let p = &st.probes[0];
-    assert_eq!((p.received, p.transport_lost, p.replayed, p.malformed, p.kernel_drops), (3, 3, 1, 1, 2));
+    assert_eq!(
+        (
+            p.received,
+            p.transport_lost,
+            p.replayed,
+            p.malformed,
+            p.kernel_drops
+        ),
+        (3, 3, 1, 1, 2)
+    );
     assert_eq!(p.next_seq, 7);
     assert_eq!(st.unknown_probe_records, 1);
     let recs = r.store.lock().unwrap().tail(None, None);
     assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 5]);
     let v: serde_json::Value = serde_json::from_str(&recs[0].json).unwrap();
-    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).take(6).collect();
+    let keys: Vec<&str> = v
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .take(6)
+        .collect();
     assert_eq!(keys, ["vm", "probe", "seq", "ts_ns", "sig", "sig_name"]);
     assert_eq!(v["sig_name"], "SIGTERM");
     assert_eq!(v["sender_comm"], "pkill");
@@ -128,9 +175,14 @@ async fn garbage_closes_the_session_and_a_new_connection_reloads_probes() {
     let r = rig(&["signal"]);
     let mut g = r.listener.guest().await;
     handshake_and_load(&mut g).await;
-    g.send_raw(b"\xde\xad\xbe\xef not a frame at all, 24+ bytes").await;
+    g.send_raw(b"\xde\xad\xbe\xef not a frame at all, 24+ bytes")
+        .await;
     let st = wait_state(&r, State::Disconnected).await;
-    assert!(st.last_error.as_deref().unwrap_or("").contains("bad frame"), "{:?}", st.last_error);
+    assert!(
+        st.last_error.as_deref().unwrap_or("").contains("bad frame"),
+        "{:?}",
+        st.last_error
+    );
     assert!(st.probes.is_empty());
     assert_eq!(st.desired_probes, ["signal"]);
 
@@ -144,10 +196,20 @@ async fn garbage_closes_the_session_and_a_new_connection_reloads_probes() {
 async fn a_silent_agent_is_unresponsive_after_deadtime_and_recovers_on_any_frame() {
     let r = rig(&[]);
     let mut g = r.listener.guest().await;
-    g.send(&Message::Hello(Hello { agent_version: "f".into(), kernel_release: "k".into(), capabilities: 0, boot_id: "b".into() })).await;
+    g.send(&Message::Hello(Hello {
+        agent_version: "f".into(),
+        kernel_release: "k".into(),
+        capabilities: 0,
+        boot_id: "b".into(),
+    }))
+    .await;
     wait_state(&r, State::Ready).await;
     wait_state(&r, State::Unresponsive).await; // deadtime is 300 ms
-    g.send(&Message::Heartbeat { uptime_ms: 1, probes: 0 }).await;
+    g.send(&Message::Heartbeat {
+        uptime_ms: 1,
+        probes: 0,
+    })
+    .await;
     wait_state(&r, State::Ready).await;
 }
 
@@ -155,7 +217,11 @@ async fn a_silent_agent_is_unresponsive_after_deadtime_and_recovers_on_any_frame
 async fn messages_before_hello_and_host_only_messages_end_the_session() {
     let r = rig(&[]);
     let mut g = r.listener.guest().await;
-    g.send(&Message::Heartbeat { uptime_ms: 1, probes: 0 }).await;
+    g.send(&Message::Heartbeat {
+        uptime_ms: 1,
+        probes: 0,
+    })
+    .await;
     let st = wait_state(&r, State::Disconnected).await;
     assert!(st.last_error.unwrap().contains("before Hello"));
 }

@@ -28,5 +28,8 @@ pub fn is_builtin(name: &str) -> bool {
 }
 
 fn unknown(name: &str) -> BuildError {
-    BuildError::UnknownBuiltin { name: name.to_string(), known: NAMES.join(", ") }
+    BuildError::UnknownBuiltin {
+        name: name.to_string(),
+        known: NAMES.join(", "),
+    }
 }

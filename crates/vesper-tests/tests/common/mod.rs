@@ -1,5 +1,6 @@
 //! Harness for end-to-end tests: real binaries, real kernel, temp directories.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -27,13 +28,22 @@ pub fn need_root(test: &str) -> bool {
 
 /// Where the workspace's binaries are (built by `cargo xtask test` before the tests).
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("VESPER_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        // target/debug/deps/native-HASH -> target/debug
-        let exe = std::env::current_exe().expect("current_exe");
-        exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
-    });
+    let dir = std::env::var_os("VESPER_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/debug/deps/native-HASH -> target/debug
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        });
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: build the binaries first (`cargo build --workspace --bins`, or use `cargo xtask test`)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, or use `cargo xtask test`)",
+        p.display()
+    );
     p
 }
 
@@ -75,7 +85,11 @@ impl Harness {
 
     pub fn start(vms: &[VmSpec]) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut h = Harness { dir, agents: Vec::new(), vesperd: None };
+        let mut h = Harness {
+            dir,
+            agents: Vec::new(),
+            vesperd: None,
+        };
         let mut cfg = format!(
             "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
             h.socket().display(),
@@ -91,14 +105,19 @@ impl Harness {
                 probes.join(", ")
             ));
             if vm.agent {
-                let log = std::fs::File::create(h.dir.path().join(format!("agent-{}.log", vm.name))).unwrap();
+                let log =
+                    std::fs::File::create(h.dir.path().join(format!("agent-{}.log", vm.name)))
+                        .unwrap();
                 let child = Command::new(bin("vesper-agent"))
                     .arg("--channel")
                     .arg(format!("unix-listen:{}", sock.display()))
                     .stderr(log)
                     .spawn()
                     .expect("start vesper-agent");
-                h.agents.push(Proc { child, name: format!("agent {}", vm.name) });
+                h.agents.push(Proc {
+                    child,
+                    name: format!("agent {}", vm.name),
+                });
                 wait_until(Duration::from_secs(5), || sock.exists(), "agent socket");
             }
         }
@@ -111,21 +130,36 @@ impl Harness {
             .stderr(log)
             .spawn()
             .expect("start vesperd");
-        h.vesperd = Some(Proc { child, name: "vesperd".into() });
+        h.vesperd = Some(Proc {
+            child,
+            name: "vesperd".into(),
+        });
         let sock = h.socket();
-        wait_until(Duration::from_secs(5), || sock.exists(), "vesperd control socket");
+        wait_until(
+            Duration::from_secs(5),
+            || sock.exists(),
+            "vesperd control socket",
+        );
         h
     }
 
     /// Runs the CLI against this harness's vesperd.
     pub fn vesper(&self, args: &[&str]) -> Output {
-        Command::new(bin("vesper")).env("VESPER_SOCKET", self.socket()).args(args).output().expect("run vesper")
+        Command::new(bin("vesper"))
+            .env("VESPER_SOCKET", self.socket())
+            .args(args)
+            .output()
+            .expect("run vesper")
     }
 
     /// Runs the CLI and insists it succeeds; returns stdout.
     pub fn vesper_ok(&self, args: &[&str]) -> String {
         let o = self.vesper(args);
-        assert!(o.status.success(), "vesper {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "vesper {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
@@ -149,9 +183,10 @@ impl Harness {
         wait_until(
             Duration::from_secs(10),
             || {
-                self.vm_status(vm)["probes"]
-                    .as_array()
-                    .is_some_and(|ps| ps.iter().any(|p| p["name"] == probe && p["phase"] == "loaded"))
+                self.vm_status(vm)["probes"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p["name"] == probe && p["phase"] == "loaded")
+                })
             },
             "probe loaded",
         );
@@ -169,14 +204,20 @@ impl Harness {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str(&line) {
-                    if tx.send((Instant::now(), v)).is_err() {
-                        return;
-                    }
+                if let Ok(v) = serde_json::from_str(&line)
+                    && tx.send((Instant::now(), v)).is_err()
+                {
+                    return;
                 }
             }
         });
-        (Proc { child, name: "follower".into() }, rx)
+        (
+            Proc {
+                child,
+                name: "follower".into(),
+            },
+            rx,
+        )
     }
 }
 
@@ -199,17 +240,42 @@ pub fn victim(comm: &str) -> (Proc, u32) {
         .spawn()
         .expect("start victim");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let pid = line.trim().parse().expect("victim pid");
-    (Proc { child, name: "victim".into() }, pid)
+    (
+        Proc {
+            child,
+            name: "victim".into(),
+        },
+        pid,
+    )
 }
 
 /// Sends `count` signals from a process named `comm`; returns the sender's pid.
 pub fn send_signals(comm: &str, to: u32, sig: i32, count: u32) -> u32 {
     let out = Command::new(bin("vesper-testkit"))
-        .args(["signal", "--comm", comm, "--to", &to.to_string(), "--sig", &sig.to_string(), "--count", &count.to_string()])
+        .args([
+            "signal",
+            "--comm",
+            comm,
+            "--to",
+            &to.to_string(),
+            "--sig",
+            &sig.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
         .output()
         .expect("run signal sender");
-    assert!(out.status.success(), "sender failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("sender pid")
+    assert!(
+        out.status.success(),
+        "sender failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sender pid")
 }
