@@ -69,16 +69,39 @@ fn read_format(event: &str) -> Option<String> {
     Some(text)
 }
 
+/// Whether `function` can be kprobed: listed in available_filter_functions (entries may
+/// carry a module suffix, "func [mod]").
+fn kprobe_exists(functions: &Option<String>, function: &str) -> Option<String> {
+    let list = functions.as_ref()?;
+    list.lines()
+        .any(|l| l.split_whitespace().next() == Some(function))
+        .then(String::new)
+}
+
+/// Answers a KernelInfoRequest: `cat:name` → that tracepoint's format file;
+/// `kprobe:func` → an empty format if the function can be probed.
 pub fn kernel_info(events: &[String]) -> KernelInfo {
+    let wants_functions = events.iter().any(|e| e.starts_with("kprobe:"));
+    let functions = wants_functions
+        .then(|| {
+            std::fs::read_to_string(Path::new(TRACEFS).join("available_filter_functions")).ok()
+        })
+        .flatten();
     KernelInfo {
         release: sys::kernel_release(),
         btf: has_btf(),
         formats: events
             .iter()
             .take(256)
-            .map(|e| EventFormat {
-                event: e.clone(),
-                format: read_format(e),
+            .map(|e| {
+                let format = match e.strip_prefix("kprobe:") {
+                    Some(f) => kprobe_exists(&functions, f),
+                    None => read_format(e),
+                };
+                EventFormat {
+                    event: e.clone(),
+                    format,
+                }
             })
             .collect(),
     }

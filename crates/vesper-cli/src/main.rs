@@ -1,5 +1,6 @@
 //! vesper: the operator's tool. Talks to vesperd's control socket.
 
+mod build;
 mod render;
 
 use std::io::{BufRead, BufReader, Write};
@@ -42,8 +43,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Load a probe into a VM (a built-in name such as `signal`).
+    /// Load a probe into a VM: a built-in name (`signal`), a script (`FILE.vsp`, compiled
+    /// by vesperd for that VM's kernel) or an object built with `vesper build` (`FILE.o`).
     Load { vm: String, probe: String },
+    /// Compile a probe script into a BPF object (manifest embedded), without a VM.
+    Build {
+        /// The script.
+        file: PathBuf,
+        /// Output object (default: FILE with .o).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Compile against this kernel's layouts (JSON KernelInfo) instead of the running kernel.
+        #[arg(long)]
+        kernel_info: Option<PathBuf>,
+        /// Print the disassembly of every program.
+        #[arg(long)]
+        asm: bool,
+    },
     /// Unload a probe from a VM.
     Unload { vm: String, probe: String },
     /// Show a VM's records.
@@ -101,6 +117,25 @@ fn request(socket: &PathBuf, req: Value) -> anyhow::Result<(Value, BufReader<Uni
     Ok((v, r))
 }
 
+/// A load request: a built-in by name, or a file's script or object.
+fn load_request(vm: &str, probe: &str) -> anyhow::Result<Value> {
+    let is_file = probe.ends_with(".vsp") || probe.ends_with(".o") || probe.contains('/');
+    if !is_file {
+        return Ok(json!({"cmd": "load", "vm": vm, "probe": probe}));
+    }
+    let name = vesper_probe::probe_name_from_path(probe).ok_or_else(|| {
+        anyhow!("{probe}: the file name must be letters, digits, '-' or '_' (it names the probe)")
+    })?;
+    if probe.ends_with(".o") {
+        let bytes = std::fs::read(probe).with_context(|| format!("reading {probe}"))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(json!({"cmd": "load", "vm": vm, "probe": name, "object_hex": hex}))
+    } else {
+        let text = std::fs::read_to_string(probe).with_context(|| format!("reading {probe}"))?;
+        Ok(json!({"cmd": "load", "vm": vm, "probe": name, "source": text, "file": probe}))
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
     match cli.cmd {
@@ -126,10 +161,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Load { vm, probe } => {
-            let (v, _) = request(
-                &cli.socket,
-                json!({"cmd": "load", "vm": vm, "probe": probe}),
-            )?;
+            let req = load_request(&vm, &probe)?;
+            let probe = req["probe"].as_str().unwrap_or_default().to_string();
+            let (v, _) = request(&cli.socket, req)?;
             let r = &v["result"];
             match r["state"].as_str() {
                 Some("loaded") => writeln!(
@@ -140,6 +174,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => writeln!(out, "{probe} will load in {vm} when its agent connects")?,
             }
         }
+        Cmd::Build {
+            file,
+            output,
+            kernel_info,
+            asm,
+        } => build::run(out, &file, output, kernel_info, asm)?,
         Cmd::Unload { vm, probe } => {
             request(
                 &cli.socket,

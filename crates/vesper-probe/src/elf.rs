@@ -85,11 +85,13 @@ struct Shdr {
     entsize: u64,
 }
 
-/// Builds the object's bytes.
+/// Builds the object's bytes. `extra`: further non-loaded sections (name, bytes), e.g.
+/// the embedded manifest.
 pub fn write_object(
     programs: &[ProgramCode],
     maps: &[MapDef],
     license: &str,
+    extra: &[(&str, Vec<u8>)],
 ) -> Result<Vec<u8>, ElfError> {
     let mut strtab = Strtab { data: vec![0] };
     let mut sections: Vec<Shdr> = Vec::new();
@@ -205,6 +207,18 @@ pub fn write_object(
         align: 8,
         entsize: 24,
     });
+    for (name, data) in extra {
+        sections.push(Shdr {
+            name: strtab.add(name),
+            kind: SHT_PROGBITS,
+            flags: 0,
+            data: data.clone(),
+            link: 0,
+            info: 0,
+            align: 1,
+            entsize: 0,
+        });
+    }
     sections.insert(
         0,
         Shdr {
@@ -263,4 +277,51 @@ pub fn write_object(
     hdr[60..62].copy_from_slice(&shnum.to_le_bytes());
     hdr[62..64].copy_from_slice(&1u16.to_le_bytes()); // shstrndx
     Ok(out)
+}
+
+/// The bytes of the section called `name` in an ELF64 little-endian object, checked
+/// against the object's bounds at every step (objects can come from anywhere).
+pub fn section_data<'a>(obj: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    let u16_at = |o: usize| {
+        obj.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        obj.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        obj.get(o..o + 8).and_then(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            usize::try_from(u64::from_le_bytes(a)).ok()
+        })
+    };
+    if obj.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let shoff = u64_at(40)?;
+    let shentsize = u16_at(58)?;
+    let shnum = u16_at(60)?;
+    let shstrndx = u16_at(62)?;
+    if shentsize < 64 {
+        return None;
+    }
+    let header = |i: usize| shoff.checked_add(i.checked_mul(shentsize)?);
+    let sect = |i: usize| -> Option<(usize, &'a [u8])> {
+        let h = header(i)?;
+        let off = u64_at(h.checked_add(24)?)?;
+        let size = u64_at(h.checked_add(32)?)?;
+        Some((u32_at(h)?, obj.get(off..off.checked_add(size)?)?))
+    };
+    let (_, strtab) = sect(shstrndx)?;
+    for i in 1..shnum {
+        let (name_off, data) = sect(i)?;
+        let rest = strtab.get(name_off..)?;
+        let end = rest.iter().position(|&b| b == 0)?;
+        if &rest[..end] == name.as_bytes() {
+            return Some(data);
+        }
+    }
+    None
 }

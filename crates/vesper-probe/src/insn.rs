@@ -219,6 +219,9 @@ impl Asm {
     pub fn alu32_imm(&mut self, op: Alu, dst: Reg, imm: i32) -> &mut Self {
         self.push(BPF_ALU | op as u8 | BPF_K, dst, 0, 0, imm)
     }
+    pub fn alu32_reg(&mut self, op: Alu, dst: Reg, src: Reg) -> &mut Self {
+        self.push(BPF_ALU | op as u8 | BPF_X, dst, src, 0, 0)
+    }
     pub fn mov_imm(&mut self, dst: Reg, imm: i32) -> &mut Self {
         self.alu64_imm(Alu::Mov, dst, imm)
     }

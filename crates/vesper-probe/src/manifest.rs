@@ -75,7 +75,26 @@ pub struct Manifest {
     pub attach: Vec<Attach>,
     pub ring_map: String,
     pub drops_map: String,
-    pub record: Schema,
+    /// Record layouts; a record's u32 at offset 8 is its index here.
+    pub schemas: Vec<Schema>,
+}
+
+impl Manifest {
+    /// Decodes one record with the schema its header names.
+    pub fn decode(&self, rec: &[u8]) -> Result<Vec<(String, Value)>, RecordError> {
+        let idx = rec
+            .get(8..12)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or(RecordError::TooShort {
+                got: rec.len(),
+                want: 12,
+            })?;
+        let schema = self
+            .schemas
+            .get(idx as usize)
+            .ok_or(RecordError::UnknownSchema(idx))?;
+        schema.decode(rec)
+    }
 }
 
 /// A decoded field value.
@@ -99,6 +118,8 @@ impl std::fmt::Display for Value {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
+    #[error("record names schema {0}, which the probe does not have")]
+    UnknownSchema(u32),
     #[error("record of {got} bytes is shorter than the schema's {want}")]
     TooShort { got: usize, want: u32 },
     #[error("field {field} at {offset}+{size} lies outside the {len}-byte record")]

@@ -205,7 +205,7 @@ fn user_mistakes_get_one_line_and_exit_status_1() {
         ),
         (
             &["load", "host1", "sigal"][..],
-            "vesper: unknown built-in probe \"sigal\" (built-in probes: signal)\n",
+            "vesper: unknown built-in probe \"sigal\" (built-in probes: signal, oom, exit, fork, reclaim, hung; or give a .vsp or .o file)\n",
         ),
         (
             &["unload", "host1", "signal"][..],

@@ -53,9 +53,13 @@ pub struct VmConfig {
     pub name: String,
     /// `unix:PATH`: the QEMU/libvirt chardev socket (server) vesperd connects to.
     pub channel: String,
-    /// Probes (re)loaded on every agent connect.
+    /// Probes (re)loaded on every agent connect: built-in names, or paths to `.vsp`
+    /// scripts or `.o` objects (relative to the config file's directory).
     #[serde(default)]
     pub probes: Vec<String>,
+    /// `probes`, read and checked.
+    #[serde(skip)]
+    pub sources: Vec<vesper_probe::ProbeSource>,
     /// The Pacemaker resource this VM backs.
     #[serde(default)]
     pub resource: Option<String>,
@@ -105,7 +109,7 @@ impl Config {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let message = match e.span() {
                 Some(span) => {
                     let line = text.as_bytes()[..span.start.min(text.len())]
@@ -123,6 +127,7 @@ impl Config {
             }
         })?;
         cfg.validate(path)?;
+        cfg.resolve_probes(path)?;
         Ok(cfg)
     }
 
@@ -160,12 +165,15 @@ impl Config {
             }
             vm.channel_spec().map_err(|r| invalid(key("channel"), r))?;
             for p in &vm.probes {
-                if !vesper_probe::builtin::is_builtin(p) {
+                if !vesper_probe::builtin::is_builtin(p)
+                    && !p.ends_with(".vsp")
+                    && !p.ends_with(".o")
+                {
                     return Err(invalid(
                         key("probes"),
                         format!(
-                            "unknown probe {p:?}; built-in probes are: {}",
-                            vesper_probe::builtin::NAMES.join(", ")
+                            "unknown probe {p:?}; built-in probes are: {} (or name a .vsp script or .o object)",
+                            vesper_probe::builtin::names().join(", ")
                         ),
                     ));
                 }
@@ -182,6 +190,55 @@ impl Config {
                 "daemon.store_max_records".into(),
                 "must be at least 1".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Reads the probe files a VM names and checks their syntax now, so a broken probe
+    /// is reported at startup with its file and line, not at the next connect.
+    fn resolve_probes(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        for (i, vm) in self.vm.iter_mut().enumerate() {
+            let key = format!("vm[{i}].probes");
+            let invalid = |reason: String| ConfigError::Invalid {
+                path: path.into(),
+                key: key.clone(),
+                reason,
+            };
+            let mut sources = Vec::new();
+            for p in &vm.probes {
+                if vesper_probe::builtin::is_builtin(p) {
+                    sources.push(vesper_probe::ProbeSource::Builtin(p.clone()));
+                    continue;
+                }
+                let file = base.join(p);
+                let name = vesper_probe::probe_name_from_path(p)
+                    .ok_or_else(|| invalid(format!("{p:?}: the file name must be letters, digits, '-' or '_' (it names the probe)")))?;
+                let src = if p.ends_with(".o") {
+                    let bytes = std::fs::read(&file)
+                        .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+                    vesper_probe::ProbeSource::from_object(&name, bytes)
+                        .map_err(|e| invalid(e.to_string()))?
+                } else {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+                    let s = vesper_probe::ProbeSource::Script {
+                        name,
+                        file: file.display().to_string(),
+                        text,
+                    };
+                    s.kernel_keys().map_err(|e| invalid(format!("\n{e}")))?;
+                    s
+                };
+                if sources
+                    .iter()
+                    .any(|s: &vesper_probe::ProbeSource| s.name() == src.name())
+                {
+                    return Err(invalid(format!("two probes are named {:?}", src.name())));
+                }
+                sources.push(src);
+            }
+            vm.sources = sources;
         }
         Ok(())
     }
@@ -234,7 +291,8 @@ resource = "web1"
             .to_string();
         assert_eq!(
             e,
-            "vesper.toml: key `vm[0].probes`: unknown probe \"sigal\"; built-in probes are: signal"
+            "vesper.toml: key `vm[0].probes`: unknown probe \"sigal\"; built-in probes are: \
+             signal, oom, exit, fork, reclaim, hung (or name a .vsp script or .o object)"
         );
     }
 

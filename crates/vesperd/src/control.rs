@@ -7,7 +7,7 @@
 //! |---------|----------|
 //! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…]}` |
 //! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
-//! | `{"cmd":"load","vm":V,"probe":P}` | `{"ok":true,"result":{"state":"loaded"…}}` |
+//! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
 //! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true}` |
 //! | `{"cmd":"events","vm":V,"probe":P?,"follow":bool,"last":N?}` | `{"ok":true}` then one record per line |
 //!
@@ -40,6 +40,11 @@ pub enum Request {
     Load {
         vm: String,
         probe: String,
+        /// A script's text, and the file it came from (for messages).
+        source: Option<String>,
+        file: Option<String>,
+        /// A prebuilt object, hex-encoded.
+        object_hex: Option<String>,
     },
     Unload {
         vm: String,
@@ -175,12 +180,21 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
                 .map(|s| json!({ "vm": s })),
             Err(e) => Err(e),
         },
-        Request::Load { vm, probe } => match handle_of(&vm) {
-            Ok(h) => match ask(&h, |reply| SessionCmd::Load { probe, reply }).await {
+        Request::Load {
+            vm,
+            probe,
+            source,
+            file,
+            object_hex,
+        } => match (
+            handle_of(&vm),
+            probe_source(probe, source, file, object_hex),
+        ) {
+            (Ok(h), Ok(probe)) => match ask(&h, |reply| SessionCmd::Load { probe, reply }).await {
                 Ok(Ok(outcome)) => Ok(json!({ "result": outcome })),
                 Ok(Err(e)) | Err(e) => Err(e),
             },
-            Err(e) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         },
         Request::Unload { vm, probe } => match handle_of(&vm) {
             Ok(h) => match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
@@ -202,6 +216,54 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
         }
     };
     reply(&mut wr, result).await
+}
+
+fn probe_source(
+    probe: String,
+    source: Option<String>,
+    file: Option<String>,
+    object_hex: Option<String>,
+) -> Result<vesper_probe::ProbeSource, String> {
+    use vesper_probe::ProbeSource;
+    let valid = !probe.is_empty()
+        && probe.len() <= 64
+        && probe
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(format!(
+            "{probe:?} is not a probe name (letters, digits, '-', '_')"
+        ));
+    }
+    match (source, object_hex) {
+        (Some(text), None) => Ok(ProbeSource::Script {
+            file: file.unwrap_or_else(|| format!("{probe}.vsp")),
+            name: probe,
+            text,
+        }),
+        (None, Some(hex)) => {
+            let bytes = decode_hex(&hex).ok_or("object_hex is not valid hex")?;
+            ProbeSource::from_object(&probe, bytes).map_err(|e| e.to_string())
+        }
+        (None, None) if vesper_probe::builtin::is_builtin(&probe) => {
+            Ok(ProbeSource::Builtin(probe))
+        }
+        (None, None) => Err(format!(
+            "unknown built-in probe {probe:?} (built-in probes: {}; or give a .vsp or .o file)",
+            vesper_probe::builtin::names().join(", ")
+        )),
+        (Some(_), Some(_)) => Err("give a script or an object, not both".into()),
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 async fn reply(

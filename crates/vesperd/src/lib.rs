@@ -45,7 +45,7 @@ pub fn start_sessions(cfg: &Config) -> Vms {
         let session = Session::new(
             vm.name.clone(),
             Box::new(connector),
-            vm.probes.clone(),
+            vm.sources.clone(),
             vm.resource.clone(),
             vm.deadtime(),
             store.clone(),

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use vesper_probe::{KernelInfo, Manifest, builtin, parse_format};
+use vesper_probe::{KernelInfo, Manifest, ProbeSource, parse_format};
 use vesper_proto::{
     AttachPoint, DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, LoadProbe, Message, Records,
     encode_frame,
@@ -54,7 +54,7 @@ pub enum State {
 #[derive(Debug)]
 pub enum SessionCmd {
     Load {
-        probe: String,
+        probe: ProbeSource,
         reply: oneshot::Sender<Result<LoadOutcome, String>>,
     },
     Unload {
@@ -152,13 +152,15 @@ pub struct Session {
     store: Arc<Mutex<RecordStore>>,
     cmds: mpsc::Receiver<SessionCmd>,
     state: State,
-    desired: Vec<String>,
+    desired: Vec<ProbeSource>,
     agent: Option<AgentInfo>,
     kernel: KernelInfo,
     probes: BTreeMap<u32, ActiveProbe>,
     next_probe_id: u32,
     /// Loads waiting for kernel info.
-    waiting_kernel_info: Vec<(String, Option<LoadReply>)>,
+    waiting_kernel_info: Vec<(ProbeSource, Option<LoadReply>)>,
+    /// Loads asked for during the handshake: started once the agent said Hello.
+    waiting_hello: Vec<(ProbeSource, LoadReply)>,
     load_replies: HashMap<u32, LoadReply>,
     unload_replies: HashMap<u32, oneshot::Sender<Result<(), String>>>,
     last_heard: Option<Instant>,
@@ -181,7 +183,7 @@ impl Session {
     pub fn new(
         name: String,
         connector: Box<dyn Connector>,
-        probes: Vec<String>,
+        probes: Vec<ProbeSource>,
         resource: Option<String>,
         deadtime: Duration,
         store: Arc<Mutex<RecordStore>>,
@@ -201,6 +203,7 @@ impl Session {
             probes: BTreeMap::new(),
             next_probe_id: 1,
             waiting_kernel_info: Vec::new(),
+            waiting_hello: Vec::new(),
             load_replies: HashMap::new(),
             unload_replies: HashMap::new(),
             last_heard: None,
@@ -271,6 +274,9 @@ impl Session {
                 let _ = r.send(Ok(LoadOutcome::Pending));
             }
         }
+        for (_, r) in self.waiting_hello.drain(..) {
+            let _ = r.send(Ok(LoadOutcome::Pending));
+        }
         for (_, r) in self.load_replies.drain() {
             let _ = r.send(Ok(LoadOutcome::Pending));
         }
@@ -285,18 +291,20 @@ impl Session {
     fn command_offline(&mut self, cmd: SessionCmd) {
         match cmd {
             SessionCmd::Load { probe, reply } => {
-                if let Err(e) = builtin::events(&probe) {
+                if let Err(e) = probe.kernel_keys() {
                     let _ = reply.send(Err(e.to_string()));
                     return;
                 }
-                if !self.desired.contains(&probe) {
-                    self.desired.push(probe);
+                if self.desired.iter().any(|d| d.name() == probe.name()) {
+                    let _ = reply.send(Err(self.already_loaded(probe.name())));
+                    return;
                 }
+                self.desired.push(probe);
                 let _ = reply.send(Ok(LoadOutcome::Pending));
             }
             SessionCmd::Unload { probe, reply } => {
-                let r = if self.desired.contains(&probe) {
-                    self.desired.retain(|p| p != &probe);
+                let r = if self.desired.iter().any(|d| d.name() == probe) {
+                    self.desired.retain(|d| d.name() != probe);
                     Ok(())
                 } else {
                     Err(format!("probe {probe:?} is not loaded in {}", self.name))
@@ -419,7 +427,7 @@ impl Session {
                     .is_some();
                 if failed && let Some(p) = self.probes.remove(&probe_id) {
                     tracing::warn!(vm = %self.name, probe = %p.name, error = %message, "probe failed to load");
-                    self.desired.retain(|d| d != &*p.name);
+                    self.desired.retain(|d| d.name() != &*p.name);
                 }
                 let message = truncate(&message, 4096);
                 if let Some(r) = self.load_replies.remove(&probe_id) {
@@ -460,6 +468,9 @@ impl Session {
         for probe in self.desired.clone() {
             self.start_load(probe, None, wr).await?;
         }
+        for (probe, reply) in std::mem::take(&mut self.waiting_hello) {
+            self.start_load(probe, Some(reply), wr).await?;
+        }
         Ok(())
     }
 
@@ -467,7 +478,7 @@ impl Session {
     /// tracepoint formats first if they are not known yet.
     async fn start_load(
         &mut self,
-        probe: String,
+        probe: ProbeSource,
         reply: Option<LoadReply>,
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
@@ -476,26 +487,20 @@ impl Session {
                 let _ = r.send(Err(msg));
             }
         };
-        let events = match builtin::events(&probe) {
+        let events = match probe.kernel_keys() {
             Ok(e) => e,
             Err(e) => {
                 fail(reply, e.to_string());
                 return Ok(());
             }
         };
-        if self.probes.values().any(|p| &*p.name == probe.as_str()) {
-            fail(
-                reply,
-                format!(
-                    "probe {probe:?} is already loaded in {}; unload it first",
-                    self.name
-                ),
-            );
+        if self.probes.values().any(|p| &*p.name == probe.name()) {
+            fail(reply, self.already_loaded(probe.name()));
             return Ok(());
         }
         let missing: Vec<String> = events
             .iter()
-            .filter(|e| !self.kernel.formats.contains_key(**e))
+            .filter(|e| !self.kernel.formats.contains_key(e.as_str()))
             .map(|e| e.to_string())
             .collect();
         if !missing.is_empty() {
@@ -507,29 +512,32 @@ impl Session {
             }
             return Ok(());
         }
-        let compiled = match builtin::build(&probe, &self.kernel) {
+        let compiled = match probe.build(&self.kernel) {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(vm = %self.name, probe = %probe, error = %e, "cannot build probe for this guest");
+                let name = probe.name();
+                tracing::warn!(vm = %self.name, probe = %name, error = %e, "cannot build probe for this guest");
+                self.desired.retain(|d| d.name() != name);
                 fail(
                     reply,
                     format!(
-                        "cannot build {probe} for {} (kernel {}): {e}",
+                        "cannot build {name} for {} (kernel {}):\n{e}",
                         self.name, self.kernel.release
                     ),
                 );
                 return Ok(());
             }
         };
-        if !self.desired.contains(&probe) {
-            self.desired.push(probe.clone());
+        let name = probe.name().to_string();
+        if !self.desired.iter().any(|d| d.name() == name) {
+            self.desired.push(probe);
         }
         let probe_id = self.next_probe_id;
         self.next_probe_id += 1;
         let m = &compiled.manifest;
         let load = LoadProbe {
             probe_id,
-            name: probe.clone(),
+            name: name.clone(),
             object: compiled.object,
             ring_map: m.ring_map.clone(),
             drops_map: m.drops_map.clone(),
@@ -547,7 +555,7 @@ impl Session {
             probe_id,
             ActiveProbe {
                 status: ProbeStatus {
-                    name: probe.clone(),
+                    name: name.clone(),
                     probe_id,
                     phase: ProbePhase::Loading,
                     received: 0,
@@ -560,7 +568,7 @@ impl Session {
                     load_us: None,
                 },
                 manifest: compiled.manifest,
-                name: probe.into(),
+                name: name.into(),
             },
         );
         if let Some(r) = reply {
@@ -575,14 +583,18 @@ impl Session {
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
         if self.state == State::Handshake {
-            // Not ready to talk to the agent yet: treat as offline (desired set only).
-            self.command_offline(cmd);
+            // Not ready to talk to the agent yet: loads wait for Hello (moments away),
+            // anything else is answered as if offline.
+            match cmd {
+                SessionCmd::Load { probe, reply } => self.waiting_hello.push((probe, reply)),
+                other => self.command_offline(other),
+            }
             return Ok(());
         }
         match cmd {
             SessionCmd::Load { probe, reply } => self.start_load(probe, Some(reply), wr).await,
             SessionCmd::Unload { probe, reply } => {
-                self.desired.retain(|p| p != &probe);
+                self.desired.retain(|d| d.name() != probe);
                 let id = self
                     .probes
                     .iter()
@@ -633,7 +645,7 @@ impl Session {
                 continue;
             }
             st.next_seq = seq.saturating_add(1);
-            match p.manifest.record.decode(rec) {
+            match p.manifest.decode(rec) {
                 Ok(fields) => {
                     st.received += 1;
                     let json = record_json(&self.name, &p.name, seq, fields);
@@ -646,6 +658,13 @@ impl Session {
                 Err(_) => st.malformed += 1,
             }
         }
+    }
+
+    fn already_loaded(&self, probe: &str) -> String {
+        format!(
+            "probe {probe:?} is already loaded in {}; unload it first",
+            self.name
+        )
     }
 
     fn status(&self) -> VmStatus {
@@ -662,7 +681,7 @@ impl Session {
             last_heard_ms: self.last_heard.map(|t| t.elapsed().as_millis() as u64),
             connects: self.connects,
             last_error: self.last_error.clone(),
-            desired_probes: self.desired.clone(),
+            desired_probes: self.desired.iter().map(|d| d.name().to_string()).collect(),
             probes: self.probes.values().map(|p| p.status.clone()).collect(),
             unknown_probe_records: self.unknown_probe_records,
             stored_records: store.len(),

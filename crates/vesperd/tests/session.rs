@@ -11,7 +11,8 @@ use vesperd::session::{Session, SessionCmd, State, VmStatus};
 use vesperd::store::{RecordStore, StoreLimits};
 use vesperd::testing::{FakeGuest, MemoryListener, memory_channel};
 
-const FORMAT: &str = include_str!("../../vesper-probe/tests/data/signal_generate.6.18.format");
+const FORMAT: &str =
+    include_str!("../../vesper-probe/tests/data/tracefs-6.18/events/signal/signal_generate/format");
 
 struct Rig {
     cmds: mpsc::Sender<SessionCmd>,
@@ -31,7 +32,10 @@ fn rig(probes: &[&str]) -> Rig {
     let s = Session::new(
         "web1".into(),
         Box::new(connector),
-        probes.iter().map(|p| p.to_string()).collect(),
+        probes
+            .iter()
+            .map(|p| vesper_probe::ProbeSource::Builtin(p.to_string()))
+            .collect(),
         None,
         Duration::from_millis(300),
         store.clone(),
@@ -51,19 +55,32 @@ async fn status(r: &Rig) -> VmStatus {
     rx.await.unwrap()
 }
 
-async fn wait_state(r: &Rig, s: State) -> VmStatus {
+async fn wait_for(r: &Rig, what: &str, f: impl Fn(&VmStatus) -> bool) -> VmStatus {
     for _ in 0..200 {
         let st = status(r).await;
-        if st.state == s {
+        if f(&st) {
             return st;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("session never reached {s:?}: {:?}", status(r).await);
+    panic!("session never got to {what}: {:?}", status(r).await);
 }
 
-/// Hello → KernelInfoRequest → KernelInfo → LoadProbe → ProbeLoaded. Returns the probe id.
-async fn handshake_and_load(g: &mut FakeGuest) -> u32 {
+async fn wait_state(r: &Rig, s: State) -> VmStatus {
+    wait_for(r, &format!("{s:?}"), |st| st.state == s).await
+}
+
+/// Disconnected *after* a connection ended (the session also starts out disconnected).
+async fn wait_dropped(r: &Rig) -> VmStatus {
+    wait_for(r, "a dropped connection", |st| {
+        st.state == State::Disconnected && st.last_error.is_some()
+    })
+    .await
+}
+
+/// Hello → KernelInfoRequest → KernelInfo → LoadProbe → ProbeLoaded. Returns the probe
+/// id and the manifest embedded in the object the host sent.
+async fn handshake_and_load(g: &mut FakeGuest) -> (u32, vesper_probe::Manifest) {
     g.send(&Message::Hello(Hello {
         agent_version: "fake".into(),
         kernel_release: "6.18-fake".into(),
@@ -96,17 +113,30 @@ async fn handshake_and_load(g: &mut FakeGuest) -> u32 {
         load_us: 42,
     })
     .await;
-    load.probe_id
+    (
+        load.probe_id,
+        vesper_probe::manifest_of_object(&load.object).expect("manifest in object"),
+    )
 }
 
-fn signal_record(sig: i32, sender: &[u8], target: &[u8]) -> Vec<u8> {
-    let mut r = vec![0u8; 64];
+/// A record laid out as the manifest says (as the BPF program would write it).
+fn signal_record(m: &vesper_probe::Manifest, sig: i32, sender: &[u8], target: &[u8]) -> Vec<u8> {
+    let schema = &m.schemas[0];
+    let mut r = vec![0u8; schema.size as usize];
+    let at = |name: &str| {
+        schema
+            .fields
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .offset as usize
+    };
     r[0..8].copy_from_slice(&123u64.to_le_bytes());
-    r[8..12].copy_from_slice(&301u32.to_le_bytes());
-    r[16..20].copy_from_slice(&sig.to_le_bytes());
-    r[20..24].copy_from_slice(&212i32.to_le_bytes());
-    r[32..32 + sender.len()].copy_from_slice(sender);
-    r[48..48 + target.len()].copy_from_slice(target);
+    r[at("sender_pid")..][..8].copy_from_slice(&301u64.to_le_bytes());
+    r[at("sig")..][..4].copy_from_slice(&sig.to_le_bytes());
+    r[at("target_pid")..][..8].copy_from_slice(&212i64.to_le_bytes());
+    r[at("sender_comm")..][..sender.len()].copy_from_slice(sender);
+    r[at("target_comm")..][..target.len()].copy_from_slice(target);
     r
 }
 
@@ -114,8 +144,8 @@ fn signal_record(sig: i32, sender: &[u8], target: &[u8]) -> Vec<u8> {
 async fn loads_configured_probes_on_connect_and_accounts_every_sequence_number() {
     let r = rig(&["signal"]);
     let mut g = r.listener.guest().await;
-    let id = handshake_and_load(&mut g).await;
-    let rec = signal_record(15, b"pkill", b"httpd");
+    let (id, manifest) = handshake_and_load(&mut g).await;
+    let rec = signal_record(&manifest, 15, b"pkill", b"httpd");
     let batch = |first_seq, records: Vec<Vec<u8>>| {
         Message::Records(Records {
             probe_id: id,
@@ -222,6 +252,6 @@ async fn messages_before_hello_and_host_only_messages_end_the_session() {
         probes: 0,
     })
     .await;
-    let st = wait_state(&r, State::Disconnected).await;
+    let st = wait_dropped(&r).await;
     assert!(st.last_error.unwrap().contains("before Hello"));
 }

@@ -1,35 +1,43 @@
-//! The built-in probe library.
+//! The built-in probe library: scripts in the probe language, in `probes/*.vsp`.
 
-mod signal;
-
+use crate::compiler;
 use crate::{BuildError, CompiledProbe, KernelInfo};
 
-/// Names of the built-in probes.
-pub const NAMES: &[&str] = &["signal"];
+/// (name, source) of every built-in probe.
+pub const PROBES: &[(&str, &str)] = &[
+    ("signal", include_str!("../../probes/signal.vsp")),
+    ("oom", include_str!("../../probes/oom.vsp")),
+    ("exit", include_str!("../../probes/exit.vsp")),
+    ("fork", include_str!("../../probes/fork.vsp")),
+    ("reclaim", include_str!("../../probes/reclaim.vsp")),
+    ("hung", include_str!("../../probes/hung.vsp")),
+];
 
-/// The tracepoints a built-in probe needs formats for.
-pub fn events(name: &str) -> Result<&'static [&'static str], BuildError> {
-    match name {
-        "signal" => Ok(&["signal:signal_generate"]),
-        _ => Err(unknown(name)),
-    }
+pub fn names() -> Vec<&'static str> {
+    PROBES.iter().map(|(n, _)| *n).collect()
+}
+
+pub fn is_builtin(name: &str) -> bool {
+    PROBES.iter().any(|(n, _)| *n == name)
+}
+
+pub fn source(name: &str) -> Result<&'static str, BuildError> {
+    PROBES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| BuildError::UnknownBuiltin {
+            name: name.to_string(),
+            known: names().join(", "),
+        })
+}
+
+/// The kernel-info keys a built-in probe needs.
+pub fn events(name: &str) -> Result<Vec<String>, BuildError> {
+    compiler::required_kernel_keys(source(name)?, &format!("{name}.vsp")).map_err(BuildError::from)
 }
 
 /// Builds a built-in probe for the given kernel.
 pub fn build(name: &str, kernel: &KernelInfo) -> Result<CompiledProbe, BuildError> {
-    match name {
-        "signal" => signal::build(kernel),
-        _ => Err(unknown(name)),
-    }
-}
-
-pub fn is_builtin(name: &str) -> bool {
-    NAMES.contains(&name)
-}
-
-fn unknown(name: &str) -> BuildError {
-    BuildError::UnknownBuiltin {
-        name: name.to_string(),
-        known: NAMES.join(", "),
-    }
+    compiler::compile(source(name)?, &format!("{name}.vsp"), name, kernel).map_err(BuildError::from)
 }

@@ -1,0 +1,139 @@
+//! The syntax tree of a probe script.
+
+use super::diag::Span;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    pub probes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachSpec {
+    Tracepoint { category: String, name: String },
+    Kprobe { function: String },
+    Kretprobe { function: String },
+}
+
+impl AttachSpec {
+    /// `tracepoint:cat:name`, `kprobe:func`, `kretprobe:func`.
+    pub fn describe(&self) -> String {
+        match self {
+            AttachSpec::Tracepoint { category, name } => format!("tracepoint:{category}:{name}"),
+            AttachSpec::Kprobe { function } => format!("kprobe:{function}"),
+            AttachSpec::Kretprobe { function } => format!("kretprobe:{function}"),
+        }
+    }
+    /// The kernel-info key the compiler needs: "cat:name" for a tracepoint's format,
+    /// "kprobe:func" for a function's existence.
+    pub fn kernel_key(&self) -> String {
+        match self {
+            AttachSpec::Tracepoint { category, name } => format!("{category}:{name}"),
+            AttachSpec::Kprobe { function } | AttachSpec::Kretprobe { function } => {
+                format!("kprobe:{function}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attach {
+    pub spec: AttachSpec,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub attach: Vec<Attach>,
+    pub predicate: Option<Expr>,
+    pub emit: Option<Emit>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emit {
+    pub fields: Vec<EmitField>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmitField {
+    pub name: String,
+    pub name_span: Span,
+    pub value: Expr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    BitAnd,
+    BitOr,
+    BitXor,
+    Shl,
+    Shr,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    And,
+    Or,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        use BinOp::*;
+        match self {
+            Add => "+",
+            Sub => "-",
+            Mul => "*",
+            Div => "/",
+            Mod => "%",
+            BitAnd => "&",
+            BitOr => "|",
+            BitXor => "^",
+            Shl => "<<",
+            Shr => ">>",
+            Eq => "==",
+            Ne => "!=",
+            Lt => "<",
+            Le => "<=",
+            Gt => ">",
+            Ge => ">=",
+            And => "&&",
+            Or => "||",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnOp {
+    Not,
+    Neg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExprKind {
+    Int(i64),
+    Str(String),
+    /// A builtin such as `pid` or `comm`.
+    Ident(String),
+    /// `args.NAME`
+    Field(String),
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `x in [a, b, c]`
+    In(Box<Expr>, Vec<Expr>),
+    /// `name(args…)`: `starts_with(s, "lit")`, `signal(n)`.
+    Call(String, Vec<Expr>),
+}

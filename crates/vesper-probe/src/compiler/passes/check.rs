@@ -1,0 +1,518 @@
+//! Pass 3: resolve every name against the target kernel and type every expression.
+//! Each attach point becomes its own program, checked against its own layout.
+
+use crate::compiler::ast::*;
+use crate::compiler::diag::{Diagnostic, Span, did_you_mean};
+use crate::compiler::typed::*;
+use crate::manifest::{self, AttachKind, FieldKind};
+use crate::{KernelInfo, TracepointFormat};
+
+/// Fixed record header: ts_ns (u64), schema index (u32), padding.
+pub const HEADER: u32 = 16;
+/// Largest record a probe may emit.
+pub const MAX_RECORD: u32 = 4096;
+/// Longest `__data_loc` string copied into a record.
+pub const DATA_LOC_CAP: u32 = 64;
+const RESERVED: &[&str] = &["vm", "probe", "seq", "ts_ns", "host_ms"];
+pub const BUILTINS: &[&str] = &[
+    "pid", "tid", "uid", "cpu", "nsecs", "comm", "arg0", "arg1", "arg2", "arg3", "arg4", "arg5",
+    "retval",
+];
+const FUNCTIONS: &[&str] = &["starts_with", "signal"];
+
+enum Ctx<'k> {
+    Tracepoint(&'k TracepointFormat),
+    Kprobe,
+    Kretprobe,
+}
+
+enum Checked {
+    Int(TExpr),
+    Str(StrSrc),
+    Lit(Vec<u8>),
+}
+
+struct Checker<'a> {
+    kernel: &'a KernelInfo,
+    diags: &'a mut Vec<Diagnostic>,
+}
+
+/// Returns the programs and the per-schema field lists (index = schema id).
+pub fn check(
+    script: &Script,
+    kernel: &KernelInfo,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<TProgram>, Vec<manifest::Schema>) {
+    let mut c = Checker { kernel, diags };
+    let mut programs = Vec::new();
+    let mut schemas = Vec::new();
+    for (pi, probe) in script.probes.iter().enumerate() {
+        let Some(emit) = &probe.emit else {
+            c.diags.push(
+                Diagnostic::new(probe.span, "this probe emits nothing").hint(
+                    "add `emit { name = value, ... }` to its body: records are what a probe is for",
+                ),
+            );
+            continue;
+        };
+        for (ai, attach) in probe.attach.iter().enumerate() {
+            let Some((ctx, kind, target, section)) = c.resolve_attach(attach) else {
+                continue;
+            };
+            let predicate = probe.predicate.as_ref().and_then(|p| c.condition(p, &ctx));
+            let fields = c.emit_fields(emit, &ctx);
+            let (Some(fields), true) = (fields, probe.predicate.is_none() || predicate.is_some())
+            else {
+                continue;
+            };
+            let record_size = fields.last().map_or(HEADER, |f| f.offset + slot(f.kind));
+            if record_size > MAX_RECORD {
+                c.diags.push(Diagnostic::new(
+                    emit.span,
+                    format!("record of {record_size} bytes exceeds {MAX_RECORD}"),
+                ));
+                continue;
+            }
+            let schema = schemas.len() as u32;
+            let mut specs = vec![manifest::FieldSpec {
+                name: "ts_ns".into(),
+                offset: 0,
+                kind: FieldKind::U64,
+            }];
+            specs.extend(fields.iter().map(|f| manifest::FieldSpec {
+                name: f.name.clone(),
+                offset: f.offset,
+                kind: f.kind,
+            }));
+            schemas.push(manifest::Schema {
+                size: record_size,
+                fields: specs,
+            });
+            let name = format!("p{pi}_{ai}");
+            programs.push(TProgram {
+                attach: manifest::Attach {
+                    program: name.clone(),
+                    kind,
+                    target,
+                },
+                name,
+                section,
+                predicate,
+                schema,
+                record_size,
+                fields,
+            });
+        }
+    }
+    (programs, schemas)
+}
+
+/// Bytes a field takes in the record (ints get 8-byte slots; strings round up to 8).
+fn slot(kind: FieldKind) -> u32 {
+    match kind {
+        FieldKind::Str { len } => len.div_ceil(8) * 8,
+        _ => 8,
+    }
+}
+
+impl<'a> Checker<'a> {
+    fn err(&mut self, span: Span, msg: String) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::new(span, msg));
+        self.diags.last_mut().expect("just pushed")
+    }
+
+    fn resolve_attach(&mut self, a: &Attach) -> Option<(Ctx<'a>, AttachKind, String, String)> {
+        let kernel: &'a KernelInfo = self.kernel;
+        match &a.spec {
+            AttachSpec::Tracepoint { category, name } => {
+                let event = format!("{category}:{name}");
+                match kernel.formats.get(&event) {
+                    Some(Some(f)) => Some((
+                        Ctx::Tracepoint(f),
+                        AttachKind::Tracepoint,
+                        event,
+                        format!("tracepoint/{category}/{name}"),
+                    )),
+                    Some(None) => {
+                        let release = kernel.release.clone();
+                        self.err(a.span, format!("tracepoint {event} does not exist on kernel {release}"))
+                            .hints
+                            .push(format!("list what exists in the guest: ls /sys/kernel/tracing/events/{category}/"));
+                        None
+                    }
+                    None => {
+                        self.err(a.span, format!("no layout for tracepoint {event} was provided"))
+                            .hints
+                            .push("compile against the target kernel: `vesper load VM FILE.vsp`, or `vesper build --kernel-info FILE`".into());
+                        None
+                    }
+                }
+            }
+            AttachSpec::Kprobe { function } | AttachSpec::Kretprobe { function } => {
+                let ret = matches!(a.spec, AttachSpec::Kretprobe { .. });
+                if let Some(None) = kernel.formats.get(&format!("kprobe:{function}")) {
+                    let release = kernel.release.clone();
+                    self.err(a.span, format!("function {function} cannot be probed on kernel {release}"))
+                        .hints
+                        .push("it is not in the guest's /sys/kernel/tracing/available_filter_functions (inlined, renamed or blacklisted)".into());
+                    return None;
+                }
+                let (ctx, kind, prefix) = if ret {
+                    (Ctx::Kretprobe, AttachKind::Kretprobe, "kretprobe")
+                } else {
+                    (Ctx::Kprobe, AttachKind::Kprobe, "kprobe")
+                };
+                Some((ctx, kind, function.clone(), format!("{prefix}/{function}")))
+            }
+        }
+    }
+
+    fn emit_fields(&mut self, emit: &Emit, ctx: &Ctx) -> Option<Vec<TField>> {
+        let mut out: Vec<TField> = Vec::new();
+        let mut ok = true;
+        let mut offset = HEADER;
+        if emit.fields.is_empty() {
+            self.err(emit.span, "`emit { }` has no fields".into())
+                .hints
+                .push("emit { pid = pid, comm = comm }".into());
+            return None;
+        }
+        for f in &emit.fields {
+            if RESERVED.contains(&f.name.as_str())
+                || f.name.ends_with("_name")
+                    && out.iter().any(|o| format!("{}_name", o.name) == f.name)
+            {
+                self.err(
+                    f.name_span,
+                    format!("`{}` is a reserved field name", f.name),
+                )
+                .hints
+                .push(format!(
+                    "every record already has {}; pick another name",
+                    RESERVED.join(", ")
+                ));
+                ok = false;
+                continue;
+            }
+            if out.iter().any(|o| o.name == f.name) {
+                self.err(f.name_span, format!("field `{}` is emitted twice", f.name));
+                ok = false;
+                continue;
+            }
+            let (value, kind) = match &f.value.kind {
+                ExprKind::Call(name, args) if name == "signal" => match args.as_slice() {
+                    [a] => match self.value(a, ctx) {
+                        Some(Checked::Int(e)) => (TValue::Int(e), FieldKind::Signal),
+                        Some(_) => {
+                            self.err(a.span, "signal() takes a signal number".into());
+                            ok = false;
+                            continue;
+                        }
+                        None => {
+                            ok = false;
+                            continue;
+                        }
+                    },
+                    _ => {
+                        self.err(
+                            f.value.span,
+                            "signal() takes one argument: signal(args.sig)".into(),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                },
+                _ => match self.value(&f.value, ctx) {
+                    Some(Checked::Int(e)) => {
+                        let kind = match &e {
+                            TExpr::CtxInt { signed: false, .. } | TExpr::Builtin(_) => {
+                                FieldKind::U64
+                            }
+                            _ => FieldKind::I64,
+                        };
+                        (TValue::Int(e), kind)
+                    }
+                    Some(Checked::Str(s)) => {
+                        let len = s.capacity();
+                        (TValue::Str(s), FieldKind::Str { len })
+                    }
+                    Some(Checked::Lit(_)) => {
+                        self.err(f.value.span, "a constant string cannot be emitted".into())
+                            .hints
+                            .push("emit values the kernel knows: comm, args.NAME, pid, ...".into());
+                        ok = false;
+                        continue;
+                    }
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            out.push(TField {
+                name: f.name.clone(),
+                value,
+                kind,
+                offset,
+            });
+            offset += slot(kind);
+        }
+        ok.then_some(out)
+    }
+
+    /// An expression used as a condition (predicate): must be an integer.
+    fn condition(&mut self, e: &Expr, ctx: &Ctx) -> Option<TExpr> {
+        match self.value(e, ctx)? {
+            Checked::Int(t) => Some(t),
+            _ => {
+                self.err(e.span, "a string is not a condition".into())
+                    .hints
+                    .push("compare it: comm == \"httpd\", or starts_with(comm, \"http\")".into());
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, e: &Expr, ctx: &Ctx, what: &str) -> Option<TExpr> {
+        match self.value(e, ctx)? {
+            Checked::Int(t) => Some(t),
+            _ => {
+                self.err(e.span, format!("{what} needs an integer, this is a string"))
+                    .hints
+                    .push(
+                        "strings can only be compared (==, !=) with a string literal, or emitted"
+                            .into(),
+                    );
+                None
+            }
+        }
+    }
+
+    fn value(&mut self, e: &Expr, ctx: &Ctx) -> Option<Checked> {
+        match &e.kind {
+            ExprKind::Int(v) => Some(Checked::Int(TExpr::Int(*v))),
+            ExprKind::Str(s) => Some(Checked::Lit(s.as_bytes().to_vec())),
+            ExprKind::Ident(name) => self.builtin(name, e.span, ctx),
+            ExprKind::Field(name) => self.field(name, e.span, ctx),
+            ExprKind::Unary(op, inner) => {
+                let t = self.int(inner, ctx, if *op == UnOp::Not { "`!`" } else { "`-`" })?;
+                Some(Checked::Int(TExpr::Unary(*op, Box::new(t))))
+            }
+            ExprKind::Binary(op, l, r) => self.binary(*op, l, r, e.span, ctx),
+            ExprKind::In(x, items) => {
+                let x = self.int(x, ctx, "`in`");
+                let items: Vec<Option<TExpr>> = items
+                    .iter()
+                    .map(|i| self.int(i, ctx, "an `in` list"))
+                    .collect();
+                let items: Option<Vec<TExpr>> = items.into_iter().collect();
+                Some(Checked::Int(TExpr::In(Box::new(x?), items?)))
+            }
+            ExprKind::Call(name, args) if name == "starts_with" => {
+                let [s, p] = args.as_slice() else {
+                    self.err(
+                        e.span,
+                        "starts_with() takes two arguments: starts_with(comm, \"http\")".into(),
+                    );
+                    return None;
+                };
+                let s = self.value(s, ctx);
+                let p = self.value(p, ctx);
+                match (s?, p?) {
+                    (Checked::Str(src), Checked::Lit(lit)) => {
+                        self.str_match(src, lit, true, false, e.span)
+                    }
+                    _ => {
+                        self.err(
+                            e.span,
+                            "starts_with() compares a string with a string literal".into(),
+                        );
+                        None
+                    }
+                }
+            }
+            ExprKind::Call(name, _) if name == "signal" => {
+                self.err(
+                    e.span,
+                    "signal() is only for emitted fields: emit { sig = signal(args.sig) }".into(),
+                );
+                None
+            }
+            ExprKind::Call(name, _) => {
+                let d = self.err(e.span, format!("unknown function `{name}`"));
+                d.hints.push(format!("functions: {}", FUNCTIONS.join(", ")));
+                None
+            }
+        }
+    }
+
+    fn str_match(
+        &mut self,
+        src: StrSrc,
+        lit: Vec<u8>,
+        prefix: bool,
+        negate: bool,
+        span: Span,
+    ) -> Option<Checked> {
+        if lit.len() as u32 > src.capacity()
+            || (!prefix
+                && lit.len() as u32 == src.capacity()
+                && !matches!(src, StrSrc::CtxArray { .. }))
+        {
+            self.err(
+                span,
+                format!(
+                    "\"{}\" is longer than the {} bytes this string can hold",
+                    String::from_utf8_lossy(&lit),
+                    src.capacity()
+                ),
+            )
+            .hints
+            .push(
+                "task names are at most 15 characters; the comparison could never be true".into(),
+            );
+            return None;
+        }
+        Some(Checked::Int(TExpr::StrMatch {
+            src,
+            lit,
+            prefix,
+            negate,
+        }))
+    }
+
+    fn binary(&mut self, op: BinOp, l: &Expr, r: &Expr, span: Span, ctx: &Ctx) -> Option<Checked> {
+        let lv = self.value(l, ctx);
+        let rv = self.value(r, ctx);
+        let (lv, rv) = (lv?, rv?);
+        match (lv, rv) {
+            (Checked::Int(a), Checked::Int(b)) => {
+                Some(Checked::Int(TExpr::Binary(op, Box::new(a), Box::new(b))))
+            }
+            (Checked::Str(s), Checked::Lit(lit)) | (Checked::Lit(lit), Checked::Str(s))
+                if matches!(op, BinOp::Eq | BinOp::Ne) =>
+            {
+                self.str_match(s, lit, false, op == BinOp::Ne, span)
+            }
+            (a, b) => {
+                let ty = |c: &Checked| match c {
+                    Checked::Int(_) => "an integer",
+                    Checked::Str(_) => "a string",
+                    Checked::Lit(_) => "a string literal",
+                };
+                let d = self.err(
+                    span,
+                    format!(
+                        "`{}` cannot be applied to {} and {}",
+                        op.symbol(),
+                        ty(&a),
+                        ty(&b)
+                    ),
+                );
+                d.hints.push("strings can only be compared (==, !=) with a string literal, or tested with starts_with()".into());
+                None
+            }
+        }
+    }
+
+    fn builtin(&mut self, name: &str, span: Span, ctx: &Ctx) -> Option<Checked> {
+        let b = match name {
+            "pid" => Builtin::Pid,
+            "tid" => Builtin::Tid,
+            "uid" => Builtin::Uid,
+            "cpu" => Builtin::Cpu,
+            "nsecs" => Builtin::Nsecs,
+            "comm" => return Some(Checked::Str(StrSrc::Comm)),
+            "retval" => {
+                if !matches!(ctx, Ctx::Kretprobe) {
+                    self.err(span, "`retval` exists only in kretprobe probes".into());
+                    return None;
+                }
+                Builtin::Retval
+            }
+            a if a.len() == 4
+                && a.starts_with("arg")
+                && (b'0'..=b'5').contains(&a.as_bytes()[3]) =>
+            {
+                if !matches!(ctx, Ctx::Kprobe) {
+                    let d = self.err(span, format!("`{a}` exists only in kprobe probes"));
+                    if matches!(ctx, Ctx::Tracepoint(_)) {
+                        d.hints.push("tracepoint fields are args.NAME".into());
+                    }
+                    return None;
+                }
+                Builtin::Arg(a.as_bytes()[3] - b'0')
+            }
+            _ => {
+                let d = self.err(span, format!("unknown name `{name}`"));
+                if let Some(s) = did_you_mean(name, BUILTINS.iter().copied()) {
+                    d.hints.push(format!("did you mean `{s}`?"));
+                }
+                d.hints.push(format!(
+                    "builtins: {}; tracepoint fields are args.NAME",
+                    BUILTINS.join(", ")
+                ));
+                return None;
+            }
+        };
+        Some(Checked::Int(TExpr::Builtin(b)))
+    }
+
+    fn field(&mut self, name: &str, span: Span, ctx: &Ctx) -> Option<Checked> {
+        let Ctx::Tracepoint(fmt) = ctx else {
+            self.err(
+                span,
+                format!("args.{name} exists only in tracepoint probes"),
+            )
+            .hints
+            .push("kprobes read their arguments as arg0..arg5".into());
+            return None;
+        };
+        let Some(f) = fmt.field(name) else {
+            let names = fmt.field_names();
+            let d = self.err(
+                span,
+                format!("tracepoint {} has no field `{name}`", fmt.event),
+            );
+            if let Some(s) = did_you_mean(name, names.iter().copied()) {
+                d.hints.push(format!("did you mean `args.{s}`?"));
+            }
+            d.hints
+                .push(format!("its fields are: {}", names.join(", ")));
+            return None;
+        };
+        if f.is_data_loc() {
+            if f.decl.contains("char") {
+                return Some(Checked::Str(StrSrc::CtxDataLoc {
+                    off: f.offset,
+                    cap: DATA_LOC_CAP,
+                }));
+            }
+        } else if f.is_char_array() {
+            return Some(Checked::Str(StrSrc::CtxArray {
+                off: f.offset,
+                len: f.size,
+            }));
+        } else if !f.decl.contains('[') && matches!(f.size, 1 | 2 | 4 | 8) && f.offset % f.size == 0
+        {
+            return Some(Checked::Int(TExpr::CtxInt {
+                off: f.offset,
+                size: f.size,
+                signed: f.signed,
+            }));
+        }
+        self.err(
+            span,
+            format!(
+                "field `{name}` ({}) has a type probes cannot read yet",
+                f.decl
+            ),
+        )
+        .hints
+        .push(
+            "supported: integers of 1, 2, 4 or 8 bytes, char arrays, __data_loc char[] strings"
+                .into(),
+        );
+        None
+    }
+}

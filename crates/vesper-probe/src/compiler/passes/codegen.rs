@@ -1,0 +1,348 @@
+//! Pass 4: checked programs to eBPF instructions.
+//!
+//! Register use: r6 holds the context, r7 the reserved record; expressions evaluate
+//! into r0, with left operands parked in 8-byte stack slots (calls clobber r1–r5).
+//! Conditions compile to jumps (short-circuit `&&`, `||`). If the ring buffer is full
+//! the record is not written and the program counts a drop: it never waits.
+
+use crate::compiler::ast::{BinOp, UnOp};
+use crate::compiler::diag::Diagnostic;
+use crate::compiler::typed::*;
+use crate::elf::ProgramCode;
+use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R6, R7, R10, Size, helper};
+
+pub const RING_MAP: &str = "events";
+pub const DROPS_MAP: &str = "drops";
+/// BPF stack size.
+const STACK: i32 = 512;
+
+/// x86-64 `struct pt_regs` offsets of di, si, dx, cx, r8, r9 (the first six arguments) and ax.
+const ARG_REGS: [i16; 6] = [112, 104, 96, 88, 72, 64];
+const RET_REG: i16 = 80;
+
+struct Gen {
+    a: Asm,
+    /// Bytes of stack in use, growing down from r10.
+    sp: i32,
+    too_deep: bool,
+}
+
+pub fn codegen(p: &TProgram, diags: &mut Vec<Diagnostic>) -> Option<ProgramCode> {
+    let mut g = Gen {
+        a: Asm::new(),
+        sp: 0,
+        too_deep: false,
+    };
+    let exit = g.a.label();
+    g.a.mov(R6, R1);
+    if let Some(pred) = &p.predicate {
+        g.cond(pred, exit);
+    }
+    // Reserve the record, or count a drop and leave.
+    let reserved = g.a.label();
+    g.a.ld_map(R1, RING_MAP)
+        .mov_imm(R2, p.record_size as i32)
+        .mov_imm(R3, 0)
+        .call(helper::RINGBUF_RESERVE);
+    g.a.jmp_imm(Cond::Ne, R0, 0, reserved);
+    let key = g.push_slot();
+    g.a.store_imm(Size::W, R10, key, 0);
+    g.a.ld_map(R1, DROPS_MAP)
+        .mov(R2, R10)
+        .alu64_imm(Alu::Add, R2, key.into())
+        .call(helper::MAP_LOOKUP_ELEM);
+    g.a.jmp_imm(Cond::Eq, R0, 0, exit);
+    g.a.mov_imm(R1, 1).atomic_add64(R0, 0, R1);
+    g.a.jmp(exit);
+    g.pop_slot();
+
+    g.a.bind(reserved).mov(R7, R0);
+    g.a.call(helper::KTIME_GET_NS).store(Size::DW, R7, 0, R0);
+    g.a.store_imm(Size::W, R7, 8, p.schema as i32)
+        .store_imm(Size::W, R7, 12, 0);
+    for f in &p.fields {
+        let off = f.offset as i16;
+        match &f.value {
+            TValue::Int(e) => {
+                g.eval(e);
+                g.a.store(Size::DW, R7, off, R0);
+            }
+            TValue::Str(src) => {
+                g.a.mov(R1, R7).alu64_imm(Alu::Add, R1, off.into());
+                g.read_str(src);
+            }
+        }
+    }
+    g.a.mov(R1, R7).mov_imm(R2, 0).call(helper::RINGBUF_SUBMIT);
+    g.a.bind(exit).mov_imm(R0, 0).exit();
+    if g.too_deep {
+        diags.push(
+            Diagnostic::new(
+                Default::default(),
+                format!("program {} needs more than {STACK} bytes of stack", p.name),
+            )
+            .hint("split the expression"),
+        );
+        return None;
+    }
+    match g.a.finish() {
+        Ok((insns, map_refs)) => Some(ProgramCode {
+            name: p.name.clone(),
+            section: p.section.clone(),
+            insns,
+            map_refs,
+        }),
+        Err(e) => {
+            diags.push(Diagnostic::new(
+                Default::default(),
+                format!("program {}: {e}", p.name),
+            ));
+            None
+        }
+    }
+}
+
+fn inverse(c: Cond) -> Cond {
+    match c {
+        Cond::Eq => Cond::Ne,
+        Cond::Ne => Cond::Eq,
+        Cond::Sgt => Cond::Sle,
+        Cond::Sle => Cond::Sgt,
+        Cond::Sge => Cond::Slt,
+        Cond::Slt => Cond::Sge,
+        other => other,
+    }
+}
+
+fn cmp_cond(op: BinOp) -> Option<Cond> {
+    Some(match op {
+        BinOp::Eq => Cond::Eq,
+        BinOp::Ne => Cond::Ne,
+        BinOp::Lt => Cond::Slt,
+        BinOp::Le => Cond::Sle,
+        BinOp::Gt => Cond::Sgt,
+        BinOp::Ge => Cond::Sge,
+        _ => return None,
+    })
+}
+
+impl Gen {
+    fn push_bytes(&mut self, n: i32) -> i16 {
+        self.sp += (n + 7) / 8 * 8;
+        if self.sp > STACK {
+            self.too_deep = true;
+            self.sp = STACK;
+        }
+        -(self.sp as i16)
+    }
+    fn push_slot(&mut self) -> i16 {
+        self.push_bytes(8)
+    }
+    fn pop_bytes(&mut self, n: i32) {
+        self.sp -= (n + 7) / 8 * 8;
+    }
+    fn pop_slot(&mut self) {
+        self.pop_bytes(8)
+    }
+
+    /// Copies a string into the buffer r1 points at (its full length; NUL padded).
+    fn read_str(&mut self, src: &StrSrc) {
+        match src {
+            StrSrc::Comm => {
+                self.a.mov_imm(R2, 16).call(helper::GET_CURRENT_COMM);
+            }
+            StrSrc::CtxArray { off, len } => {
+                self.a
+                    .mov_imm(R2, *len as i32)
+                    .mov(R3, R6)
+                    .alu64_imm(Alu::Add, R3, *off as i32);
+                self.a.call(helper::PROBE_READ_KERNEL);
+            }
+            StrSrc::CtxDataLoc { off, cap } => {
+                // The locator's low 16 bits are the data's offset in the record.
+                self.a
+                    .load(Size::W, R3, R6, *off as i16)
+                    .alu64_imm(Alu::And, R3, 0xffff)
+                    .alu64_reg(Alu::Add, R3, R6);
+                self.a
+                    .mov_imm(R2, *cap as i32)
+                    .call(helper::PROBE_READ_KERNEL_STR);
+            }
+        }
+    }
+
+    /// Evaluates an integer expression into r0.
+    fn eval(&mut self, e: &TExpr) {
+        match e {
+            TExpr::Int(v) => {
+                if let Ok(v32) = i32::try_from(*v) {
+                    self.a.mov_imm(R0, v32);
+                } else {
+                    self.a.ld_imm64(R0, *v);
+                }
+            }
+            TExpr::Builtin(b) => match b {
+                Builtin::Pid => {
+                    self.a
+                        .call(helper::GET_CURRENT_PID_TGID)
+                        .alu64_imm(Alu::Rsh, R0, 32);
+                }
+                Builtin::Tid => {
+                    self.a
+                        .call(helper::GET_CURRENT_PID_TGID)
+                        .alu32_reg(Alu::Mov, R0, R0);
+                }
+                Builtin::Uid => {
+                    self.a
+                        .call(helper::GET_CURRENT_UID_GID)
+                        .alu32_reg(Alu::Mov, R0, R0);
+                }
+                Builtin::Cpu => {
+                    self.a.call(helper::GET_SMP_PROCESSOR_ID);
+                }
+                Builtin::Nsecs => {
+                    self.a.call(helper::KTIME_GET_NS);
+                }
+                Builtin::Arg(n) => {
+                    self.a.load(Size::DW, R0, R6, ARG_REGS[*n as usize]);
+                }
+                Builtin::Retval => {
+                    self.a.load(Size::DW, R0, R6, RET_REG);
+                }
+            },
+            TExpr::CtxInt { off, size, signed } => {
+                let sz = Size::from_bytes(*size as usize).unwrap_or(Size::DW);
+                self.a.load(sz, R0, R6, *off as i16);
+                if *signed && *size < 8 {
+                    let shift = 64 - 8 * *size as i32;
+                    self.a
+                        .alu64_imm(Alu::Lsh, R0, shift)
+                        .alu64_imm(Alu::Arsh, R0, shift);
+                }
+            }
+            TExpr::Unary(UnOp::Neg, x) => {
+                self.eval(x);
+                self.a.alu64_imm(Alu::Neg, R0, 0);
+            }
+            TExpr::Binary(op, l, r)
+                if cmp_cond(*op).is_none() && !matches!(op, BinOp::And | BinOp::Or) =>
+            {
+                let alu = match op {
+                    BinOp::Add => Alu::Add,
+                    BinOp::Sub => Alu::Sub,
+                    BinOp::Mul => Alu::Mul,
+                    BinOp::Div => Alu::Div,
+                    BinOp::Mod => Alu::Mod,
+                    BinOp::BitAnd => Alu::And,
+                    BinOp::BitOr => Alu::Or,
+                    BinOp::BitXor => Alu::Xor,
+                    BinOp::Shl => Alu::Lsh,
+                    _ => Alu::Rsh,
+                };
+                self.binary_operands(l, r);
+                self.a.alu64_reg(alu, R1, R0).mov(R0, R1);
+            }
+            // Conditions used as values: 1 or 0.
+            other => {
+                let f = self.a.label();
+                let end = self.a.label();
+                self.cond(other, f);
+                self.a.mov_imm(R0, 1).jmp(end);
+                self.a.bind(f).mov_imm(R0, 0);
+                self.a.bind(end);
+            }
+        }
+    }
+
+    /// Leaves `l` in r1 and `r` in r0.
+    fn binary_operands(&mut self, l: &TExpr, r: &TExpr) {
+        self.eval(l);
+        let slot = self.push_slot();
+        self.a.store(Size::DW, R10, slot, R0);
+        self.eval(r);
+        self.a.load(Size::DW, R1, R10, slot);
+        self.pop_slot();
+    }
+
+    /// Jumps to `f` when `e` is false; falls through when true.
+    fn cond(&mut self, e: &TExpr, f: Label) {
+        match e {
+            TExpr::Binary(BinOp::And, l, r) => {
+                self.cond(l, f);
+                self.cond(r, f);
+            }
+            TExpr::Binary(BinOp::Or, l, r) => {
+                let t = self.a.label();
+                let next = self.a.label();
+                self.cond(l, next);
+                self.a.jmp(t);
+                self.a.bind(next);
+                self.cond(r, f);
+                self.a.bind(t);
+            }
+            TExpr::Unary(UnOp::Not, x) => {
+                let t = self.a.label();
+                self.cond(x, t);
+                self.a.jmp(f);
+                self.a.bind(t);
+            }
+            TExpr::Binary(op, l, r) if cmp_cond(*op).is_some() => {
+                let c = cmp_cond(*op).unwrap_or(Cond::Eq);
+                self.binary_operands(l, r);
+                self.a.jmp_reg(inverse(c), R1, R0, f);
+            }
+            TExpr::In(x, items) => {
+                let t = self.a.label();
+                self.eval(x);
+                let slot = self.push_slot();
+                self.a.store(Size::DW, R10, slot, R0);
+                for item in items {
+                    self.eval(item);
+                    self.a.load(Size::DW, R1, R10, slot);
+                    self.a.jmp_reg(Cond::Eq, R1, R0, t);
+                }
+                self.pop_slot();
+                self.a.jmp(f);
+                self.a.bind(t);
+            }
+            TExpr::StrMatch {
+                src,
+                lit,
+                prefix,
+                negate,
+            } => {
+                let len = src.capacity() as i32;
+                let buf = self.push_bytes(len);
+                self.a.mov(R1, R10).alu64_imm(Alu::Add, R1, buf.into());
+                self.read_str(src);
+                let (mismatch, matched) = (self.a.label(), self.a.label());
+                for (i, &c) in lit.iter().enumerate() {
+                    self.a.load(Size::B, R0, R10, buf + i as i16).jmp_imm(
+                        Cond::Ne,
+                        R0,
+                        c.into(),
+                        mismatch,
+                    );
+                }
+                if !prefix && (lit.len() as i32) < len {
+                    self.a
+                        .load(Size::B, R0, R10, buf + lit.len() as i16)
+                        .jmp_imm(Cond::Ne, R0, 0, mismatch);
+                }
+                self.pop_bytes(len);
+                if *negate {
+                    self.a.jmp(f);
+                    self.a.bind(mismatch);
+                } else {
+                    self.a.jmp(matched);
+                    self.a.bind(mismatch).jmp(f);
+                    self.a.bind(matched);
+                }
+            }
+            other => {
+                self.eval(other);
+                self.a.jmp_imm(Cond::Eq, R0, 0, f);
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Pass 2: tokens to a syntax tree. Hand-written recursive descent; on an error it
+//! records a diagnostic and skips to the next probe, so several mistakes show at once.
+//!
+//! ```text
+//! script    := probe*
+//! probe     := attach (',' attach)* ('/' expr '/')? '{' stmt* '}'
+//! attach    := 'tracepoint' ':' IDENT ':' IDENT | ('kprobe' | 'kretprobe') ':' IDENT
+//! stmt      := 'emit' '{' IDENT '=' expr (',' IDENT '=' expr)* ','? '}' ';'?
+//! expr      := or
+//! or        := and ('||' and)*
+//! and       := cmp ('&&' cmp)*
+//! cmp       := bitor (('=='|'!='|'<'|'<='|'>'|'>=') bitor | 'in' '[' expr (',' expr)* ']')?
+//! bitor     := bitxor ('|' bitxor)*      bitxor := bitand ('^' bitand)*
+//! bitand    := shift ('&' shift)*        shift  := sum (('<<'|'>>') sum)*
+//! sum       := term (('+'|'-') term)*    term   := unary (('*'|'/'|'%') unary)*
+//! unary     := ('!'|'-') unary | primary
+//! primary   := INT | STRING | 'args' '.' IDENT | IDENT '(' (expr (',' expr)*)? ')' | IDENT | '(' expr ')'
+//! ```
+//!
+//! Inside a predicate `/ ... /`, a bare `/` ends the predicate: write division in
+//! parentheses there.
+
+use crate::compiler::ast::*;
+use crate::compiler::diag::{Diagnostic, Span};
+use crate::compiler::passes::lex::{Tok, Token};
+
+/// Nesting beyond this is refused (keeps recursion bounded on hostile input).
+const MAX_DEPTH: usize = 64;
+
+struct Parser<'a> {
+    toks: &'a [Token],
+    pos: usize,
+    diags: &'a mut Vec<Diagnostic>,
+    in_predicate: bool,
+    depth: usize,
+}
+
+type PResult<T> = Result<T, ()>;
+
+pub fn parse(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Script {
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        diags,
+        in_predicate: false,
+        depth: 0,
+    };
+    let mut probes = Vec::new();
+    while !p.at_eof() {
+        let start = p.pos;
+        match p.probe() {
+            Ok(pr) => probes.push(pr),
+            Err(()) => p.recover(start),
+        }
+    }
+    if probes.is_empty() && p.diags.is_empty() {
+        p.diags.push(
+            Diagnostic::new(Span::default(), "the script has no probes")
+                .hint("start with an attach point, e.g. `tracepoint:signal:signal_generate { emit { sig = args.sig } }`"),
+        );
+    }
+    Script { probes }
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &Token {
+        &self.toks[self.pos.min(self.toks.len() - 1)]
+    }
+    fn at_eof(&self) -> bool {
+        self.peek().tok == Tok::Eof
+    }
+    fn bump(&mut self) -> Token {
+        let t = self.peek().clone();
+        if !self.at_eof() {
+            self.pos += 1;
+        }
+        t
+    }
+    fn is_punct(&self, p: &str) -> bool {
+        matches!(self.peek().tok, Tok::Punct(q) if q == p)
+    }
+    fn is_ident(&self, w: &str) -> bool {
+        matches!(&self.peek().tok, Tok::Ident(s) if s == w)
+    }
+    fn eat_punct(&mut self, p: &str) -> bool {
+        if self.is_punct(p) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn describe(t: &Tok) -> String {
+        match t {
+            Tok::Ident(s) => format!("`{s}`"),
+            Tok::Int(v) => format!("`{v}`"),
+            Tok::Str(s) => format!("\"{s}\""),
+            Tok::Punct(p) => format!("`{p}`"),
+            Tok::Eof => "the end of the script".into(),
+        }
+    }
+    fn error<T>(&mut self, span: Span, msg: String, hint: Option<&str>) -> PResult<T> {
+        let mut d = Diagnostic::new(span, msg);
+        if let Some(h) = hint {
+            d = d.hint(h);
+        }
+        self.diags.push(d);
+        Err(())
+    }
+    fn expect_punct(&mut self, p: &str, hint: Option<&str>) -> PResult<Span> {
+        if self.is_punct(p) {
+            Ok(self.bump().span)
+        } else {
+            let t = self.peek().clone();
+            self.error(
+                t.span,
+                format!("expected `{p}`, found {}", Self::describe(&t.tok)),
+                hint,
+            )
+        }
+    }
+    fn expect_ident(&mut self, what: &str) -> PResult<(String, Span)> {
+        let t = self.peek().clone();
+        match t.tok {
+            Tok::Ident(s) => {
+                self.pos += 1;
+                Ok((s, t.span))
+            }
+            other => self.error(
+                t.span,
+                format!("expected {what}, found {}", Self::describe(&other)),
+                None,
+            ),
+        }
+    }
+
+    /// Skips to the token after the next top-level `}` (the end of the broken probe).
+    fn recover(&mut self, start: usize) {
+        if self.pos == start {
+            self.bump();
+        }
+        let mut depth = 0i32;
+        while !self.at_eof() {
+            let t = self.bump();
+            match t.tok {
+                Tok::Punct("{") => depth += 1,
+                Tok::Punct("}") => {
+                    depth -= 1;
+                    if depth <= 0 {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn probe(&mut self) -> PResult<Probe> {
+        let start = self.peek().span;
+        let mut attach = vec![self.attach()?];
+        while self.eat_punct(",") {
+            attach.push(self.attach()?);
+        }
+        let predicate = if self.eat_punct("/") {
+            self.in_predicate = true;
+            let e = self.expr();
+            self.in_predicate = false;
+            let e = e?;
+            self.expect_punct(
+                "/",
+                Some("a predicate is `/ condition /`; put a division inside it in parentheses"),
+            )?;
+            Some(e)
+        } else {
+            None
+        };
+        let body_hint = if predicate.is_some() {
+            "a probe's body is `{ emit { ... } }`; if `/` was meant as division in the predicate, write it in parentheses: (a / b)"
+        } else {
+            "a probe's body is `{ emit { name = value, ... } }`"
+        };
+        self.expect_punct("{", Some(body_hint))?;
+        let mut emit = None;
+        while !self.is_punct("}") {
+            if self.at_eof() {
+                let t = self.peek().span;
+                return self.error(
+                    t,
+                    "unclosed `{`: the probe's body never ends".into(),
+                    Some("add `}`"),
+                );
+            }
+            let (word, span) = self.expect_ident("`emit` or `}`")?;
+            if word != "emit" {
+                return self.error(
+                    span,
+                    format!("unknown statement `{word}`"),
+                    Some("the only statement is `emit { name = value, ... }`"),
+                );
+            }
+            let e = self.emit(span)?;
+            if emit.is_some() {
+                return self.error(
+                    e.span,
+                    "a probe may emit once".into(),
+                    Some("put every field in one `emit { ... }`"),
+                );
+            }
+            emit = Some(e);
+            self.eat_punct(";");
+        }
+        let end = self.bump().span;
+        Ok(Probe {
+            attach,
+            predicate,
+            emit,
+            span: start.to(end),
+        })
+    }
+
+    fn attach(&mut self) -> PResult<Attach> {
+        let (kind, kspan) =
+            self.expect_ident("an attach point (tracepoint:, kprobe: or kretprobe:)")?;
+        let hint = "attach points: tracepoint:CATEGORY:NAME, kprobe:FUNCTION, kretprobe:FUNCTION";
+        match kind.as_str() {
+            "tracepoint" | "kprobe" | "kretprobe" => {}
+            _ => return self.error(kspan, format!("unknown probe type `{kind}`"), Some(hint)),
+        }
+        self.expect_punct(":", Some(hint))?;
+        let (a, aspan) = self.expect_ident("a name")?;
+        let (spec, end) = match kind.as_str() {
+            "tracepoint" => {
+                self.expect_punct(
+                    ":",
+                    Some("tracepoint:CATEGORY:NAME, e.g. tracepoint:signal:signal_generate"),
+                )?;
+                let (n, nspan) = self.expect_ident("a tracepoint name")?;
+                (
+                    AttachSpec::Tracepoint {
+                        category: a,
+                        name: n,
+                    },
+                    nspan,
+                )
+            }
+            "kprobe" => (AttachSpec::Kprobe { function: a }, aspan),
+            _ => (AttachSpec::Kretprobe { function: a }, aspan),
+        };
+        Ok(Attach {
+            spec,
+            span: kspan.to(end),
+        })
+    }
+
+    fn emit(&mut self, kw: Span) -> PResult<Emit> {
+        self.expect_punct("{", Some("emit { name = value, ... }"))?;
+        let mut fields = Vec::new();
+        while !self.is_punct("}") {
+            let (name, name_span) = self.expect_ident("a field name")?;
+            self.expect_punct("=", Some("each field is `name = value`"))?;
+            let value = self.expr()?;
+            fields.push(EmitField {
+                name,
+                name_span,
+                value,
+            });
+            if !self.eat_punct(",") {
+                break;
+            }
+        }
+        let end = self.expect_punct("}", Some("separate fields with `,` and close with `}`"))?;
+        Ok(Emit {
+            fields,
+            span: kw.to(end),
+        })
+    }
+
+    fn expr(&mut self) -> PResult<Expr> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            let t = self.peek().span;
+            self.depth -= 1;
+            return self.error(
+                t,
+                format!("expression nested deeper than {MAX_DEPTH} levels"),
+                None,
+            );
+        }
+        let r = self.binary(0);
+        self.depth -= 1;
+        r
+    }
+
+    /// Precedence climbing over the levels listed in the module docs.
+    fn binary(&mut self, level: usize) -> PResult<Expr> {
+        const LEVELS: &[&[(&str, BinOp)]] = &[
+            &[("||", BinOp::Or)],
+            &[("&&", BinOp::And)],
+            &[], // comparisons: handled below
+            &[("|", BinOp::BitOr)],
+            &[("^", BinOp::BitXor)],
+            &[("&", BinOp::BitAnd)],
+            &[("<<", BinOp::Shl), (">>", BinOp::Shr)],
+            &[("+", BinOp::Add), ("-", BinOp::Sub)],
+            &[("*", BinOp::Mul), ("/", BinOp::Div), ("%", BinOp::Mod)],
+        ];
+        if level == LEVELS.len() {
+            return self.unary();
+        }
+        if level == 2 {
+            return self.comparison();
+        }
+        let mut lhs = self.binary(level + 1)?;
+        loop {
+            let op = LEVELS[level]
+                .iter()
+                .find(|(p, _)| self.is_punct(p) && !(self.in_predicate && *p == "/"));
+            let Some(&(_, op)) = op else { return Ok(lhs) };
+            self.bump();
+            let rhs = self.binary(level + 1)?;
+            let span = lhs.span.to(rhs.span);
+            lhs = Expr {
+                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                span,
+            };
+        }
+    }
+
+    fn comparison(&mut self) -> PResult<Expr> {
+        let lhs = self.binary(3)?;
+        const CMP: &[(&str, BinOp)] = &[
+            ("==", BinOp::Eq),
+            ("!=", BinOp::Ne),
+            ("<=", BinOp::Le),
+            (">=", BinOp::Ge),
+            ("<", BinOp::Lt),
+            (">", BinOp::Gt),
+        ];
+        if let Some(&(_, op)) = CMP.iter().find(|(p, _)| self.is_punct(p)) {
+            self.bump();
+            let rhs = self.binary(3)?;
+            let span = lhs.span.to(rhs.span);
+            return Ok(Expr {
+                kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
+                span,
+            });
+        }
+        if self.is_ident("in") {
+            self.bump();
+            self.expect_punct("[", Some("`x in [a, b, c]`"))?;
+            let mut items = vec![self.expr()?];
+            while self.eat_punct(",") {
+                if self.is_punct("]") {
+                    break;
+                }
+                items.push(self.expr()?);
+            }
+            let end = self.expect_punct("]", Some("close the list with `]`"))?;
+            let span = lhs.span.to(end);
+            return Ok(Expr {
+                kind: ExprKind::In(Box::new(lhs), items),
+                span,
+            });
+        }
+        Ok(lhs)
+    }
+
+    fn unary(&mut self) -> PResult<Expr> {
+        let op = if self.is_punct("!") {
+            Some(UnOp::Not)
+        } else if self.is_punct("-") {
+            Some(UnOp::Neg)
+        } else {
+            None
+        };
+        if let Some(op) = op {
+            let s = self.bump().span;
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                self.depth -= 1;
+                return self.error(
+                    s,
+                    format!("expression nested deeper than {MAX_DEPTH} levels"),
+                    None,
+                );
+            }
+            let e = self.unary();
+            self.depth -= 1;
+            let e = e?;
+            let span = s.to(e.span);
+            return Ok(Expr {
+                kind: ExprKind::Unary(op, Box::new(e)),
+                span,
+            });
+        }
+        self.primary()
+    }
+
+    fn primary(&mut self) -> PResult<Expr> {
+        let t = self.bump();
+        match t.tok {
+            Tok::Int(v) => Ok(Expr {
+                kind: ExprKind::Int(v),
+                span: t.span,
+            }),
+            Tok::Str(s) => Ok(Expr {
+                kind: ExprKind::Str(s),
+                span: t.span,
+            }),
+            Tok::Punct("(") => {
+                let saved = self.in_predicate;
+                self.in_predicate = false;
+                let e = self.expr();
+                self.in_predicate = saved;
+                let mut e = e?;
+                let end = self.expect_punct(")", Some("close the parenthesis"))?;
+                e.span = t.span.to(end);
+                Ok(e)
+            }
+            Tok::Ident(name) if name == "args" => {
+                self.expect_punct(".", Some("tracepoint fields are `args.NAME`"))?;
+                let (field, fspan) = self.expect_ident("a field name after `args.`")?;
+                Ok(Expr {
+                    kind: ExprKind::Field(field),
+                    span: t.span.to(fspan),
+                })
+            }
+            Tok::Ident(name) if self.is_punct("(") => {
+                self.bump();
+                let mut args = Vec::new();
+                if !self.is_punct(")") {
+                    args.push(self.expr()?);
+                    while self.eat_punct(",") {
+                        args.push(self.expr()?);
+                    }
+                }
+                let end = self.expect_punct(")", Some("close the call with `)`"))?;
+                Ok(Expr {
+                    kind: ExprKind::Call(name, args),
+                    span: t.span.to(end),
+                })
+            }
+            Tok::Ident(name) => Ok(Expr {
+                kind: ExprKind::Ident(name),
+                span: t.span,
+            }),
+            other => self.error(
+                t.span,
+                format!("expected a value, found {}", Self::describe(&other)),
+                None,
+            ),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The checked program: what codegen consumes. Every name is resolved against the
+//! target kernel; every expression has a type.
+
+use crate::compiler::ast::{BinOp, UnOp};
+use crate::manifest::FieldKind;
+
+/// Where a string value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StrSrc {
+    /// The current task's name (16 bytes).
+    Comm,
+    /// A `char name[len]` tracepoint field.
+    CtxArray { off: u32, len: u32 },
+    /// A `__data_loc char[]` tracepoint field (a u32 locator at `off`).
+    CtxDataLoc { off: u32, cap: u32 },
+}
+
+impl StrSrc {
+    pub fn capacity(&self) -> u32 {
+        match self {
+            StrSrc::Comm => 16,
+            StrSrc::CtxArray { len, .. } => *len,
+            StrSrc::CtxDataLoc { cap, .. } => *cap,
+        }
+    }
+}
+
+/// Values that need a helper call or a context read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    Pid,
+    Tid,
+    Uid,
+    Cpu,
+    Nsecs,
+    /// kprobe argument n (x86-64 pt_regs).
+    Arg(u8),
+    /// kretprobe return value.
+    Retval,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TExpr {
+    Int(i64),
+    Builtin(Builtin),
+    CtxInt {
+        off: u32,
+        size: u32,
+        signed: bool,
+    },
+    Unary(UnOp, Box<TExpr>),
+    /// Arithmetic, bitwise, comparison or logical operator on integers.
+    Binary(BinOp, Box<TExpr>, Box<TExpr>),
+    /// `x in [a, b, …]`
+    In(Box<TExpr>, Vec<TExpr>),
+    /// String compared with a literal: equal, or (prefix) starts with.
+    StrMatch {
+        src: StrSrc,
+        lit: Vec<u8>,
+        prefix: bool,
+        negate: bool,
+    },
+}
+
+/// The value of one emitted field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TValue {
+    Int(TExpr),
+    Str(StrSrc),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TField {
+    pub name: String,
+    pub value: TValue,
+    pub kind: FieldKind,
+    /// Offset in the record.
+    pub offset: u32,
+}
+
+/// One BPF program: one probe at one attach point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TProgram {
+    pub name: String,
+    pub section: String,
+    pub attach: crate::manifest::Attach,
+    pub predicate: Option<TExpr>,
+    /// Index of this program's record schema in the manifest.
+    pub schema: u32,
+    pub record_size: u32,
+    pub fields: Vec<TField>,
+}
