@@ -3,6 +3,9 @@
 //! - `victim [--comm NAME] [--mortal]`: names itself, ignores SIGTERM (unless --mortal) and
 //!   SIGUSR1, prints its pid, sleeps.
 //! - `signal --comm NAME --to PID --sig N [--count N]`: names itself, sends the signal, prints its pid.
+//! - `memhog [--cgroup DIR] MIB`: joins the cgroup DIR, then allocates and touches MIB MiB.
+//! - `exit --comm NAME CODE`: names itself and exits with CODE.
+//! - `fork --comm NAME`: names itself, starts `true` and waits for it.
 //! - `garbage-server PATH`: listens on a unix socket and answers every connection with garbage
 //!   (a hostile "agent").
 
@@ -63,6 +66,40 @@ fn main() {
                 die(&format!("{failed} of {count} kill() calls failed"));
             }
         }
+        Some("memhog") => {
+            sys::set_comm("memhog");
+            if let Some(dir) = arg(&args, "--cgroup") {
+                let procs = std::path::Path::new(&dir).join("cgroup.procs");
+                std::fs::write(&procs, std::process::id().to_string())
+                    .unwrap_or_else(|e| die(&format!("{}: {e}", procs.display())));
+            }
+            let mib: usize = args
+                .last()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| die("memhog needs MIB"));
+            let mut chunks = Vec::new();
+            for _ in 0..mib {
+                // Touch every page so it is really resident.
+                chunks.push(vec![1u8; 1 << 20]);
+            }
+            println!("allocated {} MiB", chunks.len());
+        }
+        Some("exit") => {
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| die("exit needs --comm NAME")));
+            let code = args
+                .last()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| die("exit needs CODE"));
+            std::process::exit(code);
+        }
+        Some("fork") => {
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| die("fork needs --comm NAME")));
+            let child = std::process::Command::new("true")
+                .spawn()
+                .unwrap_or_else(|e| die(&format!("spawn: {e}")));
+            println!("{}", child.id());
+            let _ = { child }.wait();
+        }
         Some("garbage-server") => {
             let path = args
                 .get(1)
@@ -76,6 +113,6 @@ fn main() {
                     c.write_all(b"this is not a vesper frame, just hostile garbage\x00\xff\xfe");
             }
         }
-        _ => die("usage: vesper-testkit victim|signal|garbage-server ..."),
+        _ => die("usage: vesper-testkit victim|signal|memhog|exit|fork|garbage-server ..."),
     }
 }

@@ -1,0 +1,259 @@
+//! Every built-in probe, and scripts and objects from files, loaded into the real kernel
+//! (its verifier accepts them) and, where this machine can trigger the event, triggered
+//! and decoded.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn wait_record(
+    h: &Harness,
+    vm: &str,
+    probe: &str,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut found = None;
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            found = h.events_json(vm, probe).into_iter().find(|r| f(r));
+            found.is_some()
+        },
+        what,
+    );
+    found.unwrap()
+}
+
+#[test]
+fn every_builtin_probe_passes_the_verifier_and_attaches() {
+    if !need_root("every_builtin_probe") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
+    for name in ["signal", "oom", "exit", "fork", "reclaim", "hung"] {
+        let out = h.vesper_ok(&["load", "host1", name]);
+        assert!(out.starts_with(&format!("{name} loaded in host1")), "{out}");
+    }
+    let st = h.vm_status("host1");
+    assert_eq!(st["probes"].as_array().unwrap().len(), 6);
+}
+
+#[test]
+fn exit_reports_the_code_and_fork_the_parent_and_child() {
+    if !need_root("exit_and_fork") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &["exit", "fork"],
+    }]);
+    h.wait_loaded("host1", "exit");
+    h.wait_loaded("host1", "fork");
+    let st = Command::new(bin("vesper-testkit"))
+        .args(["exit", "--comm", "quitter", "7"])
+        .status()
+        .unwrap();
+    assert_eq!(st.code(), Some(7));
+    let r = wait_record(&h, "host1", "exit", "exit_group record", |r| {
+        r["comm"] == "quitter" && r.get("exit_code").is_some()
+    });
+    assert_eq!(r["exit_code"], 7);
+    let pid = r["pid"].clone();
+    wait_record(&h, "host1", "exit", "sched_process_exit record", |r| {
+        r["comm"] == "quitter" && r.get("exit_code").is_none() && r["pid"] == pid
+    });
+
+    let out = Command::new(bin("vesper-testkit"))
+        .args(["fork", "--comm", "forker"])
+        .output()
+        .unwrap();
+    let child: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let r = wait_record(&h, "host1", "fork", "fork record", |r| {
+        r["child_pid"] == child
+    });
+    assert_eq!(r["parent_comm"], "forker");
+    assert!(r["parent_pid"].as_u64().unwrap() > 0);
+}
+
+/// A memory cgroup (v1 or v2) limited to `mib`; removed on drop.
+struct MemCgroup(PathBuf);
+
+impl MemCgroup {
+    fn new(name: &str, mib: u64) -> MemCgroup {
+        let bytes = (mib << 20).to_string();
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let dir = if v1.join("memory.limit_in_bytes").exists() {
+            let d = v1.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.limit_in_bytes"), &bytes).unwrap();
+            d
+        } else {
+            let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .iter()
+                .map(Path::new)
+                .find(|p| p.join("cgroup.controllers").exists())
+                .expect("no memory cgroup hierarchy (v1 memory controller or cgroup2)");
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory");
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.max"), &bytes).unwrap();
+            let _ = std::fs::write(d.join("memory.swap.max"), "0");
+            d
+        };
+        MemCgroup(dir)
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn oom_reports_the_victim_and_its_memory() {
+    if !need_root("oom_reports_the_victim") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &["oom"],
+    }]);
+    h.wait_loaded("host1", "oom");
+    let cg = MemCgroup::new(&format!("vesper-oom-{}", std::process::id()), 32);
+    let st = Command::new(bin("vesper-testkit"))
+        .args(["memhog", "--cgroup", cg.0.to_str().unwrap(), "256"])
+        .status()
+        .unwrap();
+    assert!(!st.success(), "memhog should have been OOM-killed");
+    let r = wait_record(&h, "host1", "oom", "oom record", |r| {
+        r["victim_comm"] == "memhog"
+    });
+    let anon = r["anon_rss_kb"].as_u64().unwrap();
+    assert!(
+        (16 * 1024..=40 * 1024).contains(&anon),
+        "anon_rss_kb {anon} should be near the 32 MiB limit"
+    );
+    assert!(r["total_vm_kb"].as_u64().unwrap() >= anon);
+    assert!(r["victim_pid"].as_u64().unwrap() > 0);
+}
+
+const DESIGN_EXAMPLE: &str = "tracepoint:signal:signal_generate /args.sig == 15 && comm == \"stopper\"/ {\n    emit { sig = args.sig, target = args.pid, by = comm }\n}\n";
+
+#[test]
+fn the_design_example_loads_from_a_file_and_filters_in_the_kernel() {
+    if !need_root("the_design_example") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
+    let file = h.dir.path().join("stoppers.vsp");
+    std::fs::write(&file, DESIGN_EXAMPLE).unwrap();
+    let out = h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    assert!(out.starts_with("stoppers loaded in host1"), "{out}");
+    let (_v, pid) = victim("victim");
+    send_signals("stopper", pid, 10, 1); // SIGUSR1: filtered out by the predicate
+    send_signals("other", pid, 15, 1); // wrong sender: filtered out
+    send_signals("stopper", pid, 15, 1);
+    let r = wait_record(&h, "host1", "stoppers", "the SIGTERM from stopper", |r| {
+        r["target"] == pid
+    });
+    assert_eq!(
+        (r["sig"].as_i64(), r["by"].as_str()),
+        (Some(15), Some("stopper"))
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let all: Vec<Value> = h
+        .events_json("host1", "stoppers")
+        .into_iter()
+        .filter(|r| r["target"] == pid)
+        .collect();
+    assert_eq!(all.len(), 1, "the predicate let through: {all:?}");
+}
+
+#[test]
+fn an_object_built_offline_loads_with_its_embedded_manifest() {
+    if !need_root("an_object_built_offline") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
+    let src = h.dir.path().join("offline.vsp");
+    std::fs::write(&src, DESIGN_EXAMPLE).unwrap();
+    let obj = h.dir.path().join("offline.o");
+    let built = Command::new(bin("vesper"))
+        .args(["build", src.to_str().unwrap(), "-o", obj.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    h.vesper_ok(&["load", "host1", obj.to_str().unwrap()]);
+    let (_v, pid) = victim("victim");
+    send_signals("stopper", pid, 15, 1);
+    let r = wait_record(
+        &h,
+        "host1",
+        "offline",
+        "record from the prebuilt object",
+        |r| r["target"] == pid,
+    );
+    assert_eq!(r["by"], "stopper");
+}
+
+#[test]
+fn a_script_with_mistakes_is_refused_with_file_line_and_hint() {
+    if !need_root("a_script_with_mistakes") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
+    let file = h.dir.path().join("typo.vsp");
+    std::fs::write(
+        &file,
+        "tracepoint:signal:signal_generate {\n    emit { s = args.sgi }\n}\n",
+    )
+    .unwrap();
+    let o = h.vesper(&["load", "host1", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has no field `sgi`"), "{err}");
+    assert!(err.contains(&format!("{}:2:16", file.display())), "{err}");
+    assert!(err.contains("did you mean `args.sig`?"), "{err}");
+    assert!(
+        h.vm_status("host1")["probes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
