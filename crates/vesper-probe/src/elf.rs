@@ -2,8 +2,9 @@
 //!
 //! Layout: one executable section per program (named for its attach point, e.g.
 //! `tracepoint/signal/signal_generate`) with a `.rel` section for its map references,
-//! a legacy `maps` section of `struct bpf_map_def` (5 × u32), `license`, `.symtab`
-//! and one string table. The legacy map form loads with no BTF at all.
+//! a `.maps` section of BTF-described map definitions with its `.BTF` (see [`crate::btf`]),
+//! `license`, `.symtab` and one string table — what clang emits, so libbpf (bpftool)
+//! and aya both load it.
 
 use crate::insn::{Insn, MapRef};
 
@@ -19,8 +20,6 @@ const STB_GLOBAL: u8 = 1;
 const STT_OBJECT: u8 = 1;
 const STT_FUNC: u8 = 2;
 const R_BPF_64_64: u64 = 1;
-/// `sizeof(struct bpf_map_def)` in its legacy, 5-field form.
-pub const MAP_DEF_LEN: usize = 20;
 
 /// BPF map types used by generated probes (include/uapi/linux/bpf.h).
 pub mod map_type {
@@ -119,15 +118,12 @@ pub fn write_object(
         symbols.push(sym(n, STT_FUNC, (first_prog + 2 * i) as u16, 0, size));
     }
     let map_sym_base = symbols.len();
-    for (i, m) in maps.iter().enumerate() {
+    let mut map_off = 0u64;
+    for m in maps {
         let n = strtab.add(&m.name);
-        symbols.push(sym(
-            n,
-            STT_OBJECT,
-            maps_idx as u16,
-            (i * MAP_DEF_LEN) as u64,
-            MAP_DEF_LEN as u64,
-        ));
+        let size = u64::from(crate::btf::map_def_size(m));
+        symbols.push(sym(n, STT_OBJECT, maps_idx as u16, map_off, size));
+        map_off += size;
     }
 
     for p in programs {
@@ -168,20 +164,15 @@ pub fn write_object(
             entsize: 16,
         });
     }
-    let mut map_data = Vec::new();
-    for m in maps {
-        for v in [m.map_type, m.key_size, m.value_size, m.max_entries, m.flags] {
-            map_data.extend_from_slice(&v.to_le_bytes());
-        }
-    }
+    // BTF-style definitions carry their values in .BTF; the section itself is zeros.
     sections.push(Shdr {
-        name: strtab.add("maps"),
+        name: strtab.add(".maps"),
         kind: SHT_PROGBITS,
         flags: SHF_ALLOC | SHF_WRITE,
-        data: map_data,
+        data: vec![0; map_off as usize],
         link: 0,
         info: 0,
-        align: 4,
+        align: 8,
         entsize: 0,
     });
     let mut lic = license.as_bytes().to_vec();
@@ -207,7 +198,9 @@ pub fn write_object(
         align: 8,
         entsize: 24,
     });
-    for (name, data) in extra {
+    let btf = crate::btf::maps_btf(maps);
+    let extra_all = std::iter::once((".BTF", &btf)).chain(extra.iter().map(|(n, d)| (*n, d)));
+    for (name, data) in extra_all {
         sections.push(Shdr {
             name: strtab.add(name),
             kind: SHT_PROGBITS,

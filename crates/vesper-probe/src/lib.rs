@@ -4,6 +4,7 @@
 //! Everything here is pure: no syscalls, no kernel needed. The output can be checked
 //! in user space (see the tests), and loaded anywhere by the agent.
 
+pub mod btf;
 pub mod builtin;
 pub mod compiler;
 pub mod disasm;

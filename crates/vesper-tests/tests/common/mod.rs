@@ -72,6 +72,32 @@ pub struct Harness {
     pub vesperd: Option<Proc>,
 }
 
+impl Drop for Harness {
+    /// On failure, show what the daemon and agents said: the test's own message rarely
+    /// tells the whole story.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(v) = &mut self.vesperd {
+                eprintln!("vesperd exit status: {:?}", v.child.try_wait());
+            }
+            for entry in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "log") {
+                    eprintln!(
+                        "----- {}\n{}",
+                        p.display(),
+                        std::fs::read_to_string(&p).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Harness {
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("vesper.sock")
