@@ -33,6 +33,7 @@ fn test() -> anyhow::Result<()> {
         );
     }
     util::ensure_tracefs()?;
+    util::ensure_packages(&[("bpftool", "bpftool")])?;
     util::progress("clippy (warnings are errors)");
     util::cargo(&[
         "clippy",

@@ -62,3 +62,26 @@ pub fn ensure_tracefs() -> anyhow::Result<()> {
     progress("mounting tracefs at /sys/kernel/tracing");
     run(Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]))
 }
+
+/// Installs Debian packages whose commands are missing (apt-get update first, once).
+pub fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+    let has = |cmd: &str| {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(cmd).exists())
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| !has(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    progress(&format!("installing {} (apt-get)", missing.join(", ")));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}

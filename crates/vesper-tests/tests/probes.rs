@@ -257,3 +257,61 @@ fn a_script_with_mistakes_is_refused_with_file_line_and_hint() {
             .is_empty()
     );
 }
+
+#[test]
+fn bpftool_loads_every_builtin_object() {
+    if !need_root("bpftool_loads_every_builtin_object") {
+        return;
+    }
+    let Some(bpftool) = need_tool("bpftool") else {
+        return;
+    };
+    let probes = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vesper-probe/probes");
+    let dir = tempfile::tempdir().unwrap();
+    if !Path::new("/sys/fs/bpf").join(".").exists() || !is_bpffs("/sys/fs/bpf") {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot mount bpffs");
+    }
+    for name in ["signal", "oom", "exit", "fork", "reclaim", "hung"] {
+        let obj = dir.path().join(format!("{name}.o"));
+        let built = Command::new(bin("vesper"))
+            .arg("build")
+            .arg(probes.join(format!("{name}.vsp")))
+            .arg("-o")
+            .arg(&obj)
+            .output()
+            .unwrap();
+        assert!(
+            built.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let pin = format!("/sys/fs/bpf/vesper-test-{}-{name}", std::process::id());
+        let out = Command::new(&bpftool)
+            .args(["prog", "loadall"])
+            .arg(&obj)
+            .arg(&pin)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&pin);
+        assert!(
+            out.status.success(),
+            "bpftool rejected {name}.o: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn is_bpffs(path: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace();
+            f.next();
+            f.next() == Some(path) && f.next() == Some("bpf")
+        })
+}

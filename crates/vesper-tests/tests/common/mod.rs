@@ -26,6 +26,29 @@ pub fn need_root(test: &str) -> bool {
     false
 }
 
+/// A tool from the distribution (installed by `cargo xtask test`). Missing: a failure
+/// under VESPER_REQUIRE_ROOT_TESTS, otherwise a skip that says so.
+pub fn need_tool(name: &str) -> Option<PathBuf> {
+    for dir in [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/sbin",
+        "/usr/local/bin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var_os("VESPER_REQUIRE_ROOT_TESTS").is_some() {
+        panic!("{name} is not installed (cargo xtask test installs it)");
+    }
+    eprintln!("SKIP: {name} is not installed; `cargo xtask test` installs it");
+    None
+}
+
 /// Where the workspace's binaries are (built by `cargo xtask test` before the tests).
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("VESPER_BIN_DIR")
