@@ -1,20 +1,24 @@
 //! Development tasks. `cargo xtask test` runs every test (the README's test command);
 //! `cargo xtask demo` is the main job on a fresh machine.
 
+mod bench;
 mod demo;
+mod native;
 mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick]>
   test   build everything and run all tests, including the root-only end-to-end tests
-  demo   start an agent and vesperd on this machine, catch a signal and show it";
+  demo   start an agent and vesperd on this machine, catch a signal and show it
+  bench  measure compile time and start-to-first-event against bpftrace; prints tables";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo::run(),
+        Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

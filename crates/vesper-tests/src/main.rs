@@ -6,6 +6,7 @@
 //! - `memhog [--cgroup DIR] MIB`: joins the cgroup DIR, then allocates and touches MIB MiB.
 //! - `exit --comm NAME CODE`: names itself and exits with CODE.
 //! - `fork --comm NAME`: names itself, starts `true` and waits for it.
+//! - `ticker --comm NAME --to PID --sig N --every-ms N`: names itself, signals PID every N ms until killed.
 //! - `garbage-server PATH`: listens on a unix socket and answers every connection with garbage
 //!   (a hostile "agent").
 
@@ -99,6 +100,18 @@ fn main() {
                 .unwrap_or_else(|e| die(&format!("spawn: {e}")));
             println!("{}", child.id());
             let _ = { child }.wait();
+        }
+        Some("ticker") => {
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| "ticker".into()));
+            let to = num(&args, "--to", -1);
+            let sig = num(&args, "--sig", 10) as i32;
+            let every = std::time::Duration::from_millis(num(&args, "--every-ms", 2) as u64);
+            if to <= 0 {
+                die("ticker needs --to PID");
+            }
+            while sys::kill(to as i32, sig) {
+                std::thread::sleep(every);
+            }
         }
         Some("garbage-server") => {
             let path = args

@@ -1,0 +1,210 @@
+//! `cargo xtask bench`: measurements printed as tables (never asserted on).
+//!
+//! - compile: each built-in probe compiled against this machine's kernel, in process.
+//! - start-to-first-event: from the command that loads a probe (`vesper load`, or starting
+//!   `bpftrace -e`) to the first record of an event that fires every 2 ms, seen by the user.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use vesper_probe::{KernelInfo, builtin};
+
+use crate::native::NativeStack;
+use crate::util::{self, progress};
+
+struct Stats {
+    mean: f64,
+    p50: f64,
+    min: f64,
+    max: f64,
+}
+
+fn stats(mut xs: Vec<f64>) -> Stats {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len().max(1) as f64;
+    Stats {
+        mean: xs.iter().sum::<f64>() / n,
+        p50: xs.get(xs.len() / 2).copied().unwrap_or(0.0),
+        min: xs.first().copied().unwrap_or(0.0),
+        max: xs.last().copied().unwrap_or(0.0),
+    }
+}
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the benchmarks load BPF programs: run `cargo xtask bench` as root");
+    }
+    util::ensure_tracefs()?;
+    util::ensure_packages(&[("bpftrace", "bpftrace")])?;
+    progress("building (release)");
+    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin = util::target_dir()?.join("release");
+    let mut results = serde_json::Map::new();
+    results.insert(
+        "compile".into(),
+        compile_times(if quick { 50 } else { 500 })?,
+    );
+    results.insert(
+        "start_to_first_event".into(),
+        start_to_first_event(&bin, if quick { 3 } else { 10 })?,
+    );
+    let out = util::workspace_root().join("target/bench-probe.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
+    )?;
+    progress(&format!("results also in {}", out.display()));
+    Ok(())
+}
+
+fn compile_times(n: usize) -> anyhow::Result<serde_json::Value> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    println!(
+        "\ncompile time per built-in probe, against this kernel ({release}), {n} runs each (target: < 20 ms)\n"
+    );
+    println!("| probe | programs | BPF insns | object bytes | mean µs | p50 µs | max µs |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for name in builtin::names() {
+        let keys = builtin::events(name)?;
+        let kernel = KernelInfo::read_tracefs(Path::new("/sys/kernel/tracing"), &release, &keys);
+        let mut times = Vec::with_capacity(n);
+        let mut last = None;
+        for _ in 0..n {
+            let t = Instant::now();
+            let p = builtin::build(name, &kernel)?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            last = Some(p);
+        }
+        let p = last.context("no runs")?;
+        // Instructions across the probe's programs (a 16-byte ld_imm64 counts once).
+        let insns = vesper_probe::disasm::disasm_object(&p.object, &p.manifest)
+            .lines()
+            .filter(|l| l.starts_with(' '))
+            .count();
+        let s = stats(times);
+        println!(
+            "| {name} | {} | {insns} | {} | {:.0} | {:.0} | {:.0} |",
+            p.manifest.attach.len(),
+            p.object.len(),
+            s.mean,
+            s.p50,
+            s.max
+        );
+        rows.push(serde_json::json!({"probe": name, "programs": p.manifest.attach.len(), "insns": insns, "object_bytes": p.object.len(), "mean_us": s.mean, "p50_us": s.p50, "max_us": s.max}));
+    }
+    Ok(serde_json::Value::Array(rows))
+}
+
+/// Reads lines from a child's stdout on a thread.
+fn lines_of(child: &mut std::process::Child) -> anyhow::Result<mpsc::Receiver<(Instant, String)>> {
+    let out = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send((Instant::now(), l)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+fn start_to_first_event(bin: &Path, trials: usize) -> anyhow::Result<serde_json::Value> {
+    let mut stack = NativeStack::start(bin, "bench1", &[])?;
+    let victim = stack.spawn_testkit(&["victim", "--comm", "tickee"])?;
+    let mut line = String::new();
+    BufReader::new(victim.stdout.take().context("victim stdout")?).read_line(&mut line)?;
+    let pid = line.trim().to_string();
+    stack.spawn_testkit(&[
+        "ticker",
+        "--comm",
+        "ticker",
+        "--to",
+        &pid,
+        "--sig",
+        "10",
+        "--every-ms",
+        "2",
+    ])?;
+    let script = stack.dir.join("tick.vsp");
+    std::fs::write(
+        &script,
+        "tracepoint:signal:signal_generate /comm == \"ticker\"/ { emit { sig = args.sig, target = args.pid } }\n",
+    )?;
+    let script_s = script.to_string_lossy().into_owned();
+
+    let mut vesper_ms = Vec::new();
+    for _ in 0..trials {
+        let mut follow = Command::new(bin.join("vesper"))
+            .env("VESPER_SOCKET", &stack.socket)
+            .args([
+                "events", "bench1", "--probe", "tick", "-f", "--json", "--last", "0",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let rx = lines_of(&mut follow)?;
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        stack.vesper(&["load", "bench1", &script_s])?;
+        let (t1, _) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .context("no record from the vesper probe")?;
+        vesper_ms.push((t1 - t0).as_secs_f64() * 1000.0);
+        let _ = follow.kill();
+        let _ = follow.wait();
+        stack.vesper(&["unload", "bench1", "tick"])?;
+    }
+    let mut bpftrace_ms = Vec::new();
+    for _ in 0..trials {
+        let t0 = Instant::now();
+        let mut bt = Command::new("bpftrace")
+            .args(["-e", "tracepoint:signal:signal_generate /comm == \"ticker\"/ { printf(\"%d %d\\n\", args->sig, args->pid); }"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        let rx = lines_of(&mut bt)?;
+        let t1 = loop {
+            let (t, l) = rx
+                .recv_timeout(Duration::from_secs(30))
+                .context("no output from bpftrace")?;
+            if l.starts_with("10 ") {
+                break t;
+            }
+        };
+        bpftrace_ms.push((t1 - t0).as_secs_f64() * 1000.0);
+        let _ = bt.kill();
+        let _ = bt.wait();
+    }
+    let bt_version = Command::new("bpftrace")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!(
+        "\nstart-to-first-event: command start → first record of an event firing every 2 ms, {trials} trials\n"
+    );
+    println!("| tool | mean ms | p50 ms | min ms | max ms |");
+    println!("|---|---|---|---|---|");
+    let v = stats(vesper_ms.clone());
+    let b = stats(bpftrace_ms.clone());
+    println!(
+        "| vesper load (compile on host + ship + verify + attach) | {:.1} | {:.1} | {:.1} | {:.1} |",
+        v.mean, v.p50, v.min, v.max
+    );
+    println!(
+        "| {bt_version} -e | {:.1} | {:.1} | {:.1} | {:.1} |",
+        b.mean, b.p50, b.min, b.max
+    );
+    Ok(
+        serde_json::json!({"vesper_ms": vesper_ms, "bpftrace_ms": bpftrace_ms, "bpftrace_version": bt_version}),
+    )
+}
