@@ -3,14 +3,16 @@
 
 mod bench;
 mod demo;
+mod lab;
 mod native;
 mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick]>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick]|lab up|exec|down NAME>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   start an agent and vesperd on this machine, catch a signal and show it
+  lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
   bench  measure compile time and start-to-first-event against bpftrace; prints tables";
 
 fn main() {
@@ -18,6 +20,7 @@ fn main() {
     let r = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo::run(),
+        Some("lab") => lab::run(&args[1..]),
         Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
         _ => {
             eprintln!("{USAGE}");

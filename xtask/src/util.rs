@@ -28,10 +28,10 @@ pub fn target_dir() -> anyhow::Result<PathBuf> {
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     let desc = format!("{cmd:?}");
-    let status = cmd
-        .current_dir(workspace_root())
-        .status()
-        .with_context(|| format!("starting {desc}"))?;
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(workspace_root());
+    }
+    let status = cmd.status().with_context(|| format!("starting {desc}"))?;
     if !status.success() {
         bail!("{desc} failed ({status})");
     }

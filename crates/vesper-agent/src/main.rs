@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use channel::{Channel, ChannelSpec};
 
-const USAGE: &str = "usage: vesper-agent [--channel auto|/dev/vportNpM|unix-listen:PATH] [--heartbeat-ms N] [--lock-memory]";
+const USAGE: &str = "usage: vesper-agent [--channel auto|/dev/vportNpM|unix-listen:PATH] [--heartbeat-ms N] [--lock-memory] [--oom-protect]
+  --lock-memory   mlockall: guest memory pressure cannot page the agent out
+  --oom-protect   oom_score_adj -1000: the OOM killer never picks the agent (it reports the OOM)";
 
 struct StderrLog;
 
@@ -45,6 +47,7 @@ fn run() -> Result<(), String> {
     let mut spec = ChannelSpec::Auto;
     let mut cfg = session::Config::default();
     let mut lock = false;
+    let mut oom_protect = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| {
@@ -61,6 +64,7 @@ fn run() -> Result<(), String> {
                 cfg.heartbeat = Duration::from_millis(ms.max(10));
             }
             "--lock-memory" => lock = true,
+            "--oom-protect" => oom_protect = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -70,6 +74,13 @@ fn run() -> Result<(), String> {
     }
     if lock && let Err(e) = sys::lock_memory() {
         log::warn!("mlockall failed ({e}); continuing unlocked");
+    }
+    if oom_protect {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+            log::warn!(
+                "setting oom_score_adj -1000 failed ({e}); the OOM killer may pick the agent"
+            );
+        }
     }
     kernel::ensure_tracefs();
     let channel = Channel::new(spec.clone()).map_err(|e| format!("channel {spec:?}: {e}"))?;

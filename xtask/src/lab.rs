@@ -1,0 +1,354 @@
+//! The lab: a real Linux guest under QEMU (TCG by default) with the static agent in its
+//! initramfs, reached over a virtio-serial port as in production, and a vesperd that
+//! knows it.
+//!
+//! Everything lives under `target/lab/`: the Debian kernel (downloaded once), the
+//! initramfs (rebuilt when its inputs change), and one directory per running VM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::util::{self, progress};
+
+const KERNEL_PKG: &str = "linux-image-6.1.0-56-amd64";
+const MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "drivers/virtio/virtio_pci_modern_dev.ko",
+    "drivers/virtio/virtio_pci.ko",
+    "drivers/char/virtio_console.ko",
+    "drivers/misc/pvpanic/pvpanic-mmio.ko",
+    "drivers/net/ethernet/intel/e1000/e1000.ko",
+];
+const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+fn lab_dir() -> anyhow::Result<PathBuf> {
+    Ok(util::target_dir()?.join("lab"))
+}
+
+pub fn vm_dir(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(lab_dir()?.join("vms").join(name))
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let usage =
+        "usage: cargo xtask lab up NAME [--port P] [--kvm] | exec NAME -- CMD... | down NAME";
+    match (args.first().map(String::as_str), args.get(1)) {
+        (Some("up"), Some(name)) => {
+            let port = args
+                .iter()
+                .position(|a| a == "--port")
+                .and_then(|i| args.get(i + 1))
+                .map(|p| p.parse())
+                .transpose()?;
+            let kvm = args.iter().any(|a| a == "--kvm");
+            up(name, port.unwrap_or(18080), kvm)
+        }
+        (Some("exec"), Some(name)) => {
+            let cmd: Vec<&str> = args
+                .iter()
+                .skip_while(|a| *a != "--")
+                .skip(1)
+                .map(String::as_str)
+                .collect();
+            if cmd.is_empty() {
+                bail!("{usage}");
+            }
+            let (out, rc) = exec(name, &cmd.join(" "), Duration::from_secs(120))?;
+            print!("{out}");
+            std::process::exit(rc);
+        }
+        (Some("down"), Some(name)) => down(name),
+        _ => bail!("{usage}"),
+    }
+}
+
+fn kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = lab_dir()?.join("kernel");
+    let root = dir.join("root");
+    let vmlinuz = root.join(format!(
+        "boot/vmlinuz-{}",
+        KERNEL_PKG.trim_start_matches("linux-image-")
+    ));
+    if vmlinuz.exists() {
+        return Ok((vmlinuz, root));
+    }
+    progress(&format!(
+        "downloading the guest kernel ({KERNEL_PKG}, Debian package)"
+    ));
+    std::fs::create_dir_all(&dir)?;
+    util::run(
+        Command::new("apt-get")
+            .arg("download")
+            .arg(KERNEL_PKG)
+            .current_dir(&dir),
+    )?;
+    let deb = std::fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("apt-get download left no .deb")?;
+    progress("unpacking the kernel");
+    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    let _ = std::fs::remove_file(&deb);
+    Ok((vmlinuz, root))
+}
+
+/// Builds the static agent and test kit (separate target dir: static flags must not
+/// invalidate the host build).
+fn static_binaries() -> anyhow::Result<PathBuf> {
+    progress("building the static vesper-agent and test kit");
+    util::run(
+        Command::new(util::cargo_bin())
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "vesper-agent",
+                "-p",
+                "vesper-tests",
+                "--target",
+                STATIC_TARGET,
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )?;
+    Ok(util::target_dir()?.join(STATIC_TARGET).join("release"))
+}
+
+fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
+    let out = lab_dir()?.join("initramfs.cpio.gz");
+    let here = util::workspace_root().join("xtask/lab");
+    let inputs = [
+        bins.join("vesper-agent"),
+        bins.join("vesper-testkit"),
+        here.join("init"),
+        here.join("lab-exec"),
+    ];
+    let newest = inputs
+        .iter()
+        .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .max();
+    let built = out.metadata().and_then(|m| m.modified()).ok();
+    if let (Some(n), Some(b)) = (newest, built) {
+        if b >= n {
+            return Ok(out);
+        }
+    }
+    progress("building the initramfs (busybox, static agent, modules, httpd page, memhog)");
+    let root = lab_dir()?.join("initramfs");
+    let _ = std::fs::remove_dir_all(&root);
+    for d in [
+        "bin",
+        "sbin",
+        "lib/modules",
+        "www",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .context("busybox-static is not installed")?;
+    std::fs::copy(bins.join("vesper-agent"), root.join("sbin/vesper-agent"))?;
+    std::fs::copy(bins.join("vesper-testkit"), root.join("bin/vesper-testkit"))?;
+    std::fs::copy(here.join("init"), root.join("init"))?;
+    std::fs::copy(here.join("lab-exec"), root.join("bin/lab-exec"))?;
+    std::fs::write(
+        root.join("bin/memhog"),
+        "#!/bin/sh\nexec /bin/vesper-testkit memhog \"$@\"\n",
+    )?;
+    std::fs::write(root.join("www/index.html"), "<h1>vesper lab guest</h1>\n")?;
+    let release = KERNEL_PKG.trim_start_matches("linux-image-");
+    for m in MODULES {
+        let src = kroot
+            .join("lib/modules")
+            .join(release)
+            .join("kernel")
+            .join(m);
+        let name = Path::new(m).file_name().context("module name")?;
+        std::fs::copy(&src, root.join("lib/modules").join(name))
+            .with_context(|| format!("{}", src.display()))?;
+    }
+    for f in ["init", "bin/lab-exec", "bin/memhog"] {
+        util::run(Command::new("chmod").arg("755").arg(root.join(f)))?;
+    }
+    let sh = format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        root.display(),
+        out.display()
+    );
+    util::run(Command::new("sh").arg("-c").arg(sh))?;
+    Ok(out)
+}
+
+pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the lab runs QEMU and a vesperd as root: run `cargo xtask lab up` as root");
+    }
+    util::ensure_packages(&[
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("cpio", "cpio"),
+    ])?;
+    let (vmlinuz, kroot) = kernel()?;
+    let bins = static_binaries()?;
+    let initrd = initramfs(&kroot, &bins)?;
+    progress("building vesperd and the CLI");
+    util::cargo(&["build", "--release", "-p", "vesperd", "-p", "vesper-cli"])?;
+    let host_bins = util::target_dir()?.join("release");
+
+    let dir = vm_dir(name)?;
+    if dir.join("qemu.pid").exists() {
+        let _ = down(name);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    progress(&format!(
+        "booting {name} under QEMU ({}; port {port} → guest httpd)",
+        if kvm { "KVM" } else { "TCG" }
+    ));
+    let chardev = |id: &str, sock: &str| {
+        format!(
+            "socket,id={id},path={},server=on,wait=off",
+            dir.join(sock).display()
+        )
+    };
+    let st = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            if kvm { "kvm" } else { "tcg" },
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=0 loglevel=4"])
+        .args(["-display", "none", "-serial"])
+        .arg(format!("file:{}", dir.join("console.log").display()))
+        .args([
+            "-device",
+            "virtio-serial-pci",
+            "-chardev",
+            &chardev("vsp", "channel.sock"),
+        ])
+        .args(["-device", "virtserialport,chardev=vsp,name=org.vesper.0"])
+        .args([
+            "-chardev",
+            &chardev("lab", "lab.sock"),
+            "-device",
+            "virtserialport,chardev=lab,name=org.vesper.lab.0",
+        ])
+        .args(["-device", "pvpanic"])
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("qmp.sock").display()
+        ))
+        .args([
+            "-nic",
+            &format!("user,model=e1000,hostfwd=tcp:127.0.0.1:{port}-:80"),
+        ])
+        .arg("-pidfile")
+        .arg(dir.join("qemu.pid"))
+        .arg("-daemonize")
+        .status()
+        .context("starting qemu-system-x86_64")?;
+    if !st.success() {
+        bail!("QEMU failed to start ({st})");
+    }
+    let cfg = format!(
+        "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[vm]]\nname = \"{name}\"\nchannel = \"unix:{}\"\nprobes = []\ndeadtime_ms = 5000\n",
+        dir.join("vesper.sock").display(),
+        dir.join("state").display(),
+        dir.join("channel.sock").display()
+    );
+    std::fs::write(dir.join("vesper.toml"), cfg)?;
+    let child = Command::new(host_bins.join("vesperd"))
+        .arg("--config")
+        .arg(dir.join("vesper.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("vesperd.log"))?)
+        .spawn()
+        .context("starting vesperd")?;
+    std::fs::write(dir.join("vesperd.pid"), child.id().to_string())?;
+    progress("waiting for the guest's agent to connect (TCG boot takes a few seconds)");
+    let t = Instant::now();
+    let vesper = host_bins.join("vesper");
+    loop {
+        let o = Command::new(&vesper)
+            .env("VESPER_SOCKET", dir.join("vesper.sock"))
+            .args(["status", "--json"])
+            .output();
+        if o.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"state\":\"ready\"")) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(180) {
+            bail!(
+                "the guest's agent did not connect in 180 s; see {}",
+                dir.join("console.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    progress(&format!(
+        "{name} is up in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    println!("VESPER_SOCKET={}", dir.join("vesper.sock").display());
+    Ok(())
+}
+
+/// Runs a shell command in the guest over the lab-only port; returns output and status.
+pub fn exec(name: &str, cmd: &str, timeout: Duration) -> anyhow::Result<(String, i32)> {
+    if cmd.contains('\n') {
+        bail!("lab exec takes one line");
+    }
+    let sock = vm_dir(name)?.join("lab.sock");
+    let mut s = UnixStream::connect(&sock)
+        .with_context(|| format!("{}: is the lab VM {name} up?", sock.display()))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("{cmd}\n").as_bytes())?;
+    let mut out = String::new();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)
+            .context("reading the guest's answer")?
+            == 0
+        {
+            bail!("the lab port closed before the command finished");
+        }
+        if let Some(rc) = line.trim_end().strip_prefix("__VESPER_RC__ ") {
+            return Ok((out, rc.trim().parse().unwrap_or(255)));
+        }
+        out.push_str(&line.replace('\r', ""));
+    }
+}
+
+pub fn down(name: &str) -> anyhow::Result<()> {
+    let dir = vm_dir(name)?;
+    for pidfile in ["vesperd.pid", "qemu.pid"] {
+        if let Ok(pid) = std::fs::read_to_string(dir.join(pidfile)) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = std::fs::remove_file(dir.join("qemu.pid"));
+    let _ = std::fs::remove_file(dir.join("vesperd.pid"));
+    progress(&format!("{name} is down (logs kept in {})", dir.display()));
+    Ok(())
+}
