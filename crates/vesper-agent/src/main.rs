@@ -75,12 +75,8 @@ fn run() -> Result<(), String> {
     if lock && let Err(e) = sys::lock_memory() {
         log::warn!("mlockall failed ({e}); continuing unlocked");
     }
-    if oom_protect {
-        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-            log::warn!(
-                "setting oom_score_adj -1000 failed ({e}); the OOM killer may pick the agent"
-            );
-        }
+    if oom_protect && let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log::warn!("setting oom_score_adj -1000 failed ({e}); the OOM killer may pick the agent");
     }
     kernel::ensure_tracefs();
     let channel = Channel::new(spec.clone()).map_err(|e| format!("channel {spec:?}: {e}"))?;
