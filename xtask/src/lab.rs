@@ -135,10 +135,10 @@ fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
         .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
         .max();
     let built = out.metadata().and_then(|m| m.modified()).ok();
-    if let (Some(n), Some(b)) = (newest, built) {
-        if b >= n {
-            return Ok(out);
-        }
+    if let (Some(n), Some(b)) = (newest, built)
+        && b >= n
+    {
+        return Ok(out);
     }
     progress("building the initramfs (busybox, static agent, modules, httpd page, memhog)");
     let root = lab_dir()?.join("initramfs");
