@@ -23,6 +23,7 @@ const MODULES: &[&str] = &[
     "drivers/virtio/virtio_pci_modern_dev.ko",
     "drivers/virtio/virtio_pci.ko",
     "drivers/char/virtio_console.ko",
+    "drivers/misc/pvpanic/pvpanic.ko",
     "drivers/misc/pvpanic/pvpanic-mmio.ko",
     "drivers/net/ethernet/intel/e1000/e1000.ko",
 ];
@@ -270,10 +271,11 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
         bail!("QEMU failed to start ({st})");
     }
     let cfg = format!(
-        "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[vm]]\nname = \"{name}\"\nchannel = \"unix:{}\"\nprobes = []\ndeadtime_ms = 5000\n",
+        "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[vm]]\nname = \"{name}\"\nchannel = \"unix:{}\"\nqmp = \"unix:{}\"\nprobes = []\ndeadtime_ms = 3000\n",
         dir.join("vesper.sock").display(),
         dir.join("state").display(),
-        dir.join("channel.sock").display()
+        dir.join("channel.sock").display(),
+        dir.join("qmp.sock").display()
     );
     std::fs::write(dir.join("vesper.toml"), cfg)?;
     let child = Command::new(host_bins.join("vesperd"))

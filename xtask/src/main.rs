@@ -52,14 +52,49 @@ fn test() -> anyhow::Result<()> {
     ])?;
     util::progress("building the workspace binaries");
     util::cargo(&["build", "--workspace", "--bins"])?;
-    util::progress("running all tests (root tests required)");
+    util::progress("running all tests (root tests required) but the lab's");
     let bin_dir = util::target_dir()?.join("debug");
     util::run(
         std::process::Command::new(util::cargo_bin())
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--", "--skip", "lab_"])
             .env("VESPER_REQUIRE_ROOT_TESTS", "1")
             .env("VESPER_BIN_DIR", &bin_dir),
     )?;
+    util::progress("lab tests: one QEMU guest, booted once");
+    let name = "ci-lab";
+    let port = 18181;
+    lab::up(name, port, false)?;
+    let result = util::run(
+        std::process::Command::new(util::cargo_bin())
+            .args([
+                "test",
+                "-p",
+                "vesper-tests",
+                "--test",
+                "lab",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+            .env("VESPER_REQUIRE_LAB", "1")
+            .env("VESPER_LAB", name)
+            .env("VESPER_LAB_DIR", lab::vm_dir(name)?)
+            .env("VESPER_LAB_PORT", port.to_string())
+            .env("VESPER_BIN_DIR", &bin_dir),
+    );
+    let _ = lab::down(name);
+    if result.is_err() {
+        let dir = lab::vm_dir(name)?;
+        for log in ["console.log", "vesperd.log"] {
+            let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!(
+                "----- last lines of {log}\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    result?;
     util::progress("all tests passed");
     Ok(())
 }

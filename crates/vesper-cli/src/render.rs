@@ -85,7 +85,7 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
     }
     writeln!(
         out,
-        "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  probes",
+        "{:<12} {:<22} {:<24} {:>8} {:>10} {:>8}  probes",
         "VM", "STATE", "KERNEL", "HEARD", "RECORDS", "LOST"
     )?;
     for vm in vms {
@@ -100,6 +100,10 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
                     .sum::<u64>()
             })
             .sum();
+        let state = match vm["guest"].as_str() {
+            Some("running") | None => s(&vm["state"]),
+            Some(g) => format!("{}/{g}", s(&vm["state"])),
+        };
         let heard = vm["last_heard_ms"]
             .as_u64()
             .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
@@ -109,9 +113,9 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
             .collect();
         writeln!(
             out,
-            "{:<12} {:<13} {:<24} {:>8} {:>10} {:>8}  {}",
+            "{:<12} {:<22} {:<24} {:>8} {:>10} {:>8}  {}",
             s(&vm["name"]),
-            s(&vm["state"]),
+            state,
             s(&vm["agent"]["kernel_release"]),
             heard,
             received,

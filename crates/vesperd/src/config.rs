@@ -63,6 +63,10 @@ pub struct VmConfig {
     /// The Pacemaker resource this VM backs.
     #[serde(default)]
     pub resource: Option<String>,
+    /// `unix:PATH`: the VM's QEMU monitor (QMP) socket, for guest panics and shutdowns
+    /// seen by the hypervisor (optional).
+    #[serde(default)]
+    pub qmp: Option<String>,
     /// An agent silent for this long is reported unresponsive.
     #[serde(default = "default_deadtime_ms")]
     pub deadtime_ms: u64,
@@ -164,6 +168,14 @@ impl Config {
                 ));
             }
             vm.channel_spec().map_err(|r| invalid(key("channel"), r))?;
+            if let Some(q) = &vm.qmp
+                && q.strip_prefix("unix:").is_none_or(str::is_empty)
+            {
+                return Err(invalid(
+                    key("qmp"),
+                    format!("{q:?} is not a QMP socket; write unix:/path/to/vm.qmp"),
+                ));
+            }
             for p in &vm.probes {
                 if !vesper_probe::builtin::is_builtin(p)
                     && !p.ends_with(".vsp")

@@ -4,6 +4,7 @@
 pub mod channel;
 pub mod config;
 pub mod control;
+pub mod qmp;
 pub mod session;
 pub mod store;
 pub mod testing;
@@ -52,6 +53,9 @@ pub fn start_sessions(cfg: &Config) -> Vms {
             rx,
         );
         tokio::spawn(session.run());
+        if let Some(path) = vm.qmp.as_deref().and_then(|q| q.strip_prefix("unix:")) {
+            tokio::spawn(qmp::watch(vm.name.clone(), path.into(), tx.clone()));
+        }
         vms.insert(vm.name.clone(), VmHandle { cmds: tx, store });
     }
     Arc::new(vms)

@@ -64,7 +64,30 @@ pub enum SessionCmd {
     Status {
         reply: oneshot::Sender<VmStatus>,
     },
+    /// Something the hypervisor saw (QMP).
+    Host(HostEvent),
 }
+
+/// What the host sees of a guest without any guest code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostEvent {
+    Panicked { detail: String },
+    Shutdown { reason: String, by_guest: bool },
+    Reset,
+}
+
+/// The guest as the hypervisor reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestState {
+    /// Nothing reported (no QMP, or nothing happened yet).
+    Running,
+    Panicked,
+    Shutdown,
+}
+
+/// The pseudo-probe under which the host's own observations are stored as records.
+pub const HOST_PROBE: &str = "vesper";
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
@@ -117,6 +140,8 @@ pub struct ProbeStatus {
 pub struct VmStatus {
     pub name: String,
     pub state: State,
+    /// The guest as the hypervisor reports it (QMP).
+    pub guest: GuestState,
     pub channel: String,
     pub resource: Option<String>,
     pub agent: Option<AgentInfo>,
@@ -164,6 +189,9 @@ pub struct Session {
     load_replies: HashMap<u32, LoadReply>,
     unload_replies: HashMap<u32, oneshot::Sender<Result<(), String>>>,
     last_heard: Option<Instant>,
+    guest: GuestState,
+    host_seq: u64,
+    host_probe: Arc<str>,
     connects: u64,
     last_error: Option<String>,
     unknown_probe_records: u64,
@@ -207,6 +235,9 @@ impl Session {
             load_replies: HashMap::new(),
             unload_replies: HashMap::new(),
             last_heard: None,
+            guest: GuestState::Running,
+            host_seq: 0,
+            host_probe: HOST_PROBE.into(),
             connects: 0,
             last_error: None,
             unknown_probe_records: 0,
@@ -314,6 +345,58 @@ impl Session {
             SessionCmd::Status { reply } => {
                 let _ = reply.send(self.status());
             }
+            SessionCmd::Host(ev) => self.on_host_event(ev),
+        }
+    }
+
+    /// Records what the host saw, as a record of the `vesper` pseudo-probe.
+    fn host_record(&mut self, event: &str, detail: String) {
+        let fields = vec![
+            ("ts_ns".to_string(), vesper_probe::Value::UInt(0)),
+            (
+                "event".to_string(),
+                vesper_probe::Value::Str(event.to_string()),
+            ),
+            ("detail".to_string(), vesper_probe::Value::Str(detail)),
+        ];
+        let seq = self.host_seq;
+        self.host_seq += 1;
+        let json = record_json(&self.name, HOST_PROBE, seq, fields);
+        let mut store = match self.store.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        store.push(StoredRecord {
+            probe: self.host_probe.clone(),
+            seq,
+            json: json.into(),
+        });
+    }
+
+    fn on_host_event(&mut self, ev: HostEvent) {
+        match ev {
+            HostEvent::Panicked { detail } => {
+                tracing::warn!(vm = %self.name, detail = %detail, "guest kernel panicked (QMP GUEST_PANICKED)");
+                self.guest = GuestState::Panicked;
+                self.host_record("guest_panicked", detail);
+            }
+            HostEvent::Shutdown { reason, by_guest } => {
+                tracing::warn!(vm = %self.name, reason = %reason, by_guest, "guest shut down (QMP SHUTDOWN)");
+                if self.guest != GuestState::Panicked {
+                    self.guest = GuestState::Shutdown;
+                }
+                let who = if by_guest {
+                    "by the guest"
+                } else {
+                    "by the host"
+                };
+                self.host_record("guest_shutdown", format!("{reason} ({who})"));
+            }
+            HostEvent::Reset => {
+                tracing::info!(vm = %self.name, "guest reset (QMP RESET)");
+                self.guest = GuestState::Running;
+                self.host_record("guest_reset", String::new());
+            }
         }
     }
 
@@ -353,6 +436,14 @@ impl Session {
                 HELLO_TIMEOUT.as_secs()
             )),
             State::Ready if self.last_heard.is_some_and(|t| t.elapsed() > self.deadtime) => {
+                let silent = self.last_heard.map_or(0, |t| t.elapsed().as_millis());
+                self.host_record(
+                    "agent_unresponsive",
+                    format!(
+                        "no frame for {silent} ms (deadtime {} ms)",
+                        self.deadtime.as_millis()
+                    ),
+                );
                 tracing::warn!(vm = %self.name, deadtime_ms = self.deadtime.as_millis() as u64, "agent unresponsive");
                 self.set_state(State::Unresponsive);
                 Ok(())
@@ -373,6 +464,7 @@ impl Session {
         self.last_heard = Some(Instant::now());
         if self.state == State::Unresponsive {
             tracing::info!(vm = %self.name, "agent heard from again");
+            self.host_record("agent_responsive", String::new());
             self.set_state(State::Ready);
         }
         match (self.state, msg) {
@@ -463,6 +555,13 @@ impl Session {
         };
         tracing::info!(vm = %self.name, agent = %agent.version, kernel = %agent.kernel_release, "session up");
         self.kernel.release = agent.kernel_release.clone();
+        if self.guest != GuestState::Running {
+            self.guest = GuestState::Running;
+            self.host_record(
+                "guest_back",
+                format!("agent connected, boot id {}", agent.boot_id),
+            );
+        }
         self.agent = Some(agent);
         self.set_state(State::Ready);
         for probe in self.desired.clone() {
@@ -618,6 +717,10 @@ impl Session {
                 let _ = reply.send(self.status());
                 Ok(())
             }
+            SessionCmd::Host(ev) => {
+                self.on_host_event(ev);
+                Ok(())
+            }
         }
     }
 
@@ -675,6 +778,7 @@ impl Session {
         VmStatus {
             name: self.name.clone(),
             state: self.state,
+            guest: self.guest,
             channel: self.connector.describe(),
             resource: self.resource.clone(),
             agent: self.agent.clone(),

@@ -1,0 +1,311 @@
+//! Vesper in a real QEMU guest over virtio-serial: both use cases of the original system,
+//! a kprobe, a broken guest userspace, a guest panic and a silent agent.
+//!
+//! The VM is booted once by `cargo xtask test` (`lab up`), which sets VESPER_LAB to its
+//! name; tests run in name order on one thread, the destructive ones last.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{bin, wait_until};
+use serde_json::Value;
+
+struct Lab {
+    name: String,
+    dir: PathBuf,
+}
+
+fn lab(test: &str) -> Option<Lab> {
+    match std::env::var("VESPER_LAB") {
+        Ok(name) => {
+            let dir = PathBuf::from(std::env::var("VESPER_LAB_DIR").expect("VESPER_LAB_DIR"));
+            Some(Lab { name, dir })
+        }
+        Err(_) if std::env::var_os("VESPER_REQUIRE_LAB").is_some() => {
+            panic!("{test}: VESPER_LAB is not set")
+        }
+        Err(_) => {
+            eprintln!("SKIP {test}: needs the lab VM; run `cargo xtask test` (it boots one)");
+            None
+        }
+    }
+}
+
+impl Lab {
+    fn vesper(&self, args: &[&str]) -> Output {
+        Command::new(bin("vesper"))
+            .env("VESPER_SOCKET", self.dir.join("vesper.sock"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    fn vesper_ok(&self, args: &[&str]) -> String {
+        let o = self.vesper(args);
+        assert!(
+            o.status.success(),
+            "vesper {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn load(&self, probe: &str) {
+        let out = self.vesper(&["load", &self.name, probe]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("already loaded"),
+            "load {probe}: {err}"
+        );
+    }
+    fn events(&self, probe: &str) -> Vec<Value> {
+        self.vesper_ok(&["events", &self.name, "--probe", probe, "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+    fn status(&self) -> Value {
+        serde_json::from_str(
+            self.vesper_ok(&["status", "--json"])
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+    /// Runs a command in the guest over the lab port.
+    fn exec(&self, cmd: &str, timeout: Duration) -> Result<(String, i32), String> {
+        let mut s = UnixStream::connect(self.dir.join("lab.sock")).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(timeout)).unwrap();
+        s.write_all(format!("{cmd}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) => return Err("lab port closed".into()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("{e} (output so far: {out})")),
+            }
+            if let Some(rc) = line.trim_end().strip_prefix("__VESPER_RC__ ") {
+                return Ok((out, rc.trim().parse().unwrap_or(255)));
+            }
+            out.push_str(&line);
+        }
+    }
+    fn exec_ok(&self, cmd: &str) -> String {
+        let (out, rc) = self
+            .exec(cmd, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("lab exec {cmd:?}: {e}"));
+        assert_eq!(rc, 0, "lab exec {cmd:?} exited {rc}: {out}");
+        out
+    }
+    fn wait_record(&self, probe: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                found = self.events(probe).into_iter().find(|r| f(r));
+                found.is_some()
+            },
+            what,
+        );
+        found.unwrap()
+    }
+    fn httpd_pid(&self) -> u64 {
+        self.exec_ok("pidof httpd || (httpd -h /www -p 80 && sleep 0.2 && pidof httpd)")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+    fn http_get(&self) -> String {
+        let port = std::env::var("VESPER_LAB_PORT").unwrap_or_else(|_| "18080".into());
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
+    }
+}
+
+#[test]
+fn lab_1_use_case_i_sigterm_to_httpd_is_explained_on_the_host() {
+    let Some(lab) = lab("lab_1_use_case_i") else {
+        return;
+    };
+    assert!(
+        lab.http_get().contains("vesper lab guest"),
+        "httpd reachable through the forwarded port"
+    );
+    lab.load("signal");
+    let pid = lab.httpd_pid();
+    let t = Instant::now();
+    lab.exec_ok(&format!("/bin/kill -TERM {pid}"));
+    let r = lab.wait_record("signal", "SIGTERM to httpd", |r| {
+        r["target_pid"] == pid && r["sig"] == 15
+    });
+    eprintln!(
+        "use case I: record on the host {:?} after the kill command was sent",
+        t.elapsed()
+    );
+    assert_eq!(r["sig_name"], "SIGTERM");
+    assert_eq!(r["sender_comm"], "kill");
+    assert_eq!(r["target_comm"], "httpd");
+    assert!(r["sender_pid"].as_u64().unwrap() > 1);
+    let st = lab.status();
+    assert_eq!(
+        st["agent"]["kernel_release"], "6.1.0-56-amd64",
+        "compiled for and running in the guest kernel"
+    );
+    lab.httpd_pid();
+}
+
+#[test]
+fn lab_2_kprobe_example_runs_in_the_guest() {
+    let Some(lab) = lab("lab_2_kprobe") else {
+        return;
+    };
+    let example =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/kprobe-signal.vsp");
+    lab.load(example.to_str().unwrap());
+    let pid = lab.httpd_pid();
+    lab.exec_ok(&format!("/bin/kill -TERM {pid}"));
+    let r = lab.wait_record("kprobe-signal", "kprobe record for SIGTERM", |r| {
+        r["sig"] == 15 && r["sender_comm"] == "kill"
+    });
+    assert_eq!(r["sig_name"], "SIGTERM");
+    lab.wait_record("kprobe-signal", "kretprobe record", |r| {
+        r.get("ret").is_some()
+    });
+    lab.vesper_ok(&["unload", &lab.name, "kprobe-signal"]);
+    lab.httpd_pid();
+}
+
+#[test]
+fn lab_3_use_case_ii_oom_killer_victim_and_memory() {
+    let Some(lab) = lab("lab_3_use_case_ii") else {
+        return;
+    };
+    lab.load("oom");
+    let _ = lab.exec("memhog 1024", Duration::from_secs(120));
+    let r = lab.wait_record("oom", "OOM victim", |r| r["victim_comm"] == "memhog");
+    let anon = r["anon_rss_kb"].as_u64().unwrap();
+    eprintln!("use case II: {r}");
+    assert!(
+        anon > 64 * 1024,
+        "memhog held {anon} kB when killed; expected most of the guest's 256 MiB"
+    );
+    assert!(r["total_vm_kb"].as_u64().unwrap() >= anon);
+    assert!(r["victim_pid"].as_u64().unwrap() > 1);
+    // The agent is exempt and alive.
+    assert_eq!(lab.status()["state"], "ready");
+}
+
+#[test]
+fn lab_4_probes_still_deliver_with_tmp_full_and_every_other_process_killed() {
+    let Some(lab) = lab("lab_4_broken_userspace") else {
+        return;
+    };
+    lab.load("signal");
+    let _ = lab.exec(
+        "dd if=/dev/zero of=/tmp/fill bs=1M 2>/dev/null; df /tmp | tail -1",
+        Duration::from_secs(60),
+    );
+    let pid = lab.httpd_pid();
+    lab.exec_ok(&format!("/bin/kill -TERM {pid}"));
+    lab.wait_record("signal", "SIGTERM with /tmp full", |r| {
+        r["target_pid"] == pid && r["sig"] == 15
+    });
+    // Kill every process but init and the agent (this ends the lab port's own shell too).
+    lab.httpd_pid();
+    let agent = lab.exec_ok("pidof vesper-agent").trim().to_string();
+    let cmd = format!(
+        "for p in /proc/[0-9]*; do p=${{p#/proc/}}; [ $p = 1 ] || [ $p = {agent} ] || [ $p = $$ ] || kill -9 $p; done; kill -9 $$"
+    );
+    let _ = lab.exec(&cmd, Duration::from_secs(5));
+    let r = lab.wait_record("signal", "SIGKILLs of the massacre", |r| {
+        r["sig"] == 9 && r["target_comm"] == "httpd"
+    });
+    assert_eq!(r["sig_name"], "SIGKILL");
+    // Still streaming afterwards: a fresh signal from a fresh shell (init restarts the lab port).
+    wait_until(
+        Duration::from_secs(30),
+        || lab.exec("true", Duration::from_secs(3)).is_ok(),
+        "lab port back",
+    );
+    let pid = lab.httpd_pid();
+    lab.exec_ok(&format!("/bin/kill -USR1 {pid}"));
+    lab.wait_record("signal", "a signal after the massacre", |r| {
+        r["target_pid"] == pid && r["sig"] == 10
+    });
+    lab.exec_ok("rm -f /tmp/fill");
+    assert_eq!(lab.status()["state"], "ready");
+}
+
+#[test]
+fn lab_5_a_silent_agent_is_unresponsive_after_deadtime_and_recovers() {
+    let Some(lab) = lab("lab_5_silent_agent") else {
+        return;
+    };
+    // Freeze the agent: the channel stays open but nothing comes (deadtime is 3 s in the lab).
+    let t = Instant::now();
+    lab.exec_ok("kill -STOP $(pidof vesper-agent)");
+    wait_until(
+        Duration::from_secs(15),
+        || lab.status()["state"] == "unresponsive",
+        "unresponsive after deadtime",
+    );
+    eprintln!(
+        "unresponsive reported {:?} after the agent froze",
+        t.elapsed()
+    );
+    assert!(
+        lab.events("vesper")
+            .iter()
+            .any(|r| r["event"] == "agent_unresponsive")
+    );
+    lab.exec_ok("kill -CONT $(pidof vesper-agent)");
+    wait_until(
+        Duration::from_secs(15),
+        || lab.status()["state"] == "ready",
+        "ready again",
+    );
+    assert!(
+        lab.events("vesper")
+            .iter()
+            .any(|r| r["event"] == "agent_responsive")
+    );
+}
+
+#[test]
+fn lab_9_guest_panic_reaches_the_host_through_qmp() {
+    let Some(lab) = lab("lab_9_guest_panic") else {
+        return;
+    };
+    let _ = lab.exec("echo c > /proc/sysrq-trigger", Duration::from_secs(3));
+    let t = Instant::now();
+    wait_until(
+        Duration::from_secs(15),
+        || lab.status()["guest"] == "panicked",
+        "QMP GUEST_PANICKED in status",
+    );
+    eprintln!("panic visible in vesper status after {:?}", t.elapsed());
+    let ev = lab.events("vesper");
+    assert!(ev.iter().any(|r| r["event"] == "guest_panicked"), "{ev:?}");
+    // QEMU ends a panicked guest (-no-reboot): the agent's channel goes away.
+    wait_until(
+        Duration::from_secs(15),
+        || lab.status()["state"] != "ready",
+        "the agent's session is no longer ready",
+    );
+    let human = lab.vesper_ok(&["status"]);
+    assert!(human.contains("/panicked"), "{human}");
+}
