@@ -107,16 +107,7 @@ impl Lab {
         out
     }
     fn wait_record(&self, probe: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-        let mut found = None;
-        wait_until(
-            Duration::from_secs(10),
-            || {
-                found = self.events(probe).into_iter().find(|r| f(r));
-                found.is_some()
-            },
-            what,
-        );
-        found.unwrap()
+        common::wait_record(what, || self.events(probe), f)
     }
     fn httpd_pid(&self) -> u64 {
         self.exec_ok("pidof httpd || (httpd -h /www -p 80 && sleep 0.2 && pidof httpd)")

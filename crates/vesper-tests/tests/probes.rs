@@ -20,16 +20,7 @@ fn wait_record(
     what: &str,
     f: impl Fn(&Value) -> bool,
 ) -> Value {
-    let mut found = None;
-    wait_until(
-        Duration::from_secs(5),
-        || {
-            found = h.events_json(vm, probe).into_iter().find(|r| f(r));
-            found.is_some()
-        },
-        what,
-    );
-    found.unwrap()
+    common::wait_record(what, || h.events_json(vm, probe), f)
 }
 
 #[test]

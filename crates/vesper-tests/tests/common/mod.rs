@@ -281,6 +281,24 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool, what: &str) {
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Polls `fetch` (a probe's records) until one satisfies `pred`; returns it.
+pub fn wait_record(
+    what: &str,
+    fetch: impl Fn() -> Vec<Value>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut found = None;
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            found = fetch().into_iter().find(|r| pred(r));
+            found.is_some()
+        },
+        what,
+    );
+    found.expect("wait_until returned, so a record was found")
+}
+
 /// Starts `vesper-testkit victim`; returns it and its pid.
 pub fn victim(comm: &str) -> (Proc, u32) {
     let mut child = Command::new(bin("vesper-testkit"))
