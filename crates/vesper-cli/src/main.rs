@@ -46,6 +46,15 @@ enum Cmd {
     /// Load a probe into a VM: a built-in name (`signal`), a script (`FILE.vsp`, compiled
     /// by vesperd for that VM's kernel) or an object built with `vesper build` (`FILE.o`).
     Load { vm: String, probe: String },
+    /// Print a VM's kernel layouts as JSON, for `vesper build --kernel-info`.
+    KernelInfo {
+        vm: String,
+        /// Take the keys a script needs.
+        #[arg(long = "for")]
+        script: Option<PathBuf>,
+        /// Keys: `category:name` tracepoints, `kprobe:FUNCTION`.
+        keys: Vec<String>,
+    },
     /// Compile a probe script into a BPF object (manifest embedded), without a VM.
     Build {
         /// The script.
@@ -173,6 +182,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )?,
                 _ => writeln!(out, "{probe} will load in {vm} when its agent connects")?,
             }
+        }
+        Cmd::KernelInfo {
+            vm,
+            script,
+            mut keys,
+        } => {
+            if let Some(path) = script {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let shown = path.display().to_string();
+                keys.extend(
+                    vesper_probe::required_kernel_keys(&text, &shown)
+                        .map_err(|d| anyhow!("{d}"))?,
+                );
+            }
+            if keys.is_empty() {
+                bail!(
+                    "name the keys (signal:signal_generate, kprobe:do_exit) or a script with --for FILE.vsp"
+                );
+            }
+            let (v, _) = request(
+                &cli.socket,
+                json!({"cmd": "kernel-info", "vm": vm, "keys": keys}),
+            )?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&v["kernel"])?)?;
         }
         Cmd::Build {
             file,

@@ -178,6 +178,21 @@ fn lab_2_kprobe_example_runs_in_the_guest() {
     });
     lab.vesper_ok(&["unload", &lab.name, "kprobe-signal"]);
     lab.httpd_pid();
+    // A function the guest cannot probe is refused at compile time, named with the kernel.
+    let bad = std::env::temp_dir().join(format!("nosuchfn-{}.vsp", std::process::id()));
+    std::fs::write(
+        &bad,
+        "kprobe:vesper_no_such_function { emit { p = pid } }\n",
+    )
+    .unwrap();
+    let o = lab.vesper(&["load", &lab.name, bad.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&bad);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("function vesper_no_such_function cannot be probed on kernel 6.1.0-56-amd64"),
+        "{err}"
+    );
 }
 
 #[test]

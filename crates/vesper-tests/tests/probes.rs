@@ -306,3 +306,47 @@ fn is_bpffs(path: &str) -> bool {
             f.next() == Some(path) && f.next() == Some("bpf")
         })
 }
+
+#[test]
+fn kernel_info_from_a_vm_builds_an_object_for_that_kernel() {
+    if !need_root("kernel_info_from_a_vm") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &[],
+    }]);
+    let src = h.dir.path().join("ki.vsp");
+    std::fs::write(&src, DESIGN_EXAMPLE).unwrap();
+    let json = h.vesper_ok(&["kernel-info", "host1", "--for", src.to_str().unwrap()]);
+    let k: Value = serde_json::from_str(&json).unwrap();
+    assert!(
+        k["formats"]["signal:signal_generate"]["fields"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f["name"] == "sig")),
+        "{json}"
+    );
+    let ki = h.dir.path().join("k.json");
+    std::fs::write(&ki, &json).unwrap();
+    let obj = h.dir.path().join("ki.o");
+    let built = Command::new(bin("vesper"))
+        .args([
+            "build",
+            src.to_str().unwrap(),
+            "-o",
+            obj.to_str().unwrap(),
+            "--kernel-info",
+            ki.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    h.vesper_ok(&["load", "host1", obj.to_str().unwrap()]);
+    let o = h.vesper(&["kernel-info", "nope", "signal:signal_generate"]);
+    assert_eq!(o.status.code(), Some(1));
+}

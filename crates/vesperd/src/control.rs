@@ -9,6 +9,7 @@
 //! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
 //! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
 //! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true}` |
+//! | `{"cmd":"kernel-info","vm":V,"keys":["cat:name","kprobe:func"]}` | `{"ok":true,"kernel":KernelInfo}` |
 //! | `{"cmd":"events","vm":V,"probe":P?,"follow":bool,"last":N?}` | `{"ok":true}` then one record per line |
 //!
 //! Any failure is `{"ok":false,"error":"one line that says what and how to fix it"}`.
@@ -31,8 +32,12 @@ const MAX_REQUEST: u64 = 64 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "lowercase")]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
+    KernelInfo {
+        vm: String,
+        keys: Vec<String>,
+    },
     Status,
     Probes {
         vm: String,
@@ -195,6 +200,16 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
                 Ok(Err(e)) | Err(e) => Err(e),
             },
             (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Request::KernelInfo { vm, keys } => match handle_of(&vm) {
+            Ok(h) if keys.len() <= 256 => {
+                match ask(&h, |reply| SessionCmd::KernelInfo { keys, reply }).await {
+                    Ok(Ok(k)) => Ok(json!({ "kernel": k })),
+                    Ok(Err(e)) | Err(e) => Err(e),
+                }
+            }
+            Ok(_) => Err("at most 256 keys per request".into()),
+            Err(e) => Err(e),
         },
         Request::Unload { vm, probe } => match handle_of(&vm) {
             Ok(h) => match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {

@@ -66,6 +66,11 @@ pub enum SessionCmd {
     },
     /// Something the hypervisor saw (QMP).
     Host(HostEvent),
+    /// The guest kernel's layouts for these keys ("cat:name", "kprobe:func").
+    KernelInfo {
+        keys: Vec<String>,
+        reply: oneshot::Sender<Result<KernelInfo, String>>,
+    },
 }
 
 /// What the host sees of a guest without any guest code.
@@ -184,6 +189,8 @@ pub struct Session {
     next_probe_id: u32,
     /// Loads waiting for kernel info.
     waiting_kernel_info: Vec<(ProbeSource, Option<LoadReply>)>,
+    /// `vesper kernel-info` requests waiting for the agent's answer.
+    info_waiters: Vec<(Vec<String>, oneshot::Sender<Result<KernelInfo, String>>)>,
     /// Loads asked for during the handshake: started once the agent said Hello.
     waiting_hello: Vec<(ProbeSource, LoadReply)>,
     load_replies: HashMap<u32, LoadReply>,
@@ -232,6 +239,7 @@ impl Session {
             next_probe_id: 1,
             waiting_kernel_info: Vec::new(),
             waiting_hello: Vec::new(),
+            info_waiters: Vec::new(),
             load_replies: HashMap::new(),
             unload_replies: HashMap::new(),
             last_heard: None,
@@ -305,6 +313,9 @@ impl Session {
                 let _ = r.send(Ok(LoadOutcome::Pending));
             }
         }
+        for (_, r) in self.info_waiters.drain(..) {
+            let _ = r.send(Err("the agent disconnected before answering".into()));
+        }
         for (_, r) in self.waiting_hello.drain(..) {
             let _ = r.send(Ok(LoadOutcome::Pending));
         }
@@ -346,7 +357,27 @@ impl Session {
                 let _ = reply.send(self.status());
             }
             SessionCmd::Host(ev) => self.on_host_event(ev),
+            SessionCmd::KernelInfo { reply, .. } => {
+                let _ = reply.send(Err(format!(
+                    "{} is not connected (state {:?}); its agent must be up to ask its kernel",
+                    self.name, self.state
+                )));
+            }
         }
+    }
+
+    /// The cached kernel info restricted to `keys`, if every key is known.
+    fn kernel_subset(&self, keys: &[String]) -> Option<KernelInfo> {
+        let mut k = KernelInfo {
+            release: self.kernel.release.clone(),
+            btf: self.kernel.btf,
+            formats: Default::default(),
+        };
+        for key in keys {
+            k.formats
+                .insert(key.clone(), self.kernel.formats.get(key)?.clone());
+        }
+        Some(k)
     }
 
     /// Records what the host saw, as a record of the `vesper` pseudo-probe.
@@ -478,6 +509,12 @@ impl Session {
                 }
                 self.kernel.btf = k.btf;
                 self.kernel.release = k.release;
+                for (keys, reply) in std::mem::take(&mut self.info_waiters) {
+                    let _ = reply.send(
+                        self.kernel_subset(&keys)
+                            .ok_or_else(|| "the agent did not answer every key".to_string()),
+                    );
+                }
                 let waiting: Vec<_> = self.waiting_kernel_info.drain(..).collect();
                 for (probe, reply) in waiting {
                     self.start_load(probe, reply, wr).await?;
@@ -720,6 +757,20 @@ impl Session {
             SessionCmd::Host(ev) => {
                 self.on_host_event(ev);
                 Ok(())
+            }
+            SessionCmd::KernelInfo { keys, reply } => {
+                if let Some(k) = self.kernel_subset(&keys) {
+                    let _ = reply.send(Ok(k));
+                    return Ok(());
+                }
+                let missing: Vec<String> = keys
+                    .iter()
+                    .filter(|k| !self.kernel.formats.contains_key(k.as_str()))
+                    .cloned()
+                    .collect();
+                self.info_waiters.push((keys, reply));
+                self.send(wr, &Message::KernelInfoRequest { events: missing })
+                    .await
             }
         }
     }
