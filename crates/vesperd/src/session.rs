@@ -69,7 +69,7 @@ pub enum SessionCmd {
     /// The guest kernel's layouts for these keys ("cat:name", "kprobe:func").
     KernelInfo {
         keys: Vec<String>,
-        reply: oneshot::Sender<Result<KernelInfo, String>>,
+        reply: KernelInfoReply,
     },
 }
 
@@ -173,6 +173,7 @@ struct ActiveProbe {
 /// Why a connection ended.
 type End = String;
 type LoadReply = oneshot::Sender<Result<LoadOutcome, String>>;
+type KernelInfoReply = oneshot::Sender<Result<KernelInfo, String>>;
 
 pub struct Session {
     pub name: String,
@@ -190,7 +191,7 @@ pub struct Session {
     /// Loads waiting for kernel info.
     waiting_kernel_info: Vec<(ProbeSource, Option<LoadReply>)>,
     /// `vesper kernel-info` requests waiting for the agent's answer.
-    info_waiters: Vec<(Vec<String>, oneshot::Sender<Result<KernelInfo, String>>)>,
+    info_waiters: Vec<(Vec<String>, KernelInfoReply)>,
     /// Loads asked for during the handshake: started once the agent said Hello.
     waiting_hello: Vec<(ProbeSource, LoadReply)>,
     load_replies: HashMap<u32, LoadReply>,
