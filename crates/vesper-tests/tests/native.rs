@@ -250,3 +250,99 @@ fn invalid_config_names_the_file_the_key_and_the_reason() {
     );
     assert!(err.contains("unix:/path/to/vm.sock"), "{err}");
 }
+
+#[test]
+fn a_stalled_host_makes_the_kernel_drop_and_count_never_wait() {
+    if !need_root("a_stalled_host") {
+        return;
+    }
+    let h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &["signal"],
+    }]);
+    h.wait_loaded("host1", "signal");
+    let (_victim, pid) = victim("stalled");
+    let vesperd = h.vesperd.as_ref().unwrap().child.id() as i32;
+    // SAFETY: kill(2) with a pid we started; no memory is involved.
+    assert_eq!(unsafe { libc::kill(vesperd, libc::SIGSTOP) }, 0);
+    let n = 200_000;
+    let t = Instant::now();
+    send_signals("flooder", pid, SIGUSR1, n);
+    let took = t.elapsed();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(vesperd, libc::SIGCONT) }, 0);
+    eprintln!("{n} signals sent in {took:?} with the host stopped");
+    let count = || {
+        h.events_json("host1", "signal")
+            .iter()
+            .filter(|r| r["sender_comm"] == "flooder" && r["target_pid"] == pid)
+            .count() as u64
+    };
+    let mut got = 0;
+    let mut dropped = 0;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            got = count();
+            let p = &h.vm_status("host1")["probes"][0];
+            dropped = p["kernel_drops"].as_u64().unwrap()
+                + p["agent_drops"].as_u64().unwrap()
+                + p["transport_lost"].as_u64().unwrap();
+            got + dropped >= n as u64
+        },
+        "every flooder signal received or counted as dropped",
+    );
+    eprintln!("received {got}, dropped and counted {dropped}");
+    assert!(
+        dropped > 0,
+        "a 1 MiB ring cannot hold {n} records: drops must have been counted"
+    );
+    assert!(got <= n as u64 && got > 0);
+    assert_eq!(h.vm_status("host1")["probes"][0]["malformed"], 0);
+}
+
+#[test]
+fn after_vesperd_restarts_the_agent_reconnects_and_probes_are_reloaded() {
+    if !need_root("after_vesperd_restarts") {
+        return;
+    }
+    let mut h = Harness::start(&[VmSpec {
+        name: "host1",
+        agent: true,
+        probes: &["signal"],
+    }]);
+    h.wait_loaded("host1", "signal");
+    let first = h.vesperd.take();
+    drop(first); // kills vesperd: the agent sees its host go away and unloads
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::File::create(h.dir.path().join("vesperd-2.log")).unwrap();
+    let child = std::process::Command::new(bin("vesperd"))
+        .arg("--config")
+        .arg(h.dir.path().join("vesper.toml"))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    h.vesperd = Some(Proc {
+        child,
+        name: "vesperd (2)".into(),
+    });
+    h.wait_loaded("host1", "signal");
+    let (_victim, pid) = victim("victim");
+    send_signals("again", pid, SIGTERM, 1);
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            h.events_json("host1", "signal")
+                .iter()
+                .any(|r| r["sender_comm"] == "again" && r["target_pid"] == pid)
+        },
+        "records after the restart",
+    );
+    let agent_log = std::fs::read_to_string(h.dir.path().join("agent-host1.log")).unwrap();
+    assert_eq!(
+        agent_log.matches("host connected").count(),
+        2,
+        "{agent_log}"
+    );
+}
