@@ -17,11 +17,7 @@ fn sigterm_from_stopper_to_victim_is_shown_within_a_second_and_stops_after_unloa
     if !need_root("sigterm_from_stopper_to_victim") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     let loaded = h.vesper_ok(&["load", "host1", "signal"]);
     assert!(loaded.starts_with("signal loaded in host1"), "{loaded}");
     let (_victim, victim_pid) = victim("victim");
@@ -82,43 +78,13 @@ fn burst_of_10000_signals_arrives_complete_or_the_loss_is_reported_exactly() {
     if !need_root("burst_of_10000_signals") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &["signal"],
-    }]);
+    let h = Harness::single(&["signal"]);
     h.wait_loaded("host1", "signal");
     let (_victim, victim_pid) = victim("burstee");
-    let before = h.vm_status("host1")["probes"][0].clone();
+    let before = h.lost("host1");
     let t = Instant::now();
     send_signals("burster", victim_pid, SIGUSR1, 10_000);
-    let count = || {
-        h.events_json("host1", "signal")
-            .iter()
-            .filter(|r| {
-                r["sender_comm"] == "burster"
-                    && r["target_pid"] == victim_pid
-                    && r["sig"] == SIGUSR1
-            })
-            .count() as u64
-    };
-    let lost = |p: &serde_json::Value| {
-        ["kernel_drops", "agent_drops", "transport_lost"]
-            .iter()
-            .map(|k| p[*k].as_u64().unwrap())
-            .sum::<u64>()
-    };
-    let mut got = 0;
-    let mut loss = 0;
-    wait_until(
-        Duration::from_secs(20),
-        || {
-            got = count();
-            loss = lost(&h.vm_status("host1")["probes"][0]) - lost(&before);
-            got + loss >= 10_000
-        },
-        "10,000 records received or accounted as lost",
-    );
+    let (got, loss) = h.wait_accounted("burster", victim_pid, SIGUSR1, 10_000, before);
     eprintln!(
         "burst: {got} received, {loss} reported lost, in {:?}",
         t.elapsed()
@@ -193,11 +159,7 @@ fn user_mistakes_get_one_line_and_exit_status_1() {
     if !need_root("user_mistakes") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     for (args, expect) in [
         (
             &["load", "web9", "signal"][..],
@@ -256,11 +218,7 @@ fn a_stalled_host_makes_the_kernel_drop_and_count_never_wait() {
     if !need_root("a_stalled_host") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &["signal"],
-    }]);
+    let h = Harness::single(&["signal"]);
     h.wait_loaded("host1", "signal");
     let (_victim, pid) = victim("stalled");
     let vesperd = h.vesperd.as_ref().unwrap().child.id() as i32;
@@ -273,32 +231,13 @@ fn a_stalled_host_makes_the_kernel_drop_and_count_never_wait() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(vesperd, libc::SIGCONT) }, 0);
     eprintln!("{n} signals sent in {took:?} with the host stopped");
-    let count = || {
-        h.events_json("host1", "signal")
-            .iter()
-            .filter(|r| r["sender_comm"] == "flooder" && r["target_pid"] == pid)
-            .count() as u64
-    };
-    let mut got = 0;
-    let mut dropped = 0;
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            got = count();
-            let p = &h.vm_status("host1")["probes"][0];
-            dropped = p["kernel_drops"].as_u64().unwrap()
-                + p["agent_drops"].as_u64().unwrap()
-                + p["transport_lost"].as_u64().unwrap();
-            got + dropped >= n as u64
-        },
-        "every flooder signal received or counted as dropped",
-    );
+    let (got, dropped) = h.wait_accounted("flooder", pid, SIGUSR1, n.into(), 0);
     eprintln!("received {got}, dropped and counted {dropped}");
     assert!(
         dropped > 0,
         "a 1 MiB ring cannot hold {n} records: drops must have been counted"
     );
-    assert!(got <= n as u64 && got > 0);
+    assert!(got <= u64::from(n) && got > 0);
     assert_eq!(h.vm_status("host1")["probes"][0]["malformed"], 0);
 }
 
@@ -307,11 +246,7 @@ fn after_vesperd_restarts_the_agent_reconnects_and_probes_are_reloaded() {
     if !need_root("after_vesperd_restarts") {
         return;
     }
-    let mut h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &["signal"],
-    }]);
+    let mut h = Harness::single(&["signal"]);
     h.wait_loaded("host1", "signal");
     let first = h.vesperd.take();
     drop(first); // kills vesperd: the agent sees its host go away and unloads
@@ -327,6 +262,12 @@ fn after_vesperd_restarts_the_agent_reconnects_and_probes_are_reloaded() {
         child,
         name: "vesperd (2)".into(),
     });
+    // The killed daemon left its socket file behind: wait for the new one to answer.
+    wait_until(
+        Duration::from_secs(10),
+        || h.vesper(&["status"]).status.success(),
+        "the new vesperd answering",
+    );
     h.wait_loaded("host1", "signal");
     let (_victim, pid) = victim("victim");
     send_signals("again", pid, SIGTERM, 1);

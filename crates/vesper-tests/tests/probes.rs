@@ -28,11 +28,7 @@ fn every_builtin_probe_passes_the_verifier_and_attaches() {
     if !need_root("every_builtin_probe") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     for name in ["signal", "oom", "exit", "fork", "reclaim", "hung"] {
         let out = h.vesper_ok(&["load", "host1", name]);
         assert!(out.starts_with(&format!("{name} loaded in host1")), "{out}");
@@ -46,11 +42,7 @@ fn exit_reports_the_code_and_fork_the_parent_and_child() {
     if !need_root("exit_and_fork") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &["exit", "fork"],
-    }]);
+    let h = Harness::single(&["exit", "fork"]);
     h.wait_loaded("host1", "exit");
     h.wait_loaded("host1", "fork");
     let st = Command::new(bin("vesper-testkit"))
@@ -124,11 +116,7 @@ fn oom_reports_the_victim_and_its_memory() {
     if !need_root("oom_reports_the_victim") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &["oom"],
-    }]);
+    let h = Harness::single(&["oom"]);
     h.wait_loaded("host1", "oom");
     let cg = MemCgroup::new(&format!("vesper-oom-{}", std::process::id()), 32);
     let st = Command::new(bin("vesper-testkit"))
@@ -155,11 +143,7 @@ fn the_design_example_loads_from_a_file_and_filters_in_the_kernel() {
     if !need_root("the_design_example") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     let file = h.dir.path().join("stoppers.vsp");
     std::fs::write(&file, DESIGN_EXAMPLE).unwrap();
     let out = h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
@@ -189,11 +173,7 @@ fn an_object_built_offline_loads_with_its_embedded_manifest() {
     if !need_root("an_object_built_offline") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     let src = h.dir.path().join("offline.vsp");
     std::fs::write(&src, DESIGN_EXAMPLE).unwrap();
     let obj = h.dir.path().join("offline.o");
@@ -224,11 +204,7 @@ fn a_script_with_mistakes_is_refused_with_file_line_and_hint() {
     if !need_root("a_script_with_mistakes") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     let file = h.dir.path().join("typo.vsp");
     std::fs::write(
         &file,
@@ -312,11 +288,7 @@ fn kernel_info_from_a_vm_builds_an_object_for_that_kernel() {
     if !need_root("kernel_info_from_a_vm") {
         return;
     }
-    let h = Harness::start(&[VmSpec {
-        name: "host1",
-        agent: true,
-        probes: &[],
-    }]);
+    let h = Harness::single(&[]);
     let src = h.dir.path().join("ki.vsp");
     std::fs::write(&src, DESIGN_EXAMPLE).unwrap();
     let json = h.vesper_ok(&["kernel-info", "host1", "--for", src.to_str().unwrap()]);

@@ -132,6 +132,53 @@ impl Harness {
         std::fs::read_to_string(self.dir.path().join("vesperd.log")).unwrap_or_default()
     }
 
+    /// One VM, `host1`, with an agent and these probes configured.
+    pub fn single(probes: &'static [&'static str]) -> Harness {
+        Harness::start(&[VmSpec {
+            name: "host1",
+            agent: true,
+            probes,
+        }])
+    }
+
+    /// The probe's loss counters summed: kernel drops, agent drops and transport loss.
+    pub fn lost(&self, vm: &str) -> u64 {
+        let p = &self.vm_status(vm)["probes"][0];
+        ["kernel_drops", "agent_drops", "transport_lost"]
+            .iter()
+            .map(|k| p[*k].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// Waits until `n` signals `sig` from `sender` to `target` are each received or
+    /// accounted as lost (beyond `lost_before`); returns (received, lost).
+    pub fn wait_accounted(
+        &self,
+        sender: &str,
+        target: u32,
+        sig: i32,
+        n: u64,
+        lost_before: u64,
+    ) -> (u64, u64) {
+        let (mut got, mut lost) = (0, 0);
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                got = self
+                    .events_json("host1", "signal")
+                    .iter()
+                    .filter(|r| {
+                        r["sender_comm"] == sender && r["target_pid"] == target && r["sig"] == sig
+                    })
+                    .count() as u64;
+                lost = self.lost("host1") - lost_before;
+                got + lost >= n
+            },
+            "every signal received or accounted as lost",
+        );
+        (got, lost)
+    }
+
     pub fn start(vms: &[VmSpec]) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = Harness {
