@@ -46,6 +46,21 @@ enum Cmd {
     /// Load a probe into a VM: a built-in name (`signal`), a script (`FILE.vsp`, compiled
     /// by vesperd for that VM's kernel) or an object built with `vesper build` (`FILE.o`).
     Load { vm: String, probe: String },
+    /// Why a VM or resource failed: the latest verdicts, each with its evidence, the
+    /// actions taken and the cluster's reaction.
+    Why {
+        target: String,
+        #[arg(long)]
+        json: bool,
+        /// How many verdicts (latest last).
+        #[arg(long, default_value_t = 5)]
+        last: usize,
+    },
+    /// Health for a cluster monitor (VirtualDomain monitor_scripts): exit 0 healthy,
+    /// 1 (OCF_ERR_GENERIC) while a verdict stands, 6 (OCF_ERR_CONFIGURED) for an unknown VM.
+    /// If vesperd cannot be reached, exit 0 with a warning: a dead monitor must not fail a
+    /// healthy VM.
+    Check { vm: String },
     /// Print a VM's kernel layouts as JSON, for `vesper build --kernel-info`.
     KernelInfo {
         vm: String,
@@ -145,6 +160,44 @@ fn load_request(vm: &str, probe: &str) -> anyhow::Result<Value> {
     }
 }
 
+/// OCF exit codes (resource-agents' ocf-returncodes).
+const OCF_SUCCESS: i32 = 0;
+const OCF_ERR_GENERIC: i32 = 1;
+const OCF_ERR_CONFIGURED: i32 = 6;
+
+fn check(socket: &PathBuf, vm: &str) -> anyhow::Result<()> {
+    let code = match request(socket, json!({"cmd": "check", "vm": vm})) {
+        Ok((v, _)) if v["healthy"] == json!(true) => {
+            println!(
+                "{vm}: healthy (agent {}, guest {})",
+                v["state"].as_str().unwrap_or("?"),
+                v["guest"].as_str().unwrap_or("?")
+            );
+            OCF_SUCCESS
+        }
+        Ok((v, _)) => {
+            println!(
+                "{vm}: FAILED: {}",
+                render::clean(v["cause"].as_str().unwrap_or("unknown cause"))
+            );
+            OCF_ERR_GENERIC
+        }
+        Err(e) if e.to_string().contains("cannot reach vesperd") => {
+            eprintln!("vesper check {vm}: {e:#}; not judging (exit 0)");
+            OCF_SUCCESS
+        }
+        Err(e) if e.to_string().starts_with("unknown VM") => {
+            eprintln!("vesper check: {e:#}");
+            OCF_ERR_CONFIGURED
+        }
+        Err(e) => {
+            eprintln!("vesper check {vm}: {e:#}");
+            OCF_ERR_GENERIC
+        }
+    };
+    std::process::exit(code);
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
     match cli.cmd {
@@ -182,6 +235,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 )?,
                 _ => writeln!(out, "{probe} will load in {vm} when its agent connects")?,
             }
+        }
+        Cmd::Why { target, json, last } => {
+            let (v, _) = request(
+                &cli.socket,
+                json!({"cmd": "why", "target": target, "last": last}),
+            )?;
+            let entries = v["entries"].as_array().cloned().unwrap_or_default();
+            if json {
+                for e in &entries {
+                    writeln!(out, "{e}")?;
+                }
+            } else if entries.is_empty() {
+                writeln!(
+                    out,
+                    "{target}: no verdicts (nothing has failed since vesperd started)"
+                )?;
+            } else {
+                for e in &entries {
+                    render::why(out, e)?;
+                }
+            }
+        }
+        Cmd::Check { vm } => {
+            out.flush()?;
+            check(&cli.socket, &vm)?;
         }
         Cmd::KernelInfo {
             vm,

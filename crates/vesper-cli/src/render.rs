@@ -79,6 +79,51 @@ fn signal_result(v: &Value) -> String {
     }
 }
 
+/// One why-log entry as a timeline: evidence, verdict, actions, cluster reaction.
+pub fn why(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
+    let v = &e["verdict"];
+    let t0 = v["time_ms"].as_u64().unwrap_or(0);
+    let resource = v["resource"]
+        .as_str()
+        .map(|r| format!(" (resource {})", clean(r)))
+        .unwrap_or_default();
+    writeln!(out, "{} {}{resource}", clock(t0), s(&v["vm"]))?;
+    for ev in v["evidence"].as_array().into_iter().flatten() {
+        writeln!(out, "  evidence  {}", record(ev))?;
+    }
+    writeln!(
+        out,
+        "  verdict   {}  [rule {}]",
+        s(&v["cause"]),
+        s(&v["rule"])
+    )?;
+    if e["debounced"] == Value::Bool(true) {
+        writeln!(
+            out,
+            "  action    none: the resource was already failed for this fault (debounced)"
+        )?;
+    }
+    for a in e["actions"].as_array().into_iter().flatten() {
+        let status = if a["ok"] == Value::Bool(true) {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        writeln!(
+            out,
+            "  action    {} {status} after {} ms ({} attempt(s)): {}",
+            s(&a["kind"]),
+            a["ms"],
+            a["attempts"],
+            s(&a["detail"])
+        )?;
+    }
+    if let Some(c) = e["cluster"].as_str() {
+        writeln!(out, "  cluster   {}", clean(c))?;
+    }
+    Ok(())
+}
+
 pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
     if vms.is_empty() {
         return writeln!(out, "no VMs configured");

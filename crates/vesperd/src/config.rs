@@ -18,6 +18,24 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub vm: Vec<VmConfig>,
+    /// Extra rules: records that mean a resource failed.
+    #[serde(default)]
+    pub rule: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// Only this VM's records (default: every VM).
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// The probe whose records the rule reads (`vesper` for host events).
+    pub probe: String,
+    /// A condition in the probe language's predicate syntax over the record's fields.
+    pub when: String,
+    /// The cause, with `{field}` filled from the record.
+    pub cause: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +51,8 @@ pub struct DaemonConfig {
     pub store_max_bytes: usize,
     /// Size at which a VM's record file is rotated (one old file is kept).
     pub file_max_bytes: u64,
+    /// This host's Pacemaker node name (default: asked from `crm_node -n`).
+    pub node: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -43,6 +63,7 @@ impl Default for DaemonConfig {
             store_max_records: 100_000,
             store_max_bytes: 64 << 20,
             file_max_bytes: 256 << 20,
+            node: None,
         }
     }
 }
@@ -67,6 +88,19 @@ pub struct VmConfig {
     /// seen by the hypervisor (optional).
     #[serde(default)]
     pub qmp: Option<String>,
+    /// Services (task names) whose death by a fatal signal or the OOM killer is this VM's
+    /// resource failing.
+    #[serde(default)]
+    pub watch: Vec<String>,
+    /// Mark `resource` failed in Pacemaker on a verdict (default: true when `resource` is set).
+    #[serde(default)]
+    pub pacemaker: Option<bool>,
+    /// Programs run on every verdict, with the verdict as JSON on stdin.
+    #[serde(default)]
+    pub hooks: Vec<PathBuf>,
+    /// Verdicts for the same resource within this window are one fault.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
     /// An agent silent for this long is reported unresponsive.
     #[serde(default = "default_deadtime_ms")]
     pub deadtime_ms: u64,
@@ -74,6 +108,10 @@ pub struct VmConfig {
 
 fn default_deadtime_ms() -> u64 {
     5000
+}
+
+fn default_debounce_ms() -> u64 {
+    30_000
 }
 
 impl VmConfig {
@@ -197,6 +235,18 @@ impl Config {
                 ));
             }
         }
+        for (i, r) in self.rule.iter().enumerate() {
+            if let Some(vm) = &r.vm
+                && self.vm(vm).is_none()
+            {
+                return Err(invalid(
+                    format!("rule[{i}].vm"),
+                    format!("no [[vm]] is named {vm:?}"),
+                ));
+            }
+            crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause)
+                .map_err(|e| invalid(format!("rule[{i}].when"), format!("\n{e}")))?;
+        }
         if self.daemon.store_max_records == 0 {
             return Err(invalid(
                 "daemon.store_max_records".into(),
@@ -253,6 +303,27 @@ impl Config {
             vm.sources = sources;
         }
         Ok(())
+    }
+
+    /// The rules that judge `vm`'s records: the built-in ones for a VM with a resource,
+    /// then the configured ones that apply to it.
+    pub fn rules_for(&self, vm: &VmConfig) -> Vec<crate::rules::Rule> {
+        let mut rules = if vm.resource.is_some() {
+            crate::rules::builtin(&vm.watch)
+        } else {
+            Vec::new()
+        };
+        for r in self
+            .rule
+            .iter()
+            .filter(|r| r.vm.as_deref().is_none_or(|v| v == vm.name))
+        {
+            // Checked in validate().
+            if let Ok(rule) = crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause) {
+                rules.push(rule);
+            }
+        }
+        rules
     }
 
     pub fn vm(&self, name: &str) -> Option<&VmConfig> {

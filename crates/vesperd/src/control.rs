@@ -10,6 +10,8 @@
 //! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
 //! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true}` |
 //! | `{"cmd":"kernel-info","vm":V,"keys":["cat:name","kprobe:func"]}` | `{"ok":true,"kernel":KernelInfo}` |
+//! | `{"cmd":"why","target":VM_OR_RESOURCE,"last":N?}` | `{"ok":true,"entries":[WhyEntry…]}` |
+//! | `{"cmd":"check","vm":V}` | `{"ok":true,"healthy":bool,"state":S,"cause":C?}` |
 //! | `{"cmd":"events","vm":V,"probe":P?,"follow":bool,"last":N?}` | `{"ok":true}` then one record per line |
 //!
 //! Any failure is `{"ok":false,"error":"one line that says what and how to fix it"}`.
@@ -37,6 +39,16 @@ pub enum Request {
     KernelInfo {
         vm: String,
         keys: Vec<String>,
+    },
+    /// The latest verdicts about a VM or a resource.
+    Why {
+        target: String,
+        last: Option<usize>,
+    },
+    /// Health for a cluster monitor: unhealthy while a verdict is newer than the agent's
+    /// last connect.
+    Check {
+        vm: String,
     },
     Status,
     Probes {
@@ -71,7 +83,21 @@ pub struct VmHandle {
     pub store: Arc<Mutex<RecordStore>>,
 }
 
-pub type Vms = Arc<BTreeMap<String, VmHandle>>;
+/// Everything the control API reaches: the VMs and the why-log.
+#[derive(Debug)]
+pub struct Daemon {
+    pub vms: BTreeMap<String, VmHandle>,
+    pub why: Arc<Mutex<crate::actions::WhyLog>>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = BTreeMap<String, VmHandle>;
+    fn deref(&self) -> &Self::Target {
+        &self.vms
+    }
+}
+
+pub type Vms = Arc<Daemon>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -209,6 +235,38 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
                 }
             }
             Ok(_) => Err("at most 256 keys per request".into()),
+            Err(e) => Err(e),
+        },
+        Request::Why { target, last } => {
+            let entries = match vms.why.lock() {
+                Ok(w) => w.about(&target, last.unwrap_or(10)),
+                Err(p) => p.into_inner().about(&target, last.unwrap_or(10)),
+            };
+            let known = vms.contains_key(&target) || !entries.is_empty();
+            if known {
+                Ok(json!({ "entries": entries }))
+            } else {
+                Err(unknown_vm(&vms, &target))
+            }
+        }
+        Request::Check { vm } => match handle_of(&vm) {
+            Ok(h) => match ask(&h, |reply| SessionCmd::Status { reply }).await {
+                Ok(st) => {
+                    let latest = match vms.why.lock() {
+                        Ok(w) => w.about(&vm, 1),
+                        Err(p) => p.into_inner().about(&vm, 1),
+                    };
+                    let since = st.connected_since_ms.unwrap_or(0);
+                    let open = latest.into_iter().find(|e| e.verdict.time_ms >= since);
+                    Ok(json!({
+                        "healthy": open.is_none(),
+                        "state": st.state,
+                        "guest": st.guest,
+                        "cause": open.map(|e| e.verdict.cause),
+                    }))
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         Request::Unload { vm, probe } => match handle_of(&vm) {

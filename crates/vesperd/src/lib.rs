@@ -1,10 +1,12 @@
 //! vesperd: the host daemon. One [`session::Session`] per VM, a bounded
 //! [`store::RecordStore`] per VM, and the [`control`] API for the CLI.
 
+pub mod actions;
 pub mod channel;
 pub mod config;
 pub mod control;
 pub mod qmp;
+pub mod rules;
 pub mod session;
 pub mod store;
 pub mod testing;
@@ -15,17 +17,34 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::control::{VmHandle, Vms};
-use crate::session::Session;
+use crate::control::{Daemon, VmHandle, Vms};
+use crate::session::{Judge, Session};
 use crate::store::{RecordStore, StoreLimits};
 
-/// Starts one session per configured VM; returns the handles the control API uses.
+/// Starts the action task and one session per configured VM; returns what the control
+/// API reaches.
 pub fn start_sessions(cfg: &Config) -> Vms {
     let limits = StoreLimits {
         max_records: cfg.daemon.store_max_records,
         max_bytes: cfg.daemon.store_max_bytes,
         file_max_bytes: cfg.daemon.file_max_bytes,
     };
+    let why = Arc::new(Mutex::new(actions::WhyLog::new(Some(
+        cfg.daemon.state_dir.join("why.jsonl"),
+    ))));
+    let vm_actions = cfg
+        .vm
+        .iter()
+        .map(|vm| {
+            let a = actions::VmActions {
+                pacemaker: vm.pacemaker.unwrap_or(vm.resource.is_some()),
+                hooks: vm.hooks.clone(),
+                debounce: std::time::Duration::from_millis(vm.debounce_ms),
+            };
+            (vm.name.clone(), a)
+        })
+        .collect();
+    let verdicts = actions::spawn(cfg.daemon.node.clone(), vm_actions, why.clone());
     let mut vms = BTreeMap::new();
     for vm in &cfg.vm {
         let file = cfg
@@ -51,12 +70,16 @@ pub fn start_sessions(cfg: &Config) -> Vms {
             vm.deadtime(),
             store.clone(),
             rx,
-        );
+        )
+        .with_judge(Judge {
+            rules: cfg.rules_for(vm),
+            verdicts: verdicts.clone(),
+        });
         tokio::spawn(session.run());
         if let Some(path) = vm.qmp.as_deref().and_then(|q| q.strip_prefix("unix:")) {
             tokio::spawn(qmp::watch(vm.name.clone(), path.into(), tx.clone()));
         }
         vms.insert(vm.name.clone(), VmHandle { cmds: tx, store });
     }
-    Arc::new(vms)
+    Arc::new(Daemon { vms, why })
 }

@@ -150,6 +150,8 @@ pub struct VmStatus {
     pub channel: String,
     pub resource: Option<String>,
     pub agent: Option<AgentInfo>,
+    /// Unix ms of the agent's last Hello (None: never connected since vesperd started).
+    pub connected_since_ms: Option<u64>,
     /// Milliseconds since the agent was last heard from (None: never).
     pub last_heard_ms: Option<u64>,
     pub connects: u64,
@@ -168,6 +170,13 @@ struct ActiveProbe {
     status: ProbeStatus,
     manifest: Manifest,
     name: Arc<str>,
+}
+
+/// Where a session's records are judged: its rules, and where verdicts go.
+#[derive(Debug)]
+pub struct Judge {
+    pub rules: Vec<crate::rules::Rule>,
+    pub verdicts: mpsc::Sender<crate::rules::Verdict>,
 }
 
 /// Why a connection ended.
@@ -197,6 +206,10 @@ pub struct Session {
     load_replies: HashMap<u32, LoadReply>,
     unload_replies: HashMap<u32, oneshot::Sender<Result<(), String>>>,
     last_heard: Option<Instant>,
+    /// Unix ms of the last Hello: verdicts older than this are history.
+    connected_since_ms: Option<u64>,
+    judge: Option<Judge>,
+    verdict_seq: u64,
     guest: GuestState,
     host_seq: u64,
     host_probe: Arc<str>,
@@ -244,6 +257,9 @@ impl Session {
             load_replies: HashMap::new(),
             unload_replies: HashMap::new(),
             last_heard: None,
+            connected_since_ms: None,
+            judge: None,
+            verdict_seq: 0,
             guest: GuestState::Running,
             host_seq: 0,
             host_probe: HOST_PROBE.into(),
@@ -251,6 +267,39 @@ impl Session {
             last_error: None,
             unknown_probe_records: 0,
             out_seq: 0,
+        }
+    }
+
+    /// Judges this session's records with `judge`'s rules.
+    pub fn with_judge(mut self, judge: Judge) -> Self {
+        self.judge = Some(judge);
+        self
+    }
+
+    /// Runs the rules over a record; a match becomes a verdict (never blocks: the
+    /// action task has a bounded queue, and a full one is logged).
+    fn judge(&mut self, record: &serde_json::Value) {
+        let Some(j) = &self.judge else { return };
+        let Some((rule, cause)) = j
+            .rules
+            .iter()
+            .find_map(|r| r.check(record).map(|c| (r.name.clone(), c)))
+        else {
+            return;
+        };
+        self.verdict_seq += 1;
+        let v = crate::rules::Verdict {
+            id: self.verdict_seq,
+            vm: self.name.clone(),
+            resource: self.resource.clone(),
+            rule,
+            cause,
+            time_ms: now_ms(),
+            evidence: vec![record.clone()],
+        };
+        tracing::warn!(vm = %self.name, resource = ?self.resource, rule = %v.rule, cause = %v.cause, "verdict");
+        if let Err(e) = j.verdicts.try_send(v) {
+            tracing::error!(vm = %self.name, error = %e, "verdict not acted on: the action queue is full or gone");
         }
     }
 
@@ -381,8 +430,8 @@ impl Session {
         Some(k)
     }
 
-    /// Records what the host saw, as a record of the `vesper` pseudo-probe.
-    fn host_record(&mut self, event: &str, detail: String) {
+    /// Records what the host saw, as a record of the `vesper` pseudo-probe, and judges it.
+    fn host_record(&mut self, event: &str, detail: String, by_guest: bool) {
         let fields = vec![
             ("ts_ns".to_string(), vesper_probe::Value::UInt(0)),
             (
@@ -390,10 +439,15 @@ impl Session {
                 vesper_probe::Value::Str(event.to_string()),
             ),
             ("detail".to_string(), vesper_probe::Value::Str(detail)),
+            (
+                "by_guest".to_string(),
+                vesper_probe::Value::UInt(u64::from(by_guest)),
+            ),
         ];
         let seq = self.host_seq;
         self.host_seq += 1;
-        let json = record_json(&self.name, HOST_PROBE, seq, fields);
+        let value = record_value(&self.name, HOST_PROBE, seq, fields);
+        self.judge(&value);
         let mut store = match self.store.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
@@ -401,7 +455,7 @@ impl Session {
         store.push(StoredRecord {
             probe: self.host_probe.clone(),
             seq,
-            json: json.into(),
+            json: value.to_string().into(),
         });
     }
 
@@ -410,7 +464,7 @@ impl Session {
             HostEvent::Panicked { detail } => {
                 tracing::warn!(vm = %self.name, detail = %detail, "guest kernel panicked (QMP GUEST_PANICKED)");
                 self.guest = GuestState::Panicked;
-                self.host_record("guest_panicked", detail);
+                self.host_record("guest_panicked", detail, true);
             }
             HostEvent::Shutdown { reason, by_guest } => {
                 tracing::warn!(vm = %self.name, reason = %reason, by_guest, "guest shut down (QMP SHUTDOWN)");
@@ -422,12 +476,12 @@ impl Session {
                 } else {
                     "by the host"
                 };
-                self.host_record("guest_shutdown", format!("{reason} ({who})"));
+                self.host_record("guest_shutdown", format!("{reason} ({who})"), by_guest);
             }
             HostEvent::Reset => {
                 tracing::info!(vm = %self.name, "guest reset (QMP RESET)");
                 self.guest = GuestState::Running;
-                self.host_record("guest_reset", String::new());
+                self.host_record("guest_reset", String::new(), false);
             }
         }
     }
@@ -475,6 +529,7 @@ impl Session {
                         "no frame for {silent} ms (deadtime {} ms)",
                         self.deadtime.as_millis()
                     ),
+                    false,
                 );
                 tracing::warn!(vm = %self.name, deadtime_ms = self.deadtime.as_millis() as u64, "agent unresponsive");
                 self.set_state(State::Unresponsive);
@@ -496,7 +551,7 @@ impl Session {
         self.last_heard = Some(Instant::now());
         if self.state == State::Unresponsive {
             tracing::info!(vm = %self.name, "agent heard from again");
-            self.host_record("agent_responsive", String::new());
+            self.host_record("agent_responsive", String::new(), false);
             self.set_state(State::Ready);
         }
         match (self.state, msg) {
@@ -598,9 +653,11 @@ impl Session {
             self.host_record(
                 "guest_back",
                 format!("agent connected, boot id {}", agent.boot_id),
+                false,
             );
         }
         self.agent = Some(agent);
+        self.connected_since_ms = Some(now_ms());
         self.set_state(State::Ready);
         for probe in self.desired.clone() {
             self.start_load(probe, None, wr).await?;
@@ -781,6 +838,11 @@ impl Session {
             self.unknown_probe_records += batch.records.len() as u64;
             return;
         };
+        let judged = self
+            .judge
+            .as_ref()
+            .is_some_and(|j| j.rules.iter().any(|r| *r.probe == *p.name));
+        let mut verdict_inputs = Vec::new();
         let st = &mut p.status;
         st.kernel_drops = st.kernel_drops.max(batch.kernel_drops);
         st.agent_drops = st.agent_drops.max(batch.agent_drops);
@@ -803,15 +865,22 @@ impl Session {
             match p.manifest.decode(rec) {
                 Ok(fields) => {
                     st.received += 1;
-                    let json = record_json(&self.name, &p.name, seq, fields);
+                    let value = record_value(&self.name, &p.name, seq, fields);
+                    if judged {
+                        verdict_inputs.push(value.clone());
+                    }
                     store.push(StoredRecord {
                         probe: p.name.clone(),
                         seq,
-                        json: json.into(),
+                        json: value.to_string().into(),
                     });
                 }
                 Err(_) => st.malformed += 1,
             }
+        }
+        drop(store);
+        for v in verdict_inputs {
+            self.judge(&v);
         }
     }
 
@@ -834,6 +903,7 @@ impl Session {
             channel: self.connector.describe(),
             resource: self.resource.clone(),
             agent: self.agent.clone(),
+            connected_since_ms: self.connected_since_ms,
             last_heard_ms: self.last_heard.map(|t| t.elapsed().as_millis() as u64),
             connects: self.connects,
             last_error: self.last_error.clone(),
@@ -860,14 +930,14 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// The record's JSON line: `vm`, `probe`, `seq`, then the schema's fields (ts_ns first),
-/// plus `host_ms`, the host's wall clock at receipt.
-pub fn record_json(
+/// The record as JSON: `vm`, `probe`, `seq`, then the schema's fields (ts_ns first), plus
+/// `host_ms`, the host's wall clock at receipt.
+pub fn record_value(
     vm: &str,
     probe: &str,
     seq: u64,
     fields: Vec<(String, vesper_probe::Value)>,
-) -> String {
+) -> serde_json::Value {
     let mut m = serde_json::Map::with_capacity(fields.len() + 4);
     m.insert("vm".into(), vm.into());
     m.insert("probe".into(), probe.into());
@@ -880,12 +950,15 @@ pub fn record_json(
         };
         m.insert(k, v);
     }
-    let host_ms = SystemTime::now()
+    m.insert("host_ms".into(), now_ms().into());
+    serde_json::Value::Object(m)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    m.insert("host_ms".into(), host_ms.into());
-    serde_json::Value::Object(m).to_string()
+        .unwrap_or(0)
 }
 
 /// Reads frames from the agent until EOF or the first bad byte.

@@ -34,6 +34,21 @@ fn front_end(source: &str, file: &str) -> Result<ast::Script, Diagnostics> {
     Ok(script)
 }
 
+/// Parses a standalone condition (`sig == 9 && target_comm == "httpd"`), for rules the
+/// host evaluates against decoded records.
+pub fn parse_condition(source: &str, file: &str) -> Result<ast::Expr, Diagnostics> {
+    let mut diags = Vec::new();
+    let toks = passes::lex::lex(source, &mut diags);
+    if !diags.is_empty() {
+        return Err(fail(file, source, diags));
+    }
+    let expr = passes::parse::parse_expr(&toks, &mut diags);
+    match expr {
+        Some(e) if diags.is_empty() => Ok(e),
+        _ => Err(fail(file, source, diags)),
+    }
+}
+
 /// Parses only: the kernel-info keys the script needs ("cat:name" for tracepoints,
 /// "kprobe:func" for functions), so the host can ask the guest for exactly those.
 pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Diagnostics> {

@@ -62,6 +62,30 @@ pub fn parse(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Script {
     Script { probes }
 }
 
+/// Parses one expression that must use every token (for host-side rule conditions).
+pub fn parse_expr(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Option<Expr> {
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        diags,
+        in_predicate: false,
+        depth: 0,
+    };
+    let e = p.expr().ok()?;
+    if !p.at_eof() {
+        let t = p.peek().clone();
+        p.diags.push(Diagnostic::new(
+            t.span,
+            format!(
+                "unexpected {} after the condition",
+                Parser::describe(&t.tok)
+            ),
+        ));
+        return None;
+    }
+    Some(e)
+}
+
 impl Parser<'_> {
     fn peek(&self) -> &Token {
         &self.toks[self.pos.min(self.toks.len() - 1)]
