@@ -3,7 +3,8 @@
 //! - `victim [--comm NAME] [--mortal]`: names itself, ignores SIGTERM (unless --mortal) and
 //!   SIGUSR1, prints its pid, sleeps.
 //! - `signal --comm NAME --to PID --sig N [--count N]`: names itself, sends the signal, prints its pid.
-//! - `memhog [--cgroup DIR] MIB`: joins the cgroup DIR, then allocates and touches MIB MiB.
+//! - `memhog [--comm NAME] [--cgroup DIR] MIB`: joins the cgroup DIR, then allocates and
+//!   touches MIB MiB.
 //! - `exit --comm NAME CODE`: names itself and exits with CODE.
 //! - `fork --comm NAME`: names itself, starts `true` and waits for it.
 //! - `ticker --comm NAME --to PID --sig N --every-ms N`: names itself, signals PID every N ms until killed.
@@ -68,7 +69,7 @@ fn main() {
             }
         }
         Some("memhog") => {
-            sys::set_comm("memhog");
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| "memhog".into()));
             if let Some(dir) = arg(&args, "--cgroup") {
                 let procs = std::path::Path::new(&dir).join("cgroup.procs");
                 std::fs::write(&procs, std::process::id().to_string())

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -71,46 +71,6 @@ fn exit_reports_the_code_and_fork_the_parent_and_child() {
     assert!(r["parent_pid"].as_u64().unwrap() > 0);
 }
 
-/// A memory cgroup (v1 or v2) limited to `mib`; removed on drop.
-struct MemCgroup(PathBuf);
-
-impl MemCgroup {
-    fn new(name: &str, mib: u64) -> MemCgroup {
-        let bytes = (mib << 20).to_string();
-        let v1 = Path::new("/sys/fs/cgroup/memory");
-        let dir = if v1.join("memory.limit_in_bytes").exists() {
-            let d = v1.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("memory.limit_in_bytes"), &bytes).unwrap();
-            d
-        } else {
-            let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-                .iter()
-                .map(Path::new)
-                .find(|p| p.join("cgroup.controllers").exists())
-                .expect("no memory cgroup hierarchy (v1 memory controller or cgroup2)");
-            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory");
-            let d = root.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("memory.max"), &bytes).unwrap();
-            let _ = std::fs::write(d.join("memory.swap.max"), "0");
-            d
-        };
-        MemCgroup(dir)
-    }
-}
-
-impl Drop for MemCgroup {
-    fn drop(&mut self) {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 fn oom_reports_the_victim_and_its_memory() {
     if !need_root("oom_reports_the_victim") {
@@ -119,11 +79,7 @@ fn oom_reports_the_victim_and_its_memory() {
     let h = Harness::single(&["oom"]);
     h.wait_loaded("host1", "oom");
     let cg = MemCgroup::new(&format!("vesper-oom-{}", std::process::id()), 32);
-    let st = Command::new(bin("vesper-testkit"))
-        .args(["memhog", "--cgroup", cg.0.to_str().unwrap(), "256"])
-        .status()
-        .unwrap();
-    assert!(!st.success(), "memhog should have been OOM-killed");
+    cg.run_memhog("memhog");
     let r = wait_record(&h, "host1", "oom", "oom record", |r| {
         r["victim_comm"] == "memhog"
     });

@@ -8,7 +8,7 @@
 //! - `exec`: runs a hook with the verdict as JSON on stdin.
 //!
 //! One fault, one failure: verdicts for a resource within `debounce` of the last acted-on
-//! one are logged as debounced, not acted on. Failed actions are retried with backoff.
+//! one, on the same agent connection, are logged as debounced, not acted on. Failed actions are retried with backoff.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
@@ -97,6 +97,9 @@ impl WhyLog {
             .iter()
             .filter(|e| e.verdict.vm == target || e.verdict.resource.as_deref() == Some(target))
             .collect();
+        let mut m = m;
+        // Actions finish out of order; the timeline is in verdict order.
+        m.sort_by_key(|e| (e.verdict.time_ms, e.verdict.id));
         m[m.len().saturating_sub(n)..]
             .iter()
             .map(|e| (*e).clone())
@@ -112,8 +115,7 @@ pub fn spawn(
 ) -> mpsc::Sender<Verdict> {
     let (tx, mut rx) = mpsc::channel::<Verdict>(256);
     tokio::spawn(async move {
-        let mut node = node;
-        let mut last: HashMap<String, Instant> = HashMap::new();
+        let mut last: HashMap<String, (Instant, u64)> = HashMap::new();
         while let Some(v) = rx.recv().await {
             let cfg = vms.get(&v.vm).cloned().unwrap_or(VmActions {
                 pacemaker: false,
@@ -121,46 +123,67 @@ pub fn spawn(
                 debounce: Duration::from_secs(30),
             });
             let key = v.resource.clone().unwrap_or_else(|| v.vm.clone());
-            let started = Instant::now();
-            let debounced = last.get(&key).is_some_and(|t| t.elapsed() < cfg.debounce);
-            let mut entry = WhyEntry {
-                verdict: v.clone(),
-                debounced,
-                actions: Vec::new(),
-                cluster: None,
-            };
+            let debounced = last
+                .get(&key)
+                .is_some_and(|(t, conn)| *conn == v.connection && t.elapsed() < cfg.debounce);
             if debounced {
                 tracing::info!(vm = %v.vm, resource = %key, cause = %v.cause, "verdict debounced (resource already failed for this fault)");
-            } else {
-                last.insert(key.clone(), Instant::now());
-                if let (true, Some(resource)) = (cfg.pacemaker, &v.resource) {
-                    if node.is_none() {
-                        node = crm_node_name().await;
-                    }
-                    let outcome = pacemaker(node.as_deref(), resource, &v.cause, started).await;
-                    if outcome.ok {
-                        entry.cluster = failcount(node.as_deref(), resource).await;
-                    }
-                    entry.actions.push(outcome);
-                }
-                for hook in &cfg.hooks {
-                    entry.actions.push(exec_hook(hook, &v, started).await);
-                }
-                for a in &entry.actions {
-                    if a.ok {
-                        tracing::info!(vm = %v.vm, action = %a.kind, ms = a.ms, attempts = a.attempts, "action done");
-                    } else {
-                        tracing::error!(vm = %v.vm, action = %a.kind, attempts = a.attempts, error = %a.detail, "action failed");
-                    }
-                }
+                let entry = WhyEntry {
+                    verdict: v,
+                    debounced,
+                    actions: Vec::new(),
+                    cluster: None,
+                };
+                push(&why, entry);
+                continue;
             }
-            match why.lock() {
-                Ok(mut w) => w.push(entry),
-                Err(p) => p.into_inner().push(entry),
-            }
+            last.insert(key, (Instant::now(), v.connection));
+            // Each verdict's actions run on their own, so a cluster tool that hangs or a
+            // hook being retried never delays another VM's failover.
+            tokio::spawn(act(v, cfg, node.clone(), why.clone()));
         }
     });
     tx
+}
+
+fn push(why: &Mutex<WhyLog>, entry: WhyEntry) {
+    match why.lock() {
+        Ok(mut w) => w.push(entry),
+        Err(p) => p.into_inner().push(entry),
+    }
+}
+
+/// Runs one verdict's actions and logs the outcome.
+async fn act(v: Verdict, cfg: VmActions, node: Option<String>, why: Arc<Mutex<WhyLog>>) {
+    let started = Instant::now();
+    let mut entry = WhyEntry {
+        verdict: v.clone(),
+        debounced: false,
+        actions: Vec::new(),
+        cluster: None,
+    };
+    if let (true, Some(resource)) = (cfg.pacemaker, &v.resource) {
+        let node = match node {
+            Some(n) => Some(n),
+            None => crm_node_name().await,
+        };
+        let outcome = pacemaker(node.as_deref(), resource, &v.cause, started).await;
+        if outcome.ok {
+            entry.cluster = failcount(node.as_deref(), resource).await;
+        }
+        entry.actions.push(outcome);
+    }
+    for hook in &cfg.hooks {
+        entry.actions.push(exec_hook(hook, &v, started).await);
+    }
+    for a in &entry.actions {
+        if a.ok {
+            tracing::info!(vm = %v.vm, action = %a.kind, ms = a.ms, attempts = a.attempts, "action done");
+        } else {
+            tracing::error!(vm = %v.vm, action = %a.kind, attempts = a.attempts, error = %a.detail, "action failed");
+        }
+    }
+    push(&why, entry);
 }
 
 async fn run_tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String> {
@@ -248,23 +271,151 @@ async fn pacemaker(
         };
     };
     let attr = format!("vesper-cause-{resource}");
-    with_retries("pacemaker", started, || async {
-        run_tool("crm_attribute", &["--node", node, "--name", &attr, "--update", cause, "--lifetime", "reboot"], None).await?;
-        run_tool("crm_resource", &["--fail", "--resource", resource, "--node", node], None).await?;
-        Ok(format!("crm_resource --fail --resource {resource} --node {node}; cause in node attribute {attr}"))
-    })
-    .await
+    // The cause and the failure go to the cluster side by side: the failure is what starts
+    // recovery, so it must not wait for the attribute.
+    let cause_step = with_retries("pacemaker", started, || async {
+        run_tool(
+            "crm_attribute",
+            &[
+                "--node",
+                node,
+                "--name",
+                &attr,
+                "--update",
+                cause,
+                "--lifetime",
+                "reboot",
+            ],
+            None,
+        )
+        .await
+    });
+    let (cause_out, mut out) = tokio::join!(cause_step, fail_once(node, resource, started));
+    out.attempts = out.attempts.max(cause_out.attempts);
+    out.ms = started.elapsed().as_millis() as u64;
+    if !cause_out.ok {
+        out.ok = false;
+        out.detail = format!(
+            "{}; the cause attribute failed: {}",
+            out.detail, cause_out.detail
+        );
+    } else if out.ok {
+        out.detail = format!("{}; cause in node attribute {attr}", out.detail);
+    }
+    out
 }
 
+/// `crm_resource --fail`, counted exactly once.
+///
+/// Pacemaker 2.1 counts a failure injected with `crm_resource --fail` twice: the controller
+/// handles both history entries of the synthetic operation (`_last_0` and
+/// `_last_failure_0`) as unexpected results. One fault must be one failure (that is what
+/// migration-threshold counts), so the counter is set one lower first and checked after;
+/// a Pacemaker that counts once gets the missing one back. Lowering first means the
+/// scheduler never sees a count that is too high.
+async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
+    // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
+    let counter = format!("fail-count-{resource}#asyncmon_0");
+    let prepared = with_retries("pacemaker", started, || async {
+        let before = attr_value(&counter, node).await?;
+        attr_set(&counter, node, before - 1).await?;
+        Ok(before.to_string())
+    })
+    .await;
+    if !prepared.ok {
+        return prepared;
+    }
+    let before: i64 = prepared.detail.parse().unwrap_or(0);
+    let fail = with_retries("pacemaker", started, || async {
+        run_tool(
+            "crm_resource",
+            &["--fail", "--resource", resource, "--node", node],
+            None,
+        )
+        .await
+    })
+    .await;
+    if !fail.ok {
+        let _ = attr_set(&counter, node, before).await;
+        return fail;
+    }
+    // attrd applies the controller's increments within milliseconds.
+    let mut after = before - 1;
+    for _ in 0..50 {
+        after = attr_value(&counter, node).await.unwrap_or(after);
+        if after > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fixed = match after - before {
+        1 => String::new(),
+        0 => match attr_set(&counter, node, before + 1).await {
+            Ok(()) => {
+                "; Pacemaker counted the failure once, the lowered counter was restored".into()
+            }
+            Err(e) => format!("; the fail-count could not be restored: {e}"),
+        },
+        d => format!("; the fail-count counter moved by {} (expected 1)", d + 1),
+    };
+    ActionOutcome {
+        detail: format!("crm_resource --fail --resource {resource} --node {node}{fixed}"),
+        ..fail
+    }
+}
+
+/// A numeric node attribute from attrd (absent or empty: 0).
+async fn attr_value(name: &str, node: &str) -> Result<i64, String> {
+    match run_tool(
+        "attrd_updater",
+        &["--query", "--name", name, "--node", node],
+        None,
+    )
+    .await
+    {
+        Ok(line) => {
+            let v = line
+                .split("value=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("");
+            Ok(v.trim().parse().unwrap_or(0))
+        }
+        Err(e) if e.contains("does not exist") => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+async fn attr_set(name: &str, node: &str, value: i64) -> Result<(), String> {
+    run_tool(
+        "attrd_updater",
+        &[
+            "--name",
+            name,
+            "--update",
+            &value.to_string(),
+            "--node",
+            node,
+        ],
+        None,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The cluster's reaction as the operator would read it: "fail-count 3 on node1".
 async fn failcount(node: Option<&str>, resource: &str) -> Option<String> {
     let node = node?;
-    run_tool(
+    let out = run_tool(
         "crm_failcount",
         &["--query", "--resource", resource, "--node", node],
         None,
     )
     .await
-    .ok()
+    .ok()?;
+    // "scope=status  name=fail-count-R value=N"
+    let n = out.rsplit("value=").next()?.trim();
+    Some(format!("Pacemaker: fail-count {n} on {node}"))
 }
 
 async fn crm_node_name() -> Option<String> {
@@ -277,8 +428,14 @@ async fn crm_node_name() -> Option<String> {
 async fn exec_hook(hook: &std::path::Path, v: &Verdict, started: Instant) -> ActionOutcome {
     let json = serde_json::to_vec(v).unwrap_or_default();
     let program = hook.display().to_string();
-    with_retries(&format!("exec {program}"), started, || {
-        run_tool(&program, &[], Some(&json))
+    with_retries(&format!("exec {program}"), started, || async {
+        run_tool(&program, &[], Some(&json)).await.map(|out| {
+            if out.is_empty() {
+                "exit 0".into()
+            } else {
+                format!("exit 0: {out}")
+            }
+        })
     })
     .await
 }

@@ -13,6 +13,9 @@ use vesper_probe::compiler::ast::{BinOp, Expr, ExprKind, UnOp};
 /// routine for servers that handle them).
 pub const FATAL_SIGNALS: &[i64] = &[1, 2, 3, 4, 6, 7, 8, 9, 11, 15];
 
+/// `si_code` of a signal the kernel sends on its own behalf.
+const SI_KERNEL: i64 = 0x80;
+
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: String,
@@ -68,7 +71,13 @@ pub fn builtin(services: &[String]) -> Vec<Rule> {
         rules.push(Rule::new(
             "service-killed",
             "signal",
-            &format!("sig in [{}] && result == 0 && ({})", fatal.join(", "), any_of("target_comm")),
+            // A SIGKILL the kernel sends itself (SI_KERNEL) is the OOM killer's: left to the
+            // OOM rule, which can say more.
+            &format!(
+                "sig in [{}] && result == 0 && !(sig == 9 && code == {SI_KERNEL}) && ({})",
+                fatal.join(", "),
+                any_of("target_comm")
+            ),
             "{target_comm} (pid {target_pid}) killed by {sig_name} from {sender_comm} (pid {sender_pid}, uid {sender_uid})",
         ));
         rules.push(Rule::new(
@@ -232,6 +241,9 @@ pub struct Verdict {
     pub rule: String,
     pub cause: String,
     pub time_ms: u64,
+    /// The agent connection it was judged on: a verdict after the agent reconnected (the
+    /// guest came back) is a new fault, never debounced into the old one.
+    pub connection: u64,
     /// The records that led to it (first evidence first).
     pub evidence: Vec<Value>,
 }
@@ -243,7 +255,24 @@ mod tests {
 
     fn sigterm(comm: &str, result: i64) -> Value {
         json!({"vm":"web1","probe":"signal","seq":3,"sig":15,"sig_name":"SIGTERM","sender_pid":301,"sender_uid":0,
-               "sender_comm":"pkill","target_pid":212,"target_comm":comm,"result":result})
+               "sender_comm":"pkill","target_pid":212,"target_comm":comm,"result":result,"code":0})
+    }
+
+    #[test]
+    fn the_oom_killers_sigkill_is_left_to_the_oom_rule() {
+        let rules = builtin(&["httpd".into()]);
+        let mut kill = sigterm("httpd", 0);
+        kill["sig"] = json!(9);
+        kill["sig_name"] = json!("SIGKILL");
+        assert!(
+            rules.iter().any(|r| r.check(&kill).is_some()),
+            "kill -9 from a user"
+        );
+        kill["code"] = json!(0x80);
+        assert!(
+            rules.iter().all(|r| r.check(&kill).is_none()),
+            "SIGKILL from the kernel"
+        );
     }
 
     #[test]

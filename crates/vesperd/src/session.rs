@@ -295,6 +295,7 @@ impl Session {
             rule,
             cause,
             time_ms: now_ms(),
+            connection: self.connects,
             evidence: vec![record.clone()],
         };
         tracing::warn!(vm = %self.name, resource = ?self.resource, rule = %v.rule, cause = %v.cause, "verdict");

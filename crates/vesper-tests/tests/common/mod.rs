@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cluster;
+
 /// Root tests run only as root. `cargo xtask test` (and so CI) sets
 /// VESPER_REQUIRE_ROOT_TESTS=1, which turns a missing prerequisite into a failure.
 pub fn need_root(test: &str) -> bool {
@@ -180,6 +182,11 @@ impl Harness {
     }
 
     pub fn start(vms: &[VmSpec]) -> Harness {
+        Harness::start_with(vms, "", "")
+    }
+
+    /// Like [`Harness::start`], with extra `[daemon]` lines and extra lines for every `[[vm]]`.
+    pub fn start_with(vms: &[VmSpec], daemon_extra: &str, vm_extra: &str) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = Harness {
             dir,
@@ -187,7 +194,7 @@ impl Harness {
             vesperd: None,
         };
         let mut cfg = format!(
-            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{daemon_extra}\n",
             h.socket().display(),
             h.dir.path().join("state").display()
         );
@@ -200,6 +207,8 @@ impl Harness {
                 sock.display(),
                 probes.join(", ")
             ));
+            cfg.push_str(vm_extra);
+            cfg.push('\n');
             if vm.agent {
                 let log =
                     std::fs::File::create(h.dir.path().join(format!("agent-{}.log", vm.name)))
@@ -346,10 +355,20 @@ pub fn wait_record(
     found.expect("wait_until returned, so a record was found")
 }
 
-/// Starts `vesper-testkit victim`; returns it and its pid.
+/// Starts `vesper-testkit victim` (it ignores SIGTERM); returns it and its pid.
 pub fn victim(comm: &str) -> (Proc, u32) {
+    start_victim(comm, &[])
+}
+
+/// A victim that SIGTERM kills, like a real service.
+pub fn mortal_victim(comm: &str) -> (Proc, u32) {
+    start_victim(comm, &["--mortal"])
+}
+
+fn start_victim(comm: &str, extra: &[&str]) -> (Proc, u32) {
     let mut child = Command::new(bin("vesper-testkit"))
         .args(["victim", "--comm", comm])
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start victim");
@@ -392,4 +411,60 @@ pub fn send_signals(comm: &str, to: u32, sig: i32, count: u32) -> u32 {
         .trim()
         .parse()
         .expect("sender pid")
+}
+
+/// A memory cgroup (v1 or v2) limited to `mib`; removed on drop.
+pub struct MemCgroup(pub PathBuf);
+
+impl MemCgroup {
+    pub fn new(name: &str, mib: u64) -> MemCgroup {
+        let bytes = (mib << 20).to_string();
+        let v1 = Path::new("/sys/fs/cgroup/memory");
+        let dir = if v1.join("memory.limit_in_bytes").exists() {
+            let d = v1.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.limit_in_bytes"), &bytes).unwrap();
+            d
+        } else {
+            let root = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+                .iter()
+                .map(Path::new)
+                .find(|p| p.join("cgroup.controllers").exists())
+                .expect("no memory cgroup hierarchy (v1 memory controller or cgroup2)");
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), "+memory");
+            let d = root.join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("memory.max"), &bytes).unwrap();
+            let _ = std::fs::write(d.join("memory.swap.max"), "0");
+            d
+        };
+        MemCgroup(dir)
+    }
+
+    /// Runs `vesper-testkit memhog` in this cgroup until the OOM killer takes it.
+    pub fn run_memhog(&self, comm: &str) {
+        let st = Command::new(bin("vesper-testkit"))
+            .args([
+                "memhog",
+                "--comm",
+                comm,
+                "--cgroup",
+                self.0.to_str().unwrap(),
+                "256",
+            ])
+            .status()
+            .unwrap();
+        assert!(!st.success(), "memhog should have been OOM-killed");
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

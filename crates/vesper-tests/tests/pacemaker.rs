@@ -1,0 +1,209 @@
+//! Failover through a real single-node Pacemaker: a guest fault becomes exactly one
+//! resource failure, Pacemaker recovers the resource, and the cause is visible through the
+//! cluster's tools and `vesper why`.
+//!
+//! One test function: the cluster and its CIB are global to the host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, NODE};
+use common::{Harness, MemCgroup, VmSpec, bin, mortal_victim, need_root, send_signals, wait_until};
+use serde_json::Value;
+
+const RSC: &str = "web1";
+
+fn why_json(h: &Harness) -> Vec<Value> {
+    h.vesper_ok(&["why", RSC, "--json", "--last", "20"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn guest_faults_become_one_explained_pacemaker_failure_each() {
+    if !need_root("guest_faults_become_one_explained_pacemaker_failure_each") {
+        return;
+    }
+    let Some(cluster) = Cluster::start(&[RSC]) else {
+        return;
+    };
+    // A hook that fails once, then records every verdict: the retry is part of the test.
+    let hooks = tempfile::tempdir().unwrap();
+    let hook = hooks.path().join("hook.sh");
+    let record = hooks.path().join("verdicts.jsonl");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nif [ ! -e {d}/failed-once ]; then touch {d}/failed-once; echo first call fails >&2; exit 3; fi\ncat >> {r}\necho >> {r}\n",
+            d = hooks.path().display(),
+            r = record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let h = Harness::start_with(
+        &[VmSpec {
+            name: "web1",
+            agent: true,
+            probes: &["signal", "oom"],
+        }],
+        &format!("node = \"{NODE}\""),
+        &format!(
+            "resource = \"{RSC}\"\nwatch = [\"httpd\", \"postgres\"]\ndebounce_ms = 2000\nhooks = [\"{}\"]",
+            hook.display()
+        ),
+    );
+    h.wait_loaded("web1", "signal");
+    h.wait_loaded("web1", "oom");
+    let out = h.vesper(&["check", "web1"]);
+    assert_eq!(out.status.code(), Some(0), "healthy before any fault");
+
+    // Fault 1: pkill takes three httpd processes at once. One fault, one failure.
+    let base = cluster.failcount(RSC);
+    let victims: Vec<_> = (0..3).map(|_| mortal_victim("httpd")).collect();
+    let t0 = Instant::now();
+    for (_, pid) in &victims {
+        send_signals("pkill", *pid, libc::SIGTERM, 1);
+    }
+    wait_until(
+        Duration::from_secs(20),
+        || cluster.failcount(RSC) > base,
+        "Pacemaker to record the failure",
+    );
+    eprintln!(
+        "SIGTERM to fail-count raised: {} ms",
+        t0.elapsed().as_millis()
+    );
+    cluster.wait_recovered(RSC);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster.failcount(RSC), base + 1, "exactly one failure");
+
+    let cause = cluster
+        .node_attr(&format!("vesper-cause-{RSC}"))
+        .expect("cause attribute");
+    assert!(
+        cause.starts_with("httpd (pid ") && cause.contains("killed by SIGTERM from pkill (pid "),
+        "cause attribute: {cause}"
+    );
+    let mon = cluster.crm_mon();
+    assert!(
+        mon.contains(&format!("vesper-cause-{RSC}")) && mon.contains("killed by SIGTERM"),
+        "crm_mon -A shows the cause: {mon}"
+    );
+    let entries = why_json(&h);
+    let acted: Vec<&Value> = entries.iter().filter(|e| e["debounced"] == false).collect();
+    assert_eq!(acted.len(), 1, "one verdict acted on: {entries:?}");
+    assert_eq!(entries.len(), 3, "three kills, three verdicts: {entries:?}");
+    let e = acted[0];
+    assert_eq!(e["verdict"]["rule"], "service-killed");
+    assert_eq!(e["verdict"]["evidence"][0]["probe"], "signal");
+    let cause_text = e["verdict"]["cause"].as_str().unwrap();
+    assert!(
+        victims
+            .iter()
+            .any(|(_, p)| cause_text.starts_with(&format!("httpd (pid {p})"))),
+        "{e}"
+    );
+    let pm = e["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "pacemaker")
+        .expect("pacemaker action");
+    assert_eq!(pm["ok"], true, "{pm}");
+    let hook_action = e["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"].as_str().unwrap().starts_with("exec"))
+        .expect("exec action");
+    assert_eq!(hook_action["ok"], true, "{hook_action}");
+    assert_eq!(
+        hook_action["attempts"], 2,
+        "the hook failed once and was retried"
+    );
+    assert!(
+        e["cluster"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("fail-count {} on {NODE}", base + 1)),
+        "the fail-count read back: {e}"
+    );
+    let text = h.vesper_ok(&["why", RSC]);
+    eprintln!("vesper why {RSC}:\n{text}");
+    for part in [
+        "evidence",
+        "verdict",
+        "action    pacemaker ok",
+        "cluster",
+        "SIGTERM",
+    ] {
+        assert!(text.contains(part), "vesper why lacks {part:?}:\n{text}");
+    }
+    let check = h.vesper(&["check", "web1"]);
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "OCF_ERR_GENERIC while the verdict stands"
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("killed by SIGTERM"));
+
+    // Fault 2, after the debounce window: the OOM killer takes postgres.
+    std::thread::sleep(Duration::from_millis(2200));
+    let failed_call = cluster.history(&format!("{RSC}_last_failure_0")).unwrap().1;
+    let cg = MemCgroup::new(&format!("vesper-pcmk-{}", std::process::id()), 32);
+    cg.run_memhog("postgres");
+    wait_until(
+        Duration::from_secs(20),
+        || cluster.failcount(RSC) > base + 1,
+        "Pacemaker to record the OOM failure",
+    );
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            cluster
+                .history(&format!("{RSC}_last_failure_0"))
+                .is_some_and(|f| f.1 > failed_call)
+        },
+        "a new failure in the history",
+    );
+    cluster.wait_recovered(RSC);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster.failcount(RSC), base + 2, "exactly one more failure");
+    let cause = cluster.node_attr(&format!("vesper-cause-{RSC}")).unwrap();
+    assert!(
+        cause.starts_with("OOM killer took postgres (pid "),
+        "cause attribute: {cause}"
+    );
+    let last = why_json(&h).pop().unwrap();
+    assert_eq!(last["verdict"]["rule"], "service-oom", "{last}");
+    assert_eq!(last["verdict"]["evidence"][0]["victim_comm"], "postgres");
+    let hooked = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        hooked.lines().filter(|l| !l.is_empty()).count(),
+        2,
+        "the hook saw both acted-on verdicts: {hooked}"
+    );
+    assert!(hooked.contains("OOM killer took postgres"));
+
+    // The CLI's OCF codes outside the happy path.
+    let unknown = h.vesper(&["check", "no-such-vm"]);
+    assert_eq!(unknown.status.code(), Some(6), "OCF_ERR_CONFIGURED");
+    let unreachable = Command::new(bin("vesper"))
+        .env("VESPER_SOCKET", h.dir.path().join("nothing-here.sock"))
+        .args(["check", "web1"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        unreachable.status.code(),
+        Some(0),
+        "a dead monitor never fails a healthy VM"
+    );
+}
