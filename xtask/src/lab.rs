@@ -271,7 +271,9 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
         bail!("QEMU failed to start ({st})");
     }
     let cfg = format!(
-        "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[vm]]\nname = \"{name}\"\nchannel = \"unix:{}\"\nqmp = \"unix:{}\"\nprobes = []\ndeadtime_ms = 3000\n",
+        // The guest backs a Pacemaker resource named after it, watching its httpd and
+        // memhog; with no cluster running, the actions fail and are reported.
+        "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nnode = \"node1\"\n\n[[vm]]\nname = \"{name}\"\nchannel = \"unix:{}\"\nqmp = \"unix:{}\"\nprobes = []\ndeadtime_ms = 3000\nresource = \"{name}\"\nwatch = [\"httpd\", \"memhog\"]\ndebounce_ms = 1000\n",
         dir.join("vesper.sock").display(),
         dir.join("state").display(),
         dir.join("channel.sock").display(),

@@ -40,7 +40,13 @@ fn test() -> anyhow::Result<()> {
         );
     }
     util::ensure_tracefs()?;
-    util::ensure_packages(&[("bpftool", "bpftool")])?;
+    util::ensure_packages(&[
+        ("bpftool", "bpftool"),
+        // A real single-node cluster for the failover tests.
+        ("pacemakerd", "pacemaker"),
+        ("crm_resource", "pacemaker-cli-utils"),
+        ("corosync", "corosync"),
+    ])?;
     util::progress("clippy (warnings are errors)");
     util::cargo(&[
         "clippy",

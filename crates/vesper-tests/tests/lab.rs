@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::cluster::Cluster;
 use common::{bin, wait_until};
 use serde_json::Value;
 
@@ -289,6 +290,120 @@ fn lab_5_a_silent_agent_is_unresponsive_after_deadtime_and_recovers() {
             .iter()
             .any(|r| r["event"] == "agent_responsive")
     );
+}
+
+/// Use cases I and II end to end: the guest fault becomes exactly one failure of the VM's
+/// resource in a real Pacemaker, with the cause where the operator looks. First, with no
+/// cluster, the action fails, is retried with backoff and is reported.
+#[test]
+fn lab_6_guest_faults_fail_the_resource_in_pacemaker_with_the_cause() {
+    let Some(lab) = lab("lab_6_pacemaker") else {
+        return;
+    };
+    let rsc = lab.name.clone();
+    lab.load("signal");
+    lab.load("oom");
+    let why = || -> Vec<Value> {
+        lab.vesper_ok(&["why", &rsc, "--json", "--last", "50"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Earlier tests' verdicts are past the 1 s debounce.
+    std::thread::sleep(Duration::from_millis(1200));
+    let pid = lab.httpd_pid();
+    lab.exec_ok(&format!("/bin/kill -TERM {pid}"));
+    let cause = format!("httpd (pid {pid}) killed by SIGTERM from kill (pid ");
+    let mut failed = None;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            failed = why().into_iter().find(|e| {
+                e["verdict"]["cause"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(&cause)
+                    && !e["actions"].as_array().unwrap().is_empty()
+            });
+            failed.is_some()
+        },
+        "the verdict's failed action to be reported",
+    );
+    let a = &failed.unwrap()["actions"][0];
+    assert_eq!(a["kind"], "pacemaker");
+    assert_eq!(a["ok"], false, "no cluster is running yet: {a}");
+    assert_eq!(a["attempts"], 4, "tried once, retried three times: {a}");
+    assert!(
+        a["ms"].as_u64().unwrap() >= 6200,
+        "backoff 0.2 s, 1 s, 5 s: {a}"
+    );
+
+    let Some(cluster) = Cluster::start(&[rsc.as_str()]) else {
+        return;
+    };
+    // Use case I.
+    let base = cluster.failcount(&rsc);
+    let pid = lab.httpd_pid();
+    let t = Instant::now();
+    lab.exec_ok(&format!("/bin/kill -TERM {pid}"));
+    wait_until(
+        Duration::from_secs(20),
+        || cluster.failcount(&rsc) > base,
+        "Pacemaker to record the httpd failure",
+    );
+    eprintln!(
+        "use case I: kill sent to fail-count raised in {} ms",
+        t.elapsed().as_millis()
+    );
+    cluster.wait_recovered(&rsc);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(cluster.failcount(&rsc), base + 1, "exactly one failure");
+    let attr = format!("vesper-cause-{rsc}");
+    let cause = cluster.node_attr(&attr).unwrap();
+    assert!(
+        cause.starts_with(&format!(
+            "httpd (pid {pid}) killed by SIGTERM from kill (pid "
+        )),
+        "{cause}"
+    );
+    assert!(cluster.crm_mon().contains(&attr));
+    let text = lab.vesper_ok(&["why", &rsc, "--last", "1"]);
+    assert!(
+        text.contains("action    pacemaker ok") && text.contains(&cause),
+        "{text}"
+    );
+
+    // Use case II.
+    std::thread::sleep(Duration::from_millis(1200));
+    let failed_call = cluster.history(&format!("{rsc}_last_failure_0")).unwrap().1;
+    let t = Instant::now();
+    let _ = lab.exec("memhog 1024", Duration::from_secs(120));
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            cluster
+                .history(&format!("{rsc}_last_failure_0"))
+                .is_some_and(|f| f.1 > failed_call)
+        },
+        "Pacemaker to record the OOM failure",
+    );
+    eprintln!(
+        "use case II: memhog started to failure recorded in {} ms (includes filling memory)",
+        t.elapsed().as_millis()
+    );
+    cluster.wait_recovered(&rsc);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        cluster.failcount(&rsc),
+        base + 2,
+        "exactly one more failure"
+    );
+    let cause = cluster.node_attr(&attr).unwrap();
+    assert!(cause.starts_with("OOM killer took memhog (pid "), "{cause}");
+    let last = why().pop().unwrap();
+    assert_eq!(last["verdict"]["rule"], "service-oom", "{last}");
+    assert_eq!(last["actions"][0]["ok"], true, "{last}");
+    lab.httpd_pid();
 }
 
 #[test]

@@ -319,7 +319,15 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
     let prepared = with_retries("pacemaker", started, || async {
         let before = attr_value(&counter, node).await?;
         attr_set(&counter, node, before - 1).await?;
-        Ok(before.to_string())
+        // attrd_updater returns before attrd applies the value; the controller's
+        // increments must come after it.
+        for _ in 0..50 {
+            if attr_value(&counter, node).await? == before - 1 {
+                return Ok(before.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("attrd did not apply {counter}={} within 0.5 s", before - 1))
     })
     .await;
     if !prepared.ok {
