@@ -16,6 +16,8 @@ use common::cluster::{Cluster, NODE};
 use common::{Harness, MemCgroup, VmSpec, bin, mortal_victim, need_root, send_signals, wait_until};
 use serde_json::Value;
 
+/// The VM, and the Pacemaker resource it backs.
+const VM: &str = "guest1";
 const RSC: &str = "web1";
 
 fn why_json(h: &Harness) -> Vec<Value> {
@@ -23,6 +25,28 @@ fn why_json(h: &Harness) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// Runs examples/pacemaker/vesper-monitor the way VirtualDomain does: no arguments, the
+/// resource in OCF_RESOURCE_INSTANCE, vesper on PATH.
+fn monitor_script(h: &Harness) -> (Option<i32>, String) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/pacemaker/vesper-monitor");
+    let path = format!(
+        "{}:{}",
+        bin("vesper").parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let o = Command::new(script)
+        .env("OCF_RESOURCE_INSTANCE", RSC)
+        .env("VESPER_SOCKET", h.socket())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -50,7 +74,7 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
 
     let h = Harness::start_with(
         &[VmSpec {
-            name: "web1",
+            name: VM,
             agent: true,
             probes: &["signal", "oom"],
         }],
@@ -60,10 +84,15 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
             hook.display()
         ),
     );
-    h.wait_loaded("web1", "signal");
-    h.wait_loaded("web1", "oom");
-    let out = h.vesper(&["check", "web1"]);
+    h.wait_loaded(VM, "signal");
+    h.wait_loaded(VM, "oom");
+    let out = h.vesper(&["check", VM]);
     assert_eq!(out.status.code(), Some(0), "healthy before any fault");
+    assert_eq!(
+        monitor_script(&h).0,
+        Some(0),
+        "the shipped monitor script agrees"
+    );
 
     // Fault 1: pkill takes three httpd processes at once. One fault, one failure.
     let base = cluster.failcount(RSC);
@@ -147,7 +176,7 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
     ] {
         assert!(text.contains(part), "vesper why lacks {part:?}:\n{text}");
     }
-    let check = h.vesper(&["check", "web1"]);
+    let check = h.vesper(&["check", VM]);
     assert_eq!(
         check.status.code(),
         Some(1),
@@ -198,7 +227,7 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
     assert_eq!(unknown.status.code(), Some(6), "OCF_ERR_CONFIGURED");
     let unreachable = Command::new(bin("vesper"))
         .env("VESPER_SOCKET", h.dir.path().join("nothing-here.sock"))
-        .args(["check", "web1"])
+        .args(["check", VM])
         .output()
         .unwrap();
     assert_eq!(

@@ -327,7 +327,10 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Err(format!("attrd did not apply {counter}={} within 0.5 s", before - 1))
+        Err(format!(
+            "attrd did not apply {counter}={} within 0.5 s",
+            before - 1
+        ))
     })
     .await;
     if !prepared.ok {

@@ -79,6 +79,8 @@ pub enum Request {
 /// What the control API can reach of one VM.
 #[derive(Debug, Clone)]
 pub struct VmHandle {
+    /// The Pacemaker resource the VM backs: `why` and `check` accept it in place of the VM.
+    pub resource: Option<String>,
     pub cmds: mpsc::Sender<SessionCmd>,
     pub store: Arc<Mutex<RecordStore>>,
 }
@@ -242,33 +244,41 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
                 Ok(w) => w.about(&target, last.unwrap_or(10)),
                 Err(p) => p.into_inner().about(&target, last.unwrap_or(10)),
             };
-            let known = vms.contains_key(&target) || !entries.is_empty();
+            let known = vms.contains_key(&target)
+                || vms
+                    .values()
+                    .any(|h| h.resource.as_deref() == Some(target.as_str()))
+                || !entries.is_empty();
             if known {
                 Ok(json!({ "entries": entries }))
             } else {
                 Err(unknown_vm(&vms, &target))
             }
         }
-        Request::Check { vm } => match handle_of(&vm) {
-            Ok(h) => match ask(&h, |reply| SessionCmd::Status { reply }).await {
-                Ok(st) => {
-                    let latest = match vms.why.lock() {
-                        Ok(w) => w.about(&vm, 1),
-                        Err(p) => p.into_inner().about(&vm, 1),
-                    };
-                    let since = st.connected_since_ms.unwrap_or(0);
-                    let open = latest.into_iter().find(|e| e.verdict.time_ms >= since);
-                    Ok(json!({
-                        "healthy": open.is_none(),
-                        "state": st.state,
-                        "guest": st.guest,
-                        "cause": open.map(|e| e.verdict.cause),
-                    }))
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
+        Request::Check { vm } => {
+            let by_resource = vms
+                .values()
+                .find(|h| h.resource.as_deref() == Some(vm.as_str()));
+            match vms.get(&vm).or(by_resource) {
+                Some(h) => match ask(h, |reply| SessionCmd::Status { reply }).await {
+                    // A verdict stands until the agent connects again (the guest was
+                    // restarted, or its agent was).
+                    Ok(st) => {
+                        let since = st.connected_since_ms.unwrap_or(0);
+                        let open = st.last_verdict.filter(|v| v.time_ms >= since);
+                        Ok(json!({
+                            "vm": st.name,
+                            "healthy": open.is_none(),
+                            "state": st.state,
+                            "guest": st.guest,
+                            "cause": open.map(|v| v.cause),
+                        }))
+                    }
+                    Err(e) => Err(e),
+                },
+                None => Err(unknown_vm(&vms, &vm)),
+            }
+        }
         Request::Unload { vm, probe } => match handle_of(&vm) {
             Ok(h) => match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
                 Ok(Ok(())) => Ok(json!({})),

@@ -79,7 +79,14 @@ pub fn start_sessions(cfg: &Config) -> Vms {
         if let Some(path) = vm.qmp.as_deref().and_then(|q| q.strip_prefix("unix:")) {
             tokio::spawn(qmp::watch(vm.name.clone(), path.into(), tx.clone()));
         }
-        vms.insert(vm.name.clone(), VmHandle { cmds: tx, store });
+        vms.insert(
+            vm.name.clone(),
+            VmHandle {
+                resource: vm.resource.clone(),
+                cmds: tx,
+                store,
+            },
+        );
     }
     Arc::new(Daemon { vms, why })
 }

@@ -156,6 +156,9 @@ pub struct VmStatus {
     pub last_heard_ms: Option<u64>,
     pub connects: u64,
     pub last_error: Option<String>,
+    /// The latest verdict on this VM (kept by the session, so it is known at once, before
+    /// any action has finished).
+    pub last_verdict: Option<LastVerdict>,
     pub desired_probes: Vec<String>,
     pub probes: Vec<ProbeStatus>,
     /// Records for probes that are not loaded (dropped).
@@ -164,6 +167,13 @@ pub struct VmStatus {
     pub stored_bytes: usize,
     pub evicted_records: u64,
     pub store_file_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastVerdict {
+    pub time_ms: u64,
+    pub rule: String,
+    pub cause: String,
 }
 
 struct ActiveProbe {
@@ -210,6 +220,7 @@ pub struct Session {
     connected_since_ms: Option<u64>,
     judge: Option<Judge>,
     verdict_seq: u64,
+    last_verdict: Option<LastVerdict>,
     guest: GuestState,
     host_seq: u64,
     host_probe: Arc<str>,
@@ -260,6 +271,7 @@ impl Session {
             connected_since_ms: None,
             judge: None,
             verdict_seq: 0,
+            last_verdict: None,
             guest: GuestState::Running,
             host_seq: 0,
             host_probe: HOST_PROBE.into(),
@@ -299,6 +311,11 @@ impl Session {
             evidence: vec![record.clone()],
         };
         tracing::warn!(vm = %self.name, resource = ?self.resource, rule = %v.rule, cause = %v.cause, "verdict");
+        self.last_verdict = Some(LastVerdict {
+            time_ms: v.time_ms,
+            rule: v.rule.clone(),
+            cause: v.cause.clone(),
+        });
         if let Err(e) = j.verdicts.try_send(v) {
             tracing::error!(vm = %self.name, error = %e, "verdict not acted on: the action queue is full or gone");
         }
@@ -908,6 +925,7 @@ impl Session {
             last_heard_ms: self.last_heard.map(|t| t.elapsed().as_millis() as u64),
             connects: self.connects,
             last_error: self.last_error.clone(),
+            last_verdict: self.last_verdict.clone(),
             desired_probes: self.desired.iter().map(|d| d.name().to_string()).collect(),
             probes: self.probes.values().map(|p| p.status.clone()).collect(),
             unknown_probe_records: self.unknown_probe_records,
