@@ -244,8 +244,18 @@ impl Config {
                     format!("no [[vm]] is named {vm:?}"),
                 ));
             }
-            crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause)
+            let rule = crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause)
                 .map_err(|e| invalid(format!("rule[{i}].when"), format!("\n{e}")))?;
+            if let Some((field, known)) = rule.unknown_field() {
+                return Err(invalid(
+                    format!("rule[{i}]"),
+                    format!(
+                        "records of probe {:?} have no field {field:?}; they have: {}",
+                        r.probe,
+                        known.join(", ")
+                    ),
+                ));
+            }
         }
         if self.daemon.store_max_records == 0 {
             return Err(invalid(
@@ -301,6 +311,22 @@ impl Config {
                 sources.push(src);
             }
             vm.sources = sources;
+        }
+        // A rule on a built-in probe needs its records: load that probe too (a VM that
+        // watches services gets `signal` and `oom` without listing them).
+        let needed: Vec<Vec<String>> = self
+            .vm
+            .iter()
+            .map(|vm| self.rules_for(vm).into_iter().map(|r| r.probe).collect())
+            .collect();
+        for (vm, needed) in self.vm.iter_mut().zip(needed) {
+            for p in needed {
+                if vesper_probe::builtin::is_builtin(&p)
+                    && !vm.sources.iter().any(|s| s.name() == p)
+                {
+                    vm.sources.push(vesper_probe::ProbeSource::Builtin(p));
+                }
+            }
         }
         Ok(())
     }
@@ -385,5 +411,47 @@ resource = "web1"
         assert!(e.to_string().contains("vm[1].name"), "{e}");
         let e = parse("[[vm]]\nname = \"a\"\nchannel = \"tcp:1\"\n").unwrap_err();
         assert!(e.to_string().contains("vm[0].channel"), "{e}");
+    }
+
+    #[test]
+    fn the_pacemaker_example_parses_and_watching_loads_the_probes_it_needs() {
+        let text = include_str!("../../../examples/pacemaker/vesper.toml");
+        let c = parse(text).unwrap();
+        let vm = &c.vm[0];
+        assert_eq!(vm.resource.as_deref(), Some("vm-web1"));
+        let rules: Vec<String> = c.rules_for(vm).into_iter().map(|r| r.name).collect();
+        assert_eq!(
+            rules,
+            [
+                "service-killed",
+                "service-oom",
+                "agent-silent",
+                "guest-panic",
+                "guest-shutdown",
+                "sshd-gone"
+            ]
+        );
+        let watching = parse(
+            "[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\nresource = \"r\"\nwatch = [\"httpd\"]\n",
+        )
+        .unwrap();
+        let probes: Vec<&str> = watching.vm[0].sources.iter().map(|s| s.name()).collect();
+        assert_eq!(probes, ["signal", "oom"]);
+    }
+
+    #[test]
+    fn a_rule_on_a_field_the_probe_lacks_is_refused_with_the_fields_it_has() {
+        let e = parse(
+            "[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\n[[rule]]\nname = \"r\"\nprobe = \"oom\"\nwhen = 'victim == \"x\"'\ncause = \"c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "vesper.toml: key `rule[0]`: records of probe \"oom\" have no field \"victim\""
+            ),
+            "{e}"
+        );
+        assert!(e.contains("victim_comm"), "{e}");
     }
 }

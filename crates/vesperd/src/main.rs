@@ -15,6 +15,9 @@ struct Args {
     /// Log filter (tracing's EnvFilter syntax), e.g. info or vesperd=debug.
     #[arg(long, env = "VESPER_LOG", default_value = "info")]
     log: String,
+    /// Check the configuration (and every rule's condition), print a summary and exit.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -34,6 +37,24 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = vesperd::config::Config::load(&args.config)?;
+    if args.check_config {
+        for vm in &cfg.vm {
+            let rules: Vec<String> = cfg.rules_for(vm).into_iter().map(|r| r.name).collect();
+            println!(
+                "vm {}: channel {}, resource {}, rules: {}",
+                vm.name,
+                vm.channel,
+                vm.resource.as_deref().unwrap_or("none"),
+                if rules.is_empty() {
+                    "none".into()
+                } else {
+                    rules.join(", ")
+                }
+            );
+        }
+        println!("{}: ok", args.config.display());
+        return Ok(());
+    }
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.daemon.state_dir.display()))?;
     let listener = vesperd::control::bind(&cfg.daemon.socket).await?;

@@ -31,7 +31,70 @@ pub enum RuleError {
     Condition(Box<vesper_probe::Diagnostics>),
 }
 
+/// Fields every record has.
+const COMMON_FIELDS: &[&str] = &["vm", "probe", "seq", "ts_ns", "host_ms"];
+/// The host's own events (pseudo-probe `vesper`).
+pub const HOST_PROBE_FIELDS: &[&str] = &["event", "detail", "by_guest"];
+
+/// The fields a probe's records carry, when the host knows them without a guest (the
+/// built-in probes and the host's own events); None for a probe from a file.
+pub fn known_fields(probe: &str) -> Option<Vec<String>> {
+    let mut f: Vec<String> = COMMON_FIELDS.iter().map(|s| s.to_string()).collect();
+    if probe == "vesper" {
+        f.extend(HOST_PROBE_FIELDS.iter().map(|s| s.to_string()));
+        return Some(f);
+    }
+    let src = vesper_probe::builtin::source(probe).ok()?;
+    f.extend(vesper_probe::compiler::record_fields(src, probe).ok()?);
+    Some(f)
+}
+
 impl Rule {
+    /// The record fields the condition and the cause refer to.
+    pub fn fields_used(&self) -> Vec<String> {
+        fn walk(e: &Expr, out: &mut Vec<String>) {
+            match &e.kind {
+                ExprKind::Ident(n) | ExprKind::Field(n) => out.push(n.clone()),
+                ExprKind::Unary(_, x) => walk(x, out),
+                ExprKind::Binary(_, a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                ExprKind::In(x, items) => {
+                    walk(x, out);
+                    items.iter().for_each(|i| walk(i, out));
+                }
+                ExprKind::Call(_, args) => args.iter().for_each(|a| walk(a, out)),
+                ExprKind::Int(_) | ExprKind::Str(_) => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.when, &mut out);
+        let mut rest = self.cause.as_str();
+        while let Some(i) = rest.find('{') {
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('{') {
+                rest = stripped;
+                continue;
+            }
+            let Some(j) = after.find('}') else { break };
+            out.push(after[..j].to_string());
+            rest = &after[j + 1..];
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// A field the rule uses that `probe`'s records never carry, with the fields they do.
+    pub fn unknown_field(&self) -> Option<(String, Vec<String>)> {
+        let known = known_fields(&self.probe)?;
+        self.fields_used()
+            .into_iter()
+            .find(|f| !known.contains(f))
+            .map(|f| (f, known))
+    }
+
     pub fn new(name: &str, probe: &str, when: &str, cause: &str) -> Result<Rule, RuleError> {
         let when = vesper_probe::compiler::parse_condition(when, &format!("rule {name}"))
             .map_err(|d| RuleError::Condition(Box::new(d)))?;
@@ -315,6 +378,28 @@ mod tests {
             rules.iter().all(|r| r.check(&host_stop).is_none()),
             "a shutdown the host asked for is no failure"
         );
+    }
+
+    #[test]
+    fn fields_are_checked_against_the_probes_schema() {
+        let ok = Rule::new(
+            "a",
+            "signal",
+            "target_comm == \"x\" && sig == 9",
+            "{sig_name} {vm}",
+        )
+        .unwrap();
+        assert_eq!(ok.unknown_field(), None);
+        let typo = Rule::new("b", "signal", "target_com == \"x\"", "{sig_name}").unwrap();
+        let (f, known) = typo.unknown_field().unwrap();
+        assert_eq!(f, "target_com");
+        assert!(known.contains(&"target_comm".to_string()));
+        let bad_cause =
+            Rule::new("c", "vesper", "event == \"guest_panicked\"", "{detial}").unwrap();
+        assert_eq!(bad_cause.unknown_field().unwrap().0, "detial");
+        for r in builtin(&["httpd".into()]) {
+            assert_eq!(r.unknown_field(), None, "built-in rule {}", r.name);
+        }
     }
 
     #[test]

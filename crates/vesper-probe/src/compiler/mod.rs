@@ -49,6 +49,27 @@ pub fn parse_condition(source: &str, file: &str) -> Result<ast::Expr, Diagnostic
     }
 }
 
+/// Parses only: the fields the script's records carry besides the common ones (`vm`,
+/// `probe`, `seq`, `ts_ns`), in emit order; a `signal()` field also gives `NAME_name`.
+pub fn record_fields(source: &str, file: &str) -> Result<Vec<String>, Diagnostics> {
+    let script = front_end(source, file)?;
+    let mut fields = Vec::new();
+    for f in script
+        .probes
+        .iter()
+        .filter_map(|p| p.emit.as_ref())
+        .flat_map(|e| &e.fields)
+    {
+        if !fields.contains(&f.name) {
+            fields.push(f.name.clone());
+        }
+        if matches!(&f.value.kind, ast::ExprKind::Call(c, _) if c == "signal") {
+            fields.push(format!("{}_name", f.name));
+        }
+    }
+    Ok(fields)
+}
+
 /// Parses only: the kernel-info keys the script needs ("cat:name" for tracepoints,
 /// "kprobe:func" for functions), so the host can ask the guest for exactly those.
 pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Diagnostics> {
