@@ -176,6 +176,16 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
         {
             writeln!(out, "{:<12} last error: {}", "", clean(e))?;
         }
+        if let Some(v) = vm["last_verdict"].as_object() {
+            writeln!(
+                out,
+                "{:<12} last verdict {}: {} (vesper why {})",
+                "",
+                clock(v["time_ms"].as_u64().unwrap_or(0)),
+                s(&v["cause"]),
+                s(&vm["name"])
+            )?;
+        }
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, NODE};
-use common::{Harness, MemCgroup, VmSpec, bin, mortal_victim, need_root, send_signals, wait_until};
+use common::{Harness, MemCgroup, VmSpec, bin, mortal_victim, need_root, send_signals};
 use serde_json::Value;
 
 /// The VM, and the Pacemaker resource it backs.
@@ -95,24 +95,18 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
     );
 
     // Fault 1: pkill takes three httpd processes at once. One fault, one failure.
-    let base = cluster.failcount(RSC);
+    let mark = cluster.mark(RSC);
+    let base = mark.failcount;
     let victims: Vec<_> = (0..3).map(|_| mortal_victim("httpd")).collect();
     let t0 = Instant::now();
     for (_, pid) in &victims {
         send_signals("pkill", *pid, libc::SIGTERM, 1);
     }
-    wait_until(
-        Duration::from_secs(20),
-        || cluster.failcount(RSC) > base,
-        "Pacemaker to record the failure",
-    );
+    cluster.expect_one_failure(RSC, &mark, "three httpd killed by pkill");
     eprintln!(
-        "SIGTERM to fail-count raised: {} ms",
+        "SIGTERM to failure recorded: {} ms",
         t0.elapsed().as_millis()
     );
-    cluster.wait_recovered(RSC);
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(cluster.failcount(RSC), base + 1, "exactly one failure");
 
     let cause = cluster
         .node_attr(&format!("vesper-cause-{RSC}"))
@@ -186,26 +180,11 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
 
     // Fault 2, after the debounce window: the OOM killer takes postgres.
     std::thread::sleep(Duration::from_millis(2200));
-    let failed_call = cluster.history(&format!("{RSC}_last_failure_0")).unwrap().1;
+    let mark = cluster.mark(RSC);
     let cg = MemCgroup::new(&format!("vesper-pcmk-{}", std::process::id()), 32);
     cg.run_memhog("postgres");
-    wait_until(
-        Duration::from_secs(20),
-        || cluster.failcount(RSC) > base + 1,
-        "Pacemaker to record the OOM failure",
-    );
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            cluster
-                .history(&format!("{RSC}_last_failure_0"))
-                .is_some_and(|f| f.1 > failed_call)
-        },
-        "a new failure in the history",
-    );
-    cluster.wait_recovered(RSC);
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(cluster.failcount(RSC), base + 2, "exactly one more failure");
+    cluster.expect_one_failure(RSC, &mark, "postgres taken by the OOM killer");
+    assert_eq!(mark.failcount, base + 1);
     let cause = cluster.node_attr(&format!("vesper-cause-{RSC}")).unwrap();
     assert!(
         cause.starts_with("OOM killer took postgres (pid "),

@@ -34,6 +34,11 @@ logging {
 }
 ";
 
+pub struct FailureMark {
+    pub failcount: i64,
+    failure_call: i64,
+}
+
 pub struct Cluster {
     dir: tempfile::TempDir,
     corosync: Option<Child>,
@@ -218,6 +223,40 @@ impl Cluster {
             xml_attr(el, "call-id")?.parse().ok()?,
             xml_attr(el, "rc-code")?.parse().ok()?,
         ))
+    }
+
+    /// Where the resource's failures stand, to compare with after a fault.
+    pub fn mark(&self, rsc: &str) -> FailureMark {
+        FailureMark {
+            failcount: self.failcount(rsc),
+            failure_call: self
+                .history(&format!("{rsc}_last_failure_0"))
+                .map_or(-1, |f| f.1),
+        }
+    }
+
+    /// Waits for a new failure of `rsc` after `mark` and for Pacemaker to recover from it,
+    /// then checks, a second later, that the fail-count rose by exactly one. Returns how
+    /// long the failure took to show.
+    pub fn expect_one_failure(&self, rsc: &str, mark: &FailureMark, what: &str) -> Duration {
+        let t = Instant::now();
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                self.history(&format!("{rsc}_last_failure_0"))
+                    .is_some_and(|f| f.1 > mark.failure_call)
+            },
+            &format!("Pacemaker to record the failure: {what}"),
+        );
+        let seen = t.elapsed();
+        self.wait_recovered(rsc);
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            self.failcount(rsc),
+            mark.failcount + 1,
+            "exactly one failure for {what}"
+        );
+        seen
     }
 
     /// Waits until Pacemaker has recovered `rsc` after its latest failure: the last

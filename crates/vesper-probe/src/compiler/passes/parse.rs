@@ -37,14 +37,20 @@ struct Parser<'a> {
 
 type PResult<T> = Result<T, ()>;
 
+impl<'a> Parser<'a> {
+    fn new(toks: &'a [Token], diags: &'a mut Vec<Diagnostic>) -> Self {
+        Parser {
+            toks,
+            pos: 0,
+            diags,
+            in_predicate: false,
+            depth: 0,
+        }
+    }
+}
+
 pub fn parse(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Script {
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        diags,
-        in_predicate: false,
-        depth: 0,
-    };
+    let mut p = Parser::new(toks, diags);
     let mut probes = Vec::new();
     while !p.at_eof() {
         let start = p.pos;
@@ -64,13 +70,7 @@ pub fn parse(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Script {
 
 /// Parses one expression that must use every token (for host-side rule conditions).
 pub fn parse_expr(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Option<Expr> {
-    let mut p = Parser {
-        toks,
-        pos: 0,
-        diags,
-        in_predicate: false,
-        depth: 0,
-    };
+    let mut p = Parser::new(toks, diags);
     let e = p.expr().ok()?;
     if !p.at_eof() {
         let t = p.peek().clone();
