@@ -18,6 +18,13 @@ use common::cluster::Cluster;
 use common::{bin, wait_until};
 use serde_json::Value;
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 struct Lab {
     name: String,
     dir: PathBuf,
@@ -343,13 +350,23 @@ fn lab_6_guest_faults_fail_the_resource_in_pacemaker_with_the_cause() {
     };
     // Use case I.
     let mark = cluster.mark(&rsc);
+    let since = now_ms();
     let pid = lab.httpd_pid();
     let t = Instant::now();
     lab.exec_ok(&format!("/bin/kill -TERM {pid}"));
-    cluster.expect_one_failure(&rsc, &mark, "httpd killed in the guest");
+    let acted = |rule: &str, since: u64| {
+        why().iter().any(|e| {
+            e["verdict"]["rule"] == rule
+                && e["verdict"]["time_ms"].as_u64().unwrap_or(0) >= since
+                && e["actions"][0]["ok"] == true
+        })
+    };
+    let seen = cluster.expect_one_failure(&rsc, &mark, "httpd killed in the guest", || {
+        acted("service-killed", since)
+    });
     eprintln!(
         "use case I: kill sent to failure recorded in {} ms",
-        t.elapsed().as_millis()
+        (seen - t).as_millis()
     );
     let attr = format!("vesper-cause-{rsc}");
     let cause = cluster.node_attr(&attr).unwrap();
@@ -369,12 +386,18 @@ fn lab_6_guest_faults_fail_the_resource_in_pacemaker_with_the_cause() {
     // Use case II.
     std::thread::sleep(Duration::from_millis(1200));
     let mark = cluster.mark(&rsc);
+    let since = now_ms();
     let t = Instant::now();
     let _ = lab.exec("memhog 1024", Duration::from_secs(120));
-    cluster.expect_one_failure(&rsc, &mark, "memhog taken by the guest's OOM killer");
+    let seen = cluster.expect_one_failure(
+        &rsc,
+        &mark,
+        "memhog taken by the guest's OOM killer",
+        || acted("service-oom", since),
+    );
     eprintln!(
         "use case II: memhog started to failure recorded in {} ms (includes filling memory)",
-        t.elapsed().as_millis()
+        (seen - t).as_millis()
     );
     let cause = cluster.node_attr(&attr).unwrap();
     assert!(cause.starts_with("OOM killer took memhog (pid "), "{cause}");

@@ -27,6 +27,13 @@ fn why_json(h: &Harness) -> Vec<Value> {
         .collect()
 }
 
+/// vesperd has finished the actions of a verdict by `rule`.
+fn actions_done(h: &Harness, rule: &str) -> bool {
+    why_json(h).iter().any(|e| {
+        e["verdict"]["rule"] == rule && e["actions"].as_array().is_some_and(|a| !a.is_empty())
+    })
+}
+
 /// Runs examples/pacemaker/vesper-monitor the way VirtualDomain does: no arguments, the
 /// resource in OCF_RESOURCE_INSTANCE, vesper on PATH.
 fn monitor_script(h: &Harness) -> (Option<i32>, String) {
@@ -102,10 +109,12 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
     for (_, pid) in &victims {
         send_signals("pkill", *pid, libc::SIGTERM, 1);
     }
-    cluster.expect_one_failure(RSC, &mark, "three httpd killed by pkill");
+    let seen = cluster.expect_one_failure(RSC, &mark, "three httpd killed by pkill", || {
+        actions_done(&h, "service-killed")
+    });
     eprintln!(
         "SIGTERM to failure recorded: {} ms",
-        t0.elapsed().as_millis()
+        (seen - t0).as_millis()
     );
 
     let cause = cluster
@@ -183,7 +192,9 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
     let mark = cluster.mark(RSC);
     let cg = MemCgroup::new(&format!("vesper-pcmk-{}", std::process::id()), 32);
     cg.run_memhog("postgres");
-    cluster.expect_one_failure(RSC, &mark, "postgres taken by the OOM killer");
+    cluster.expect_one_failure(RSC, &mark, "postgres taken by the OOM killer", || {
+        actions_done(&h, "service-oom")
+    });
     assert_eq!(mark.failcount, base + 1);
     let cause = cluster.node_attr(&format!("vesper-cause-{RSC}")).unwrap();
     assert!(

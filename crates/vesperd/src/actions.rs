@@ -350,14 +350,24 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
         let _ = attr_set(&counter, node, before).await;
         return fail;
     }
-    // attrd applies the controller's increments within milliseconds.
+    // Whether Pacemaker counts once or twice varies from call to call (both were seen on
+    // 2.1.5). Its increments come within milliseconds of each other: wait for the first,
+    // then briefly for a second.
     let mut after = before - 1;
-    for _ in 0..50 {
+    let mut first_seen: Option<Instant> = None;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
         after = attr_value(&counter, node).await.unwrap_or(after);
         if after > before {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if after == before {
+            let seen = *first_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let fixed = match after - before {
         1 => String::new(),

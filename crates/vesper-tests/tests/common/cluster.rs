@@ -235,11 +235,16 @@ impl Cluster {
         }
     }
 
-    /// Waits for a new failure of `rsc` after `mark` and for Pacemaker to recover from it,
-    /// then checks, a second later, that the fail-count rose by exactly one. Returns how
-    /// long the failure took to show.
-    pub fn expect_one_failure(&self, rsc: &str, mark: &FailureMark, what: &str) -> Duration {
-        let t = Instant::now();
+    /// Waits for a new failure of `rsc` after `mark`, for Pacemaker to recover from it and
+    /// for `acted` (vesperd reports its action done), then checks, a second later, that the
+    /// fail-count rose by exactly one. Returns when the failure was first seen.
+    pub fn expect_one_failure(
+        &self,
+        rsc: &str,
+        mark: &FailureMark,
+        what: &str,
+        acted: impl FnMut() -> bool,
+    ) -> Instant {
         wait_until(
             Duration::from_secs(30),
             || {
@@ -248,8 +253,13 @@ impl Cluster {
             },
             &format!("Pacemaker to record the failure: {what}"),
         );
-        let seen = t.elapsed();
+        let seen = Instant::now();
         self.wait_recovered(rsc);
+        wait_until(
+            Duration::from_secs(30),
+            acted,
+            "vesperd to finish its action",
+        );
         std::thread::sleep(Duration::from_secs(1));
         assert_eq!(
             self.failcount(rsc),
