@@ -46,6 +46,9 @@ fn test() -> anyhow::Result<()> {
         ("pacemakerd", "pacemaker"),
         ("crm_resource", "pacemaker-cli-utils"),
         ("corosync", "corosync"),
+        // Validates the example libvirt domain.
+        ("virt-xml-validate", "libvirt-clients"),
+        ("xmllint", "libxml2-utils"),
     ])?;
     util::progress("clippy (warnings are errors)");
     util::cargo(&[
