@@ -97,6 +97,9 @@ pub fn why(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
         s(&v["cause"]),
         s(&v["rule"])
     )?;
+    if e["pending"] == Value::Bool(true) {
+        writeln!(out, "  action    running…")?;
+    }
     if e["debounced"] == Value::Bool(true) {
         writeln!(
             out,

@@ -117,6 +117,21 @@ impl Lab {
     fn wait_record(&self, probe: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         common::wait_record(what, || self.events(probe), f)
     }
+    /// The why-log has a verdict by `rule` whose cause starts with `cause`.
+    fn expect_verdict(&self, rule: &str, cause: &str) {
+        let found = || {
+            self.vesper_ok(&["why", &self.name, "--json", "--last", "50"])
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .any(|e| {
+                    e["verdict"]["rule"] == rule
+                        && e["verdict"]["cause"]
+                            .as_str()
+                            .is_some_and(|c| c.starts_with(cause))
+                })
+        };
+        wait_until(Duration::from_secs(20), found, &format!("a {rule} verdict"));
+    }
     fn httpd_pid(&self) -> u64 {
         self.exec_ok("pidof httpd || (httpd -h /www -p 80 && sleep 0.2 && pidof httpd)")
             .trim()
@@ -286,6 +301,7 @@ fn lab_5_a_silent_agent_is_unresponsive_after_deadtime_and_recovers() {
             .iter()
             .any(|r| r["event"] == "agent_unresponsive")
     );
+    lab.expect_verdict("agent-silent", "agent in ");
     lab.exec_ok("kill -CONT $(pidof vesper-agent)");
     wait_until(
         Duration::from_secs(15),
@@ -430,4 +446,8 @@ fn lab_9_guest_panic_reaches_the_host_through_qmp() {
     );
     let human = lab.vesper_ok(&["status"]);
     assert!(human.contains("/panicked"), "{human}");
+    lab.expect_verdict(
+        "guest-panic",
+        &format!("guest kernel of {} panicked", lab.name),
+    );
 }

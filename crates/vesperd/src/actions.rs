@@ -58,6 +58,8 @@ pub struct WhyEntry {
     pub actions: Vec<ActionOutcome>,
     /// What the cluster reported afterwards (fail-count), if asked.
     pub cluster: Option<String>,
+    /// Its actions are still running (shown at once; replaced when they finish).
+    pub pending: bool,
 }
 
 #[derive(Debug)]
@@ -73,8 +75,12 @@ impl WhyLog {
             file,
         }
     }
+    /// Adds an entry, or replaces the pending one for the same verdict. Only finished
+    /// entries go to the file.
     fn push(&mut self, e: WhyEntry) {
-        if let Some(path) = &self.file {
+        if !e.pending
+            && let Some(path) = &self.file
+        {
             let line = serde_json::to_string(&e).unwrap_or_default();
             let ok = std::fs::OpenOptions::new()
                 .create(true)
@@ -84,6 +90,13 @@ impl WhyLog {
             if let Err(err) = ok {
                 tracing::warn!(file = %path.display(), error = %err, "cannot append to the why-log; kept in memory");
             }
+        }
+        let same = |o: &WhyEntry| {
+            o.pending && o.verdict.vm == e.verdict.vm && o.verdict.id == e.verdict.id
+        };
+        if let Some(slot) = self.entries.iter_mut().rev().find(|o| same(o)) {
+            *slot = e;
+            return;
         }
         self.entries.push_back(e);
         while self.entries.len() > WHY_KEPT {
@@ -133,6 +146,7 @@ pub fn spawn(
                     debounced,
                     actions: Vec::new(),
                     cluster: None,
+                    pending: false,
                 };
                 push(&why, entry);
                 continue;
@@ -161,7 +175,10 @@ async fn act(v: Verdict, cfg: VmActions, node: Option<String>, why: Arc<Mutex<Wh
         debounced: false,
         actions: Vec::new(),
         cluster: None,
+        pending: true,
     };
+    push(&why, entry.clone());
+    entry.pending = false;
     if let (true, Some(resource)) = (cfg.pacemaker, &v.resource) {
         let node = match node {
             Some(n) => Some(n),
@@ -459,4 +476,48 @@ async fn exec_hook(hook: &std::path::Path, v: &Verdict, started: Instant) -> Act
         })
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, time_ms: u64, pending: bool) -> WhyEntry {
+        WhyEntry {
+            verdict: Verdict {
+                id,
+                vm: "web1".into(),
+                resource: Some("vm-web1".into()),
+                rule: "service-killed".into(),
+                cause: format!("cause {id}"),
+                time_ms,
+                connection: 1,
+                evidence: Vec::new(),
+            },
+            debounced: false,
+            actions: Vec::new(),
+            cluster: None,
+            pending,
+        }
+    }
+
+    #[test]
+    fn a_finished_entry_replaces_its_pending_one_and_only_it_reaches_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("why.jsonl");
+        let mut log = WhyLog::new(Some(file.clone()));
+        log.push(entry(1, 100, true));
+        log.push(entry(2, 90, false));
+        assert_eq!(log.about("vm-web1", 10).len(), 2);
+        assert!(
+            log.about("web1", 10)[1].pending,
+            "verdict order, not arrival order"
+        );
+        log.push(entry(1, 100, false));
+        let all = log.about("web1", 10);
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|e| !e.pending));
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+        assert!(log.about("other", 10).is_empty());
+    }
 }
