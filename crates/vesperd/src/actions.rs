@@ -30,6 +30,9 @@ const BACKOFF: [Duration; 3] = [
     Duration::from_secs(5),
 ];
 const WHY_KEPT: usize = 500;
+/// The why-log file is rotated beyond this (one old file kept): a guest that keeps killing
+/// its own watched services must not fill the host's disk.
+const WHY_FILE_MAX: u64 = 16 << 20;
 
 /// What to do for one VM's verdicts.
 #[derive(Debug, Clone)]
@@ -82,6 +85,9 @@ impl WhyLog {
             && let Some(path) = &self.file
         {
             let line = serde_json::to_string(&e).unwrap_or_default();
+            if std::fs::metadata(path).is_ok_and(|m| m.len() > WHY_FILE_MAX) {
+                let _ = std::fs::rename(path, path.with_extension("jsonl.1"));
+            }
             let ok = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
