@@ -118,7 +118,7 @@ fn lines_of(child: &mut std::process::Child) -> anyhow::Result<mpsc::Receiver<(I
 }
 
 fn start_to_first_event(bin: &Path, trials: usize) -> anyhow::Result<serde_json::Value> {
-    let mut stack = NativeStack::start(bin, "bench1", &[])?;
+    let mut stack = NativeStack::start(bin, "bench1", &[], "")?;
     let victim = stack.spawn_testkit(&["victim", "--comm", "tickee"])?;
     let mut line = String::new();
     BufReader::new(victim.stdout.take().context("victim stdout")?).read_line(&mut line)?;

@@ -1,5 +1,6 @@
 //! The native demo: an agent on this machine (standing in for a guest), vesperd, the
-//! built-in `signal` probe, and `pkill`-style SIGTERM to an `httpd`, caught and shown.
+//! built-in `signal` probe, and `pkill`-style SIGTERM to an `httpd`, caught, shown and
+//! explained as a verdict on the VM's resource (no cluster here, so no Pacemaker action).
 
 use std::io::{BufRead, BufReader};
 use std::process::Command;
@@ -23,8 +24,15 @@ pub fn run() -> anyhow::Result<()> {
     progress(
         "starting vesper-agent (on this machine, standing in for a guest's agent) and vesperd",
     );
-    let mut stack = NativeStack::start(&bin, "demo1", &["signal"])?;
+    let mut stack = NativeStack::start(
+        &bin,
+        "demo1",
+        &["signal"],
+        "resource = \"web\"\nwatch = [\"httpd\"]\npacemaker = false",
+    )?;
     stack.wait_loaded("signal")?;
+    // Watching a service also loads `oom` (the rules read it).
+    stack.wait_loaded("oom")?;
     print!("\n$ vesper status\n{}", stack.vesper(&["status"])?);
 
     progress("starting a process named httpd, then SIGTERM to it from a process named pkill");
@@ -67,6 +75,28 @@ pub fn run() -> anyhow::Result<()> {
     print!(
         "\n$ vesper probes demo1\n{}",
         stack.vesper(&["probes", "demo1"])?
+    );
+    // The verdict is shown at once, pending until its (here: no) actions are done.
+    let t = Instant::now();
+    let why = loop {
+        let why = stack.vesper(&["why", "demo1"])?;
+        if why.contains("verdict") && !why.contains("running…") {
+            break why;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            bail!("no verdict for the killed httpd:\n{why}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    print!("\n$ vesper why demo1\n{why}");
+    let check = Command::new(bin.join("vesper"))
+        .env("VESPER_SOCKET", &stack.socket)
+        .args(["check", "demo1"])
+        .output()?;
+    print!(
+        "\n$ vesper check demo1; echo $?\n{}{}\n",
+        String::from_utf8_lossy(&check.stdout),
+        check.status.code().unwrap_or(-1)
     );
     drop(stack);
     progress("demo done");

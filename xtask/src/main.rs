@@ -11,7 +11,7 @@ use anyhow::bail;
 
 const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick]|lab up|exec|down NAME>
   test   build everything and run all tests, including the root-only end-to-end tests
-  demo   start an agent and vesperd on this machine, catch a signal and show it
+  demo   start an agent and vesperd on this machine, catch a signal, show and explain it
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
   bench  measure compile time and start-to-first-event against bpftrace; prints tables";
 

@@ -37,8 +37,14 @@ fn wait_for(path: &Path, what: &str) -> anyhow::Result<()> {
 }
 
 impl NativeStack {
-    /// Starts agent and vesperd from the binaries in `bin`, with `probes` configured.
-    pub fn start(bin: &Path, vm: &str, probes: &[&str]) -> anyhow::Result<NativeStack> {
+    /// Starts agent and vesperd from the binaries in `bin`, with `probes` configured and
+    /// `vm_extra` lines added to the VM's section.
+    pub fn start(
+        bin: &Path,
+        vm: &str,
+        probes: &[&str],
+        vm_extra: &str,
+    ) -> anyhow::Result<NativeStack> {
         let dir = std::env::temp_dir().join(format!("vesper-{vm}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let socket = dir.join("vesper.sock");
@@ -47,7 +53,7 @@ impl NativeStack {
         std::fs::write(
             dir.join("vesper.toml"),
             format!(
-                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[vm]]\nname = \"{vm}\"\nchannel = \"unix:{}\"\nprobes = [{}]\n",
+                "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n\n[[vm]]\nname = \"{vm}\"\nchannel = \"unix:{}\"\nprobes = [{}]\n{vm_extra}\n",
                 socket.display(),
                 dir.join("state").display(),
                 agent_sock.display(),

@@ -106,7 +106,17 @@ pub fn why(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
             "  action    none: the resource was already failed for this fault (debounced)"
         )?;
     }
-    for a in e["actions"].as_array().into_iter().flatten() {
+    let actions = e["actions"].as_array().cloned().unwrap_or_default();
+    if actions.is_empty()
+        && e["pending"] != Value::Bool(true)
+        && e["debounced"] != Value::Bool(true)
+    {
+        writeln!(
+            out,
+            "  action    none configured (no pacemaker, no hooks for this VM)"
+        )?;
+    }
+    for a in &actions {
         let status = if a["ok"] == Value::Bool(true) {
             "ok"
         } else {
