@@ -92,6 +92,17 @@ pub struct Daemon {
     pub why: Arc<Mutex<crate::actions::WhyLog>>,
 }
 
+impl Daemon {
+    /// A VM by its name, or by the Pacemaker resource it backs.
+    pub fn vm_or_resource(&self, target: &str) -> Option<&VmHandle> {
+        self.vms.get(target).or_else(|| {
+            self.vms
+                .values()
+                .find(|h| h.resource.as_deref() == Some(target))
+        })
+    }
+}
+
 impl std::ops::Deref for Daemon {
     type Target = BTreeMap<String, VmHandle>;
     fn deref(&self) -> &Self::Target {
@@ -244,11 +255,7 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
                 Ok(w) => w.about(&target, last.unwrap_or(10)),
                 Err(p) => p.into_inner().about(&target, last.unwrap_or(10)),
             };
-            let known = vms.contains_key(&target)
-                || vms
-                    .values()
-                    .any(|h| h.resource.as_deref() == Some(target.as_str()))
-                || !entries.is_empty();
+            let known = vms.vm_or_resource(&target).is_some() || !entries.is_empty();
             if known {
                 Ok(json!({ "entries": entries }))
             } else {
@@ -256,10 +263,7 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
             }
         }
         Request::Check { vm } => {
-            let by_resource = vms
-                .values()
-                .find(|h| h.resource.as_deref() == Some(vm.as_str()));
-            match vms.get(&vm).or(by_resource) {
+            match vms.vm_or_resource(&vm) {
                 Some(h) => match ask(h, |reply| SessionCmd::Status { reply }).await {
                     // A verdict stands until the agent connects again (the guest was
                     // restarted, or its agent was).
