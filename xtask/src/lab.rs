@@ -5,8 +5,6 @@
 //! Everything lives under `target/lab/`: the Debian kernel (downloaded once), the
 //! initramfs (rebuilt when its inputs change), and one directory per running VM.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -318,29 +316,11 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
 
 /// Runs a shell command in the guest over the lab-only port; returns output and status.
 pub fn exec(name: &str, cmd: &str, timeout: Duration) -> anyhow::Result<(String, i32)> {
-    if cmd.contains('\n') {
-        bail!("lab exec takes one line");
-    }
-    let sock = vm_dir(name)?.join("lab.sock");
-    let mut s = UnixStream::connect(&sock)
-        .with_context(|| format!("{}: is the lab VM {name} up?", sock.display()))?;
-    s.set_read_timeout(Some(timeout))?;
-    s.write_all(format!("{cmd}\n").as_bytes())?;
-    let mut out = String::new();
-    let mut r = BufReader::new(s);
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)
-            .context("reading the guest's answer")?
-            == 0
-        {
-            bail!("the lab port closed before the command finished");
-        }
-        if let Some(rc) = line.trim_end().strip_prefix("__VESPER_RC__ ") {
-            return Ok((out, rc.trim().parse().unwrap_or(255)));
-        }
-        out.push_str(&line.replace('\r', ""));
-    }
+    Ok(vesper_tests::lab_port::exec(
+        &vm_dir(name)?.join("lab.sock"),
+        cmd,
+        timeout,
+    )?)
 }
 
 pub fn down(name: &str) -> anyhow::Result<()> {

@@ -10,8 +10,16 @@
 //! - `ticker --comm NAME --to PID --sig N --every-ms N`: names itself, signals PID every N ms until killed.
 //! - `garbage-server PATH`: listens on a unix socket and answers every connection with garbage
 //!   (a hostile "agent").
+//! - `web --comm NAME --port P [--bind ADDR] [--cgroup DIR] [--ballast MIB | --leave-free MIB]
+//!   [--pidfile F]`: a minimal HTTP server standing in for a web service. It holds `MIB` MiB
+//!   (or all the available memory but `--leave-free` MiB) so that a small leak exhausts the
+//!   memory; `GET /leak` makes it leak until the OOM killer takes it.
+//! - `blaster --comm NAME --count N [--rate R]`: names itself and calls getppid(2) N times, R
+//!   per second (default: as fast as it can); prints `calls elapsed_ns`.
+//! - `lab-exec SOCK CMD`: runs CMD in the lab guest through its command port.
 
 mod sys;
+mod web;
 
 use std::io::Write;
 
@@ -127,6 +135,58 @@ fn main() {
                     c.write_all(b"this is not a vesper frame, just hostile garbage\x00\xff\xfe");
             }
         }
-        _ => die("usage: vesper-testkit victim|signal|memhog|exit|fork|garbage-server ..."),
+        Some("web") => web::run(&web::Options {
+            comm: arg(&args, "--comm").unwrap_or_else(|| "httpd".into()),
+            bind: arg(&args, "--bind").unwrap_or_else(|| "127.0.0.1".into()),
+            port: u16::try_from(num(&args, "--port", 8080))
+                .unwrap_or_else(|_| die("--port: out of range")),
+            cgroup: arg(&args, "--cgroup"),
+            ballast_mib: num(&args, "--ballast", 0).max(0) as usize,
+            leave_free_mib: arg(&args, "--leave-free").map(|_| num(&args, "--leave-free", 0).max(0) as usize),
+            pidfile: arg(&args, "--pidfile"),
+        })
+        .unwrap_or_else(|e| die(&format!("web: {e}"))),
+        Some("blaster") => {
+            sys::set_comm(&arg(&args, "--comm").unwrap_or_else(|| "blaster".into()));
+            let count = num(&args, "--count", 1_000_000).max(0) as u64;
+            let rate = num(&args, "--rate", 0).max(0) as u64;
+            let t = std::time::Instant::now();
+            if rate == 0 {
+                for _ in 0..count {
+                    sys::getppid();
+                }
+            } else {
+                // Paced in 1 ms slices, so the rate holds over any window longer than that.
+                let mut done = 0u64;
+                while done < count {
+                    let due = (t.elapsed().as_micros() as u64 * rate / 1_000_000).min(count);
+                    while done < due {
+                        sys::getppid();
+                        done += 1;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            println!("{count} {}", t.elapsed().as_nanos());
+        }
+        Some("lab-exec") => {
+            let (Some(sock), Some(cmd)) = (args.get(1), args.get(2)) else {
+                die("lab-exec needs SOCK CMD")
+            };
+            match vesper_tests::lab_port::exec(
+                std::path::Path::new(sock),
+                cmd,
+                std::time::Duration::from_secs(60),
+            ) {
+                Ok((out, rc)) => {
+                    print!("{out}");
+                    std::process::exit(rc);
+                }
+                Err(e) => die(&format!("lab-exec: {e}")),
+            }
+        }
+        _ => die(
+            "usage: vesper-testkit victim|signal|memhog|exit|fork|garbage-server|web|blaster|lab-exec ...",
+        ),
     }
 }

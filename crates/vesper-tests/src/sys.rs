@@ -20,3 +20,9 @@ pub fn kill(pid: i32, sig: i32) -> bool {
     // SAFETY: kill takes plain integers and touches no memory of ours.
     unsafe { libc::kill(pid, sig) == 0 }
 }
+
+/// getppid(2): the cheapest traced system call, the benchmarks' event source.
+pub fn getppid() -> i32 {
+    // SAFETY: getppid has no arguments, cannot fail and touches no memory of ours.
+    unsafe { libc::getppid() }
+}

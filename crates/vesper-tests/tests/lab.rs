@@ -8,8 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -88,24 +87,8 @@ impl Lab {
     }
     /// Runs a command in the guest over the lab port.
     fn exec(&self, cmd: &str, timeout: Duration) -> Result<(String, i32), String> {
-        let mut s = UnixStream::connect(self.dir.join("lab.sock")).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(timeout)).unwrap();
-        s.write_all(format!("{cmd}\n").as_bytes())
-            .map_err(|e| e.to_string())?;
-        let mut out = String::new();
-        let mut r = BufReader::new(s);
-        loop {
-            let mut line = String::new();
-            match r.read_line(&mut line) {
-                Ok(0) => return Err("lab port closed".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("{e} (output so far: {out})")),
-            }
-            if let Some(rc) = line.trim_end().strip_prefix("__VESPER_RC__ ") {
-                return Ok((out, rc.trim().parse().unwrap_or(255)));
-            }
-            out.push_str(&line);
-        }
+        vesper_tests::lab_port::exec(&self.dir.join("lab.sock"), cmd, timeout)
+            .map_err(|e| e.to_string())
     }
     fn exec_ok(&self, cmd: &str) -> String {
         let (out, rc) = self

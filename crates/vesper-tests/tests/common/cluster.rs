@@ -47,15 +47,19 @@ pub struct Cluster {
 }
 
 /// One `ocf:pacemaker:Dummy` per name, each with a 10 s monitor, the common default.
-fn cib(resources: &[&str]) -> String {
-    let prims: String = resources
+fn dummies(resources: &[&str]) -> String {
+    resources
         .iter()
         .map(|r| {
             format!(
                 "      <primitive id=\"{r}\" class=\"ocf\" provider=\"pacemaker\" type=\"Dummy\">\n        <operations>\n          <op id=\"{r}-mon\" name=\"monitor\" interval=\"10s\"/>\n        </operations>\n      </primitive>\n"
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A fresh CIB with these `<primitive>`s and `<alerts>` (XML, either may be empty).
+fn cib(prims: &str, alerts: &str) -> String {
     // dc-deadtime 2s: a single node need not wait 20 s for peers before electing itself.
     format!(
         "<cib crm_feature_set=\"3.16.1\" validate-with=\"pacemaker-3.9\" epoch=\"1\" num_updates=\"0\" admin_epoch=\"0\">
@@ -71,7 +75,7 @@ fn cib(resources: &[&str]) -> String {
     <resources>
 {prims}    </resources>
     <constraints/>
-  </configuration>
+{alerts}  </configuration>
   <status/>
 </cib>
 "
@@ -108,8 +112,15 @@ fn xml_attr<'a>(element: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl Cluster {
-    /// None (after printing why) when Pacemaker is not installed outside CI.
+    /// A cluster of `ocf:pacemaker:Dummy` resources. None (after printing why) when
+    /// Pacemaker is not installed outside CI.
     pub fn start(resources: &[&str]) -> Option<Cluster> {
+        Cluster::start_with(&dummies(resources), "", resources)
+    }
+
+    /// A cluster whose CIB holds `primitives` and `alerts` (XML); returns once each of
+    /// `resources` is started.
+    pub fn start_with(primitives: &str, alerts: &str, resources: &[&str]) -> Option<Cluster> {
         need_tool("pacemakerd")?;
         need_tool("corosync")?;
         need_tool("crm_resource")?;
@@ -126,7 +137,7 @@ impl Cluster {
             std::fs::rename(e.path(), cib_backup.join(e.file_name())).unwrap();
         }
         let cib_file = Path::new(CIB_DIR).join("cib.xml");
-        std::fs::write(&cib_file, cib(resources)).unwrap();
+        std::fs::write(&cib_file, cib(primitives, alerts)).unwrap();
         let _ = Command::new("chown")
             .args(["-R", "hacluster:haclient", CIB_DIR])
             .status();

@@ -226,6 +226,29 @@ impl Harness {
                 wait_until(Duration::from_secs(5), || sock.exists(), "agent socket");
             }
         }
+        h.launch_vesperd(&cfg);
+        h
+    }
+
+    /// A vesperd with `[daemon]` lines `daemon_extra` and these `[[vm]]` sections (TOML),
+    /// whose agents run elsewhere (the lab guest).
+    pub fn start_vesperd(daemon_extra: &str, vms: &str) -> Harness {
+        let mut h = Harness {
+            dir: tempfile::tempdir().expect("tempdir"),
+            agents: Vec::new(),
+            vesperd: None,
+        };
+        let cfg = format!(
+            "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{daemon_extra}\n{vms}",
+            h.socket().display(),
+            h.dir.path().join("state").display()
+        );
+        h.launch_vesperd(&cfg);
+        h
+    }
+
+    fn launch_vesperd(&mut self, cfg: &str) {
+        let h = self;
         let cfg_path = h.dir.path().join("vesper.toml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = std::fs::File::create(h.dir.path().join("vesperd.log")).unwrap();
@@ -245,7 +268,6 @@ impl Harness {
             || sock.exists(),
             "vesperd control socket",
         );
-        h
     }
 
     /// Runs the CLI against this harness's vesperd.

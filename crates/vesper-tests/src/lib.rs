@@ -1,0 +1,3 @@
+//! What the end-to-end tests, the benchmarks and `cargo xtask` share about the lab.
+
+pub mod lab_port;
