@@ -305,6 +305,15 @@ impl Harness {
             .unwrap_or_else(|| panic!("{vm} not in status: {out}"))
     }
 
+    /// Waits until `vm`'s agent is connected and has said hello.
+    pub fn wait_ready(&self, vm: &str) {
+        wait_until(
+            Duration::from_secs(30),
+            || self.vm_status(vm)["state"] == "ready",
+            "the agent to connect",
+        );
+    }
+
     /// Waits until `vm`'s probe is loaded in the agent.
     pub fn wait_loaded(&self, vm: &str, probe: &str) {
         wait_until(
