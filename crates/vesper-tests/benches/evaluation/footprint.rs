@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::blast;
 use crate::common::{Harness, VmSpec};
-use crate::util::{TICKS_PER_S, cpu_ticks, rss_kib, status_kib, table};
+use crate::util::{TICKS_PER_S, cpu_ticks, rss_kib, rss_split_kib, status_kib, table};
 use crate::Setup;
 
 const DEFAULT_PROBES: &[&str] = &["signal", "oom"];
@@ -68,6 +68,8 @@ pub fn run(setup: &Setup) -> Value {
     std::thread::sleep(Duration::from_secs(1));
     let (idle_cpu, idle_rss) =
         cpu_and_peak_rss(agent, || std::thread::sleep(Duration::from_secs(idle_s)));
+    let (idle_maps, idle_own) =
+        rss_split_kib(&std::fs::read_to_string(format!("/proc/{agent}/smaps")).unwrap_or_default());
     blast::load(&h, "host1", "blaster");
     let vd0 = cpu_ticks(vesperd);
     let t = Instant::now();
@@ -93,12 +95,14 @@ pub fn run(setup: &Setup) -> Value {
             _h.wait_loaded("lab", p);
         }
         let s = lab.exec("cat /proc/$(pidof vesper-agent)/status");
-        status_kib(&s, "VmRSS:")
+        let smaps = lab.exec("cat /proc/$(pidof vesper-agent)/smaps");
+        Some((status_kib(&s, "VmRSS:")?, rss_split_kib(&smaps)))
     });
 
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
     let mut rows = vec![
         vec!["agent (host build), idle, signal + oom loaded: RSS MiB / CPU %".into(), format!("{} / {idle_cpu:.2}", mib(idle_rss))],
+        vec!["  of which: the two probes' ring buffers mapped in (1 MiB each, mapped twice) / the agent's own".into(), format!("{} / {}", mib(idle_maps), mib(idle_own))],
         vec!["agent (host build) at 10 000 records/s: peak RSS MiB / CPU %".into(), format!("{} / {busy_cpu:.1}", mib(busy_rss))],
         vec!["vesperd at 10 000 records/s, one VM: RSS MiB / CPU %".into(), format!("{} / {vesperd_cpu:.1}", mib(vesperd_rss_1))],
         vec![format!("vesperd RSS, 1 VM → {n} VMs (MiB)"), format!("{} → {}", mib(one), mib(many))],
@@ -107,15 +111,16 @@ pub fn run(setup: &Setup) -> Value {
     if let Some(b) = static_agent {
         rows.push(vec!["static agent binary (MiB)".into(), format!("{:.2}", b as f64 / 1048576.0)]);
     }
-    if let Some(r) = guest_rss {
-        rows.push(vec!["agent in the lab guest (static, memory-locked), idle: RSS MiB".into(), mib(r)]);
+    if let Some((r, (maps, own))) = guest_rss {
+        rows.push(vec!["agent in the lab guest (static, memory-locked), idle: RSS MiB (ring buffers / own)".into(), format!("{} ({} / {})", mib(r), mib(maps), mib(own))]);
     }
     table("footprint", &["what", "measured"], &rows);
     json!({
-        "agent_idle_rss_kib": idle_rss, "agent_idle_cpu_pct": idle_cpu, "idle_seconds": idle_s,
+        "agent_idle_rss_kib": idle_rss, "agent_idle_ringbuf_rss_kib": idle_maps, "agent_idle_own_rss_kib": idle_own, "agent_idle_cpu_pct": idle_cpu, "idle_seconds": idle_s,
         "agent_busy_rss_kib": busy_rss, "agent_busy_cpu_pct": busy_cpu, "busy_records_per_s": 10_000,
         "vesperd_busy_cpu_pct": vesperd_cpu, "vesperd_rss_kib_1vm": vesperd_rss_1,
         "vesperd_rss_kib": {"vms_1": one, "vms_n": many, "n": n}, "vesperd_rss_kib_per_vm": per_vm,
-        "static_agent_bytes": static_agent, "guest_agent_rss_kib": guest_rss,
+        "static_agent_bytes": static_agent,
+        "guest_agent_rss_kib": guest_rss.map(|g| g.0), "guest_agent_ringbuf_rss_kib": guest_rss.map(|g| g.1.0), "guest_agent_own_rss_kib": guest_rss.map(|g| g.1.1),
     })
 }

@@ -352,13 +352,14 @@ fn delete_cause_attr(rsc: &str) {
 struct Trial {
     delay_s: f64,
     latency_ms: f64,
+    verdict_ms: Option<f64>,
     detected_by: String,
     cause: String,
     identified: bool,
 }
 
 fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut Rng) -> Vec<Trial> {
-    let (h, _vm) = env.vesperd(arm == Arm::Vesper);
+    let (h, vm) = env.vesperd(arm == Arm::Vesper);
     wait_until(Duration::from_secs(60), || env.healthy(), "the service to answer");
     let mut out = Vec::new();
     for i in 0..n {
@@ -387,12 +388,23 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
             Arm::Poller => format!("{} {}: {}", fail.task, fail.rc, fail.desc),
         };
         let identified = arm == Arm::Vesper && env.cause_matches(case, &cause);
+        // Vesper's share: injection → verdict (the rest is Pacemaker's tools and controller).
+        let verdict_ms = (arm == Arm::Vesper)
+            .then(|| {
+                h.vesper_ok(&["why", vm, "--json", "--last", "1"])
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter_map(|e| e["verdict"]["time_ms"].as_f64())
+                    .next_back()
+            })
+            .flatten()
+            .map(|ms| ms - t0 * 1000.0);
         alerts.wait(from, Duration::from_secs(120), "Pacemaker to restart the service", |a| {
             a.rsc == env.rsc && a.task == "start" && a.rc == 0 && a.time > fail.time
         });
         wait_until(Duration::from_secs(60), || env.healthy(), "the restarted service to answer");
         eprintln!(
-            "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (injected {delay:.2} s into the cycle; {}; cause: {cause})",
+            "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (verdict at {verdict_ms:.1?} ms; injected {delay:.2} s into the cycle; {}; cause: {cause})",
             env.key,
             case.key(),
             arm.key(),
@@ -402,6 +414,7 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
         out.push(Trial {
             delay_s: delay,
             latency_ms,
+            verdict_ms,
             detected_by: fail.task,
             cause,
             identified,
@@ -457,9 +470,13 @@ pub fn run(setup: &Setup) -> Value {
                     format!("{}_{}", case.key(), arm.key()),
                     json!({
                         "stats_ms": s.json(),
+                        "verdict_stats_ms": {
+                            let v: Vec<f64> = ts.iter().filter_map(|t| t.verdict_ms).collect();
+                            (!v.is_empty()).then(|| stats(&v).json())
+                        },
                         "identified": identified,
                         "trials": ts.iter().map(|t| json!({
-                            "delay_s": t.delay_s, "latency_ms": t.latency_ms,
+                            "delay_s": t.delay_s, "latency_ms": t.latency_ms, "verdict_ms": t.verdict_ms,
                             "detected_by": t.detected_by, "cause": t.cause, "identified": t.identified,
                         })).collect::<Vec<_>>(),
                     }),
