@@ -452,6 +452,8 @@ pub fn run(setup: &Setup) -> Value {
                 let s = stats(&lat);
                 means[k] = s.mean;
                 let identified = ts.iter().filter(|t| t.identified).count();
+                let verdicts: Vec<f64> = ts.iter().filter_map(|t| t.verdict_ms).collect();
+                let verdict_stats = (!verdicts.is_empty()).then(|| stats(&verdicts).json());
                 rows.push(vec![
                     env.key.to_string(),
                     case.name().to_string(),
@@ -470,10 +472,7 @@ pub fn run(setup: &Setup) -> Value {
                     format!("{}_{}", case.key(), arm.key()),
                     json!({
                         "stats_ms": s.json(),
-                        "verdict_stats_ms": {
-                            let v: Vec<f64> = ts.iter().filter_map(|t| t.verdict_ms).collect();
-                            (!v.is_empty()).then(|| stats(&v).json())
-                        },
+                        "verdict_stats_ms": verdict_stats,
                         "identified": identified,
                         "trials": ts.iter().map(|t| json!({
                             "delay_s": t.delay_s, "latency_ms": t.latency_ms, "verdict_ms": t.verdict_ms,
