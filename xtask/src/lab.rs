@@ -14,6 +14,8 @@ use anyhow::{Context, bail};
 use crate::util::{self, progress};
 
 const KERNEL_PKG: &str = "linux-image-6.1.0-56-amd64";
+/// The guest's kernel release, for reports.
+pub const GUEST_KERNEL: &str = "6.1.0-56-amd64 (Debian)";
 const MODULES: &[&str] = &[
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",
@@ -101,7 +103,7 @@ fn kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
 
 /// Builds the static agent and test kit (separate target dir: static flags must not
 /// invalidate the host build).
-fn static_binaries() -> anyhow::Result<PathBuf> {
+pub fn static_binaries() -> anyhow::Result<PathBuf> {
     progress("building the static vesper-agent and test kit");
     util::run(
         Command::new(util::cargo_bin())
@@ -321,6 +323,17 @@ pub fn exec(name: &str, cmd: &str, timeout: Duration) -> anyhow::Result<(String,
         cmd,
         timeout,
     )?)
+}
+
+/// Stops the vesperd `up` started for the VM (the guest keeps running).
+pub fn stop_vesperd(name: &str) -> anyhow::Result<()> {
+    let pidfile = vm_dir(name)?.join("vesperd.pid");
+    if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+        let _ = std::fs::remove_file(&pidfile);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
 }
 
 pub fn down(name: &str) -> anyhow::Result<()> {

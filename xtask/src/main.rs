@@ -13,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick]|lab up|exec|d
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   start an agent and vesperd on this machine, catch a signal, show and explain it
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
-  bench  measure compile time and start-to-first-event against bpftrace; prints tables";
+  bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
+         overhead and footprint against bpftrace (--quick: short, native only)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

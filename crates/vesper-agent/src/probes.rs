@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
 
-use aya::{Ebpf, EbpfLoader};
 use aya::maps::{Array, MapData, RingBuf};
 use aya::programs::{KProbe, TracePoint};
+use aya::{Ebpf, EbpfLoader};
 use vesper_proto::{AttachKind, LoadProbe, ProbeStat};
 
 #[derive(Debug, thiserror::Error)]

@@ -33,7 +33,9 @@ pub fn exec(sock: &Path, cmd: &str, timeout: Duration) -> io::Result<(String, i3
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("the lab port closed before the command finished (output so far: {out})"),
+                    format!(
+                        "the lab port closed before the command finished (output so far: {out})"
+                    ),
                 ));
             }
             Ok(_) => {}

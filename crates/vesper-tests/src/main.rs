@@ -142,7 +142,8 @@ fn main() {
                 .unwrap_or_else(|_| die("--port: out of range")),
             cgroup: arg(&args, "--cgroup"),
             ballast_mib: num(&args, "--ballast", 0).max(0) as usize,
-            leave_free_mib: arg(&args, "--leave-free").map(|_| num(&args, "--leave-free", 0).max(0) as usize),
+            leave_free_mib: arg(&args, "--leave-free")
+                .map(|_| num(&args, "--leave-free", 0).max(0) as usize),
             pidfile: arg(&args, "--pidfile"),
         })
         .unwrap_or_else(|e| die(&format!("web: {e}"))),

@@ -883,7 +883,8 @@ impl Session {
                     st.received += 1;
                     let json = record_json(&self.name, &p.name, seq, &fields, host_ms);
                     if judged {
-                        verdict_inputs.push(record_value(&self.name, &p.name, seq, fields, host_ms));
+                        verdict_inputs
+                            .push(record_value(&self.name, &p.name, seq, fields, host_ms));
                     }
                     stored.push(StoredRecord {
                         probe: p.name.clone(),
@@ -1084,7 +1085,14 @@ mod tests {
 
     #[test]
     fn the_stored_json_line_is_the_rules_record_exactly() {
-        for s in ["httpd", "", "a\"b\\c", "tab\there\nnl\r", "\u{1}\u{1f}\u{7f}", "é✓🦀"] {
+        for s in [
+            "httpd",
+            "",
+            "a\"b\\c",
+            "tab\there\nnl\r",
+            "\u{1}\u{1f}\u{7f}",
+            "é✓🦀",
+        ] {
             let fields = vec![
                 ("ts_ns".to_string(), V::UInt(u64::MAX)),
                 ("sig".to_string(), V::Int(-15)),
@@ -1092,7 +1100,11 @@ mod tests {
             ];
             let line = record_json("web\"1", "signal", 7, &fields, 42);
             let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert_eq!(parsed, record_value("web\"1", "signal", 7, fields, 42), "{line}");
+            assert_eq!(
+                parsed,
+                record_value("web\"1", "signal", 7, fields, 42),
+                "{line}"
+            );
             // Same key order too: vm, probe, seq, the fields, host_ms.
             assert_eq!(parsed.to_string(), line);
         }

@@ -20,7 +20,9 @@ pub fn vesper_probe(comm: &str) -> String {
 
 /// The same probe for bpftrace: one printf line per event.
 pub fn bpftrace_probe(comm: &str) -> String {
-    format!("tracepoint:syscalls:sys_enter_getppid /comm == \"{comm}\"/ {{ printf(\"%d\\n\", pid); }}")
+    format!(
+        "tracepoint:syscalls:sys_enter_getppid /comm == \"{comm}\"/ {{ printf(\"%d\\n\", pid); }}"
+    )
 }
 
 /// Loads the probe into `vm` through vesperd and waits until it is attached.
@@ -49,7 +51,9 @@ pub fn run_blaster(count: u64, rate: u64) -> (u64, f64) {
 
 /// "calls elapsed_ns" → (calls, ns per call).
 pub fn parse_blaster(out: &str) -> (u64, f64) {
-    let mut it = out.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+    let mut it = out
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(0));
     let calls = it.next().unwrap_or(0);
     let ns = it.next().unwrap_or(0);
     (calls, ns as f64 / calls.max(1) as f64)
@@ -70,8 +74,11 @@ pub struct Accounting {
 impl Accounting {
     pub fn unaccounted(&self) -> i64 {
         self.produced as i64
-            - (self.received + self.kernel_drops + self.agent_drops + self.transport_lost + self.malformed)
-                as i64
+            - (self.received
+                + self.kernel_drops
+                + self.agent_drops
+                + self.transport_lost
+                + self.malformed) as i64
     }
     pub fn rate(&self) -> f64 {
         self.received as f64 / self.seconds.max(1e-9)
@@ -94,13 +101,25 @@ fn counters(h: &Harness, vm: &str) -> [u64; 5] {
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == PROBE).cloned())
         .unwrap_or(Value::Null);
-    ["received", "kernel_drops", "agent_drops", "transport_lost", "malformed"]
-        .map(|k| p[k].as_u64().unwrap_or(0))
+    [
+        "received",
+        "kernel_drops",
+        "agent_drops",
+        "transport_lost",
+        "malformed",
+    ]
+    .map(|k| p[k].as_u64().unwrap_or(0))
 }
 
 /// Once the source is done: waits until vesperd has accounted for every one of `produced`
 /// records beyond `before` (or nothing changed for 3 s); times the last change from `start`.
-pub fn account(h: &Harness, vm: &str, produced: u64, before: [u64; 5], start: Instant) -> Accounting {
+pub fn account(
+    h: &Harness,
+    vm: &str,
+    produced: u64,
+    before: [u64; 5],
+    start: Instant,
+) -> Accounting {
     let mut last = before;
     let mut last_change = start;
     loop {

@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::Setup;
 use crate::blast;
 use crate::common::{Harness, VmSpec};
 use crate::util::{TICKS_PER_S, cpu_ticks, rss_kib, rss_split_kib, status_kib, table};
-use crate::Setup;
 
 const DEFAULT_PROBES: &[&str] = &["signal", "oom"];
 
@@ -109,10 +109,17 @@ pub fn run(setup: &Setup) -> Value {
         vec!["vesperd RSS per added VM (MiB)".into(), format!("{:.2}", per_vm / 1024.0)],
     ];
     if let Some(b) = static_agent {
-        rows.push(vec!["static agent binary (MiB)".into(), format!("{:.2}", b as f64 / 1048576.0)]);
+        rows.push(vec![
+            "static agent binary (MiB)".into(),
+            format!("{:.2}", b as f64 / 1048576.0),
+        ]);
     }
     if let Some((r, (maps, own))) = guest_rss {
-        rows.push(vec!["agent in the lab guest (static, memory-locked), idle: RSS MiB (ring buffers / own)".into(), format!("{} ({} / {})", mib(r), mib(maps), mib(own))]);
+        rows.push(vec![
+            "agent in the lab guest (static, memory-locked), idle: RSS MiB (ring buffers / own)"
+                .into(),
+            format!("{} ({} / {})", mib(r), mib(maps), mib(own)),
+        ]);
     }
     table("footprint", &["what", "measured"], &rows);
     json!({

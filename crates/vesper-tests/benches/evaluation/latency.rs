@@ -190,7 +190,9 @@ impl Env<'_> {
     fn inject(&self, case: Case) {
         match (case, self.lab) {
             (Case::SigTerm, None) => {
-                let st = Command::new("pkill").args(["-TERM", "-x", "httpd"]).status();
+                let st = Command::new("pkill")
+                    .args(["-TERM", "-x", "httpd"])
+                    .status();
                 assert!(st.is_ok_and(|s| s.success()), "pkill found no httpd");
             }
             (Case::SigTerm, Some(lab)) => {
@@ -202,7 +204,10 @@ impl Env<'_> {
                 s.write_all(b"GET /leak HTTP/1.0\r\n\r\n").unwrap();
                 let mut answer = String::new();
                 let _ = s.read_to_string(&mut answer);
-                assert!(answer.contains("leaking"), "the service did not start leaking: {answer:?}");
+                assert!(
+                    answer.contains("leaking"),
+                    "the service did not start leaking: {answer:?}"
+                );
             }
         }
     }
@@ -253,8 +258,11 @@ impl Alerts {
     fn new() -> Alerts {
         let dir = tempfile::tempdir().unwrap();
         // Pacemaker runs alert agents as hacluster.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777))
-            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
         let agent = dir.path().join("alert.sh");
         std::fs::write(&agent, ALERT_AGENT).unwrap();
         std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -300,7 +308,13 @@ impl Alerts {
     }
 
     /// Waits for the first alert after `from` that satisfies `f`.
-    fn wait(&self, from: usize, timeout: Duration, what: &str, f: impl Fn(&Alert) -> bool) -> Alert {
+    fn wait(
+        &self,
+        from: usize,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Alert) -> bool,
+    ) -> Alert {
         let mut found = None;
         wait_until(
             timeout,
@@ -336,7 +350,16 @@ impl Drop for OcfAgent {
 
 fn cause_attr(rsc: &str) -> Option<String> {
     let o = Command::new("crm_attribute")
-        .args(["--node", NODE, "--name", &format!("vesper-cause-{rsc}"), "--lifetime", "reboot", "--query", "--quiet"])
+        .args([
+            "--node",
+            NODE,
+            "--name",
+            &format!("vesper-cause-{rsc}"),
+            "--lifetime",
+            "reboot",
+            "--query",
+            "--quiet",
+        ])
         .output()
         .ok()?;
     let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
@@ -345,7 +368,15 @@ fn cause_attr(rsc: &str) -> Option<String> {
 
 fn delete_cause_attr(rsc: &str) {
     let _ = Command::new("crm_attribute")
-        .args(["--node", NODE, "--name", &format!("vesper-cause-{rsc}"), "--lifetime", "reboot", "--delete"])
+        .args([
+            "--node",
+            NODE,
+            "--name",
+            &format!("vesper-cause-{rsc}"),
+            "--lifetime",
+            "reboot",
+            "--delete",
+        ])
         .output();
 }
 
@@ -360,7 +391,11 @@ struct Trial {
 
 fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut Rng) -> Vec<Trial> {
     let (h, vm) = env.vesperd(arm == Arm::Vesper);
-    wait_until(Duration::from_secs(60), || env.healthy(), "the service to answer");
+    wait_until(
+        Duration::from_secs(60),
+        || env.healthy(),
+        "the service to answer",
+    );
     let mut out = Vec::new();
     for i in 0..n {
         delete_cause_attr(env.rsc);
@@ -370,9 +405,17 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
         let from = alerts.len();
         let t0 = unix_now();
         env.inject(case);
-        let fail = alerts.wait(from, Duration::from_secs(60), "Pacemaker to record the failure", |a| {
-            a.rsc == env.rsc && a.rc != 0 && a.status == 0 && (a.task == "monitor" || a.task == "asyncmon")
-        });
+        let fail = alerts.wait(
+            from,
+            Duration::from_secs(60),
+            "Pacemaker to record the failure",
+            |a| {
+                a.rsc == env.rsc
+                    && a.rc != 0
+                    && a.status == 0
+                    && (a.task == "monitor" || a.task == "asyncmon")
+            },
+        );
         let latency_ms = (fail.time - t0) * 1000.0;
         let cause = match arm {
             Arm::Vesper => {
@@ -399,10 +442,17 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
             })
             .flatten()
             .map(|ms| ms - t0 * 1000.0);
-        alerts.wait(from, Duration::from_secs(120), "Pacemaker to restart the service", |a| {
-            a.rsc == env.rsc && a.task == "start" && a.rc == 0 && a.time > fail.time
-        });
-        wait_until(Duration::from_secs(60), || env.healthy(), "the restarted service to answer");
+        alerts.wait(
+            from,
+            Duration::from_secs(120),
+            "Pacemaker to restart the service",
+            |a| a.rsc == env.rsc && a.task == "start" && a.rc == 0 && a.time > fail.time,
+        );
+        wait_until(
+            Duration::from_secs(60),
+            || env.healthy(),
+            "the restarted service to answer",
+        );
         eprintln!(
             "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (verdict at {verdict_ms:.1?} ms; injected {delay:.2} s into the cycle; {}; cause: {cause})",
             env.key,
@@ -481,14 +531,29 @@ pub fn run(setup: &Setup) -> Value {
                     }),
                 );
             }
-            per_env.insert(format!("{}_ratio", case.key()), json!(means[0] / means[1].max(1e-9)));
+            per_env.insert(
+                format!("{}_ratio", case.key()),
+                json!(means[0] / means[1].max(1e-9)),
+            );
         }
         drop(cluster);
         results.insert(env.key.into(), Value::Object(per_env));
     }
     table(
-        &format!("notification latency: fault injected → Pacemaker records the failure (ms), {n} trials each"),
-        &["where", "use case", "detector", "n", "mean", "p50", "p99", "max", "cause identified"],
+        &format!(
+            "notification latency: fault injected → Pacemaker records the failure (ms), {n} trials each"
+        ),
+        &[
+            "where",
+            "use case",
+            "detector",
+            "n",
+            "mean",
+            "p50",
+            "p99",
+            "max",
+            "cause identified",
+        ],
         &rows,
     );
     results.insert("seed".into(), json!(seed));

@@ -17,9 +17,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a harness: a failed unwrap is a failed run
 #![allow(missing_debug_implementations)] // a program's private types, printed by no one
 
+mod blast;
 #[path = "../../tests/common/mod.rs"]
 mod common;
-mod blast;
 mod footprint;
 mod latency;
 mod overhead;
@@ -50,12 +50,9 @@ impl Lab {
 
     /// Runs a shell command in the guest; panics unless it exits 0.
     pub fn exec(&self, cmd: &str) -> String {
-        let (out, rc) = vesper_tests::lab_port::exec(
-            &self.dir.join("lab.sock"),
-            cmd,
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("lab exec {cmd:?}: {e}"));
+        let (out, rc) =
+            vesper_tests::lab_port::exec(&self.dir.join("lab.sock"), cmd, Duration::from_secs(300))
+                .unwrap_or_else(|e| panic!("lab exec {cmd:?}: {e}"));
         assert_eq!(rc, 0, "lab exec {cmd:?} exited {rc}: {out}");
         out
     }

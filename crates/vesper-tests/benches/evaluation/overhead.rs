@@ -5,10 +5,10 @@
 
 use serde_json::{Value, json};
 
+use crate::Setup;
 use crate::blast::{self, Bpftrace};
 use crate::common::{Harness, VmSpec};
 use crate::util::{median, table};
-use crate::Setup;
 
 fn ns_per_call(n: u64, runs: usize) -> f64 {
     let xs: Vec<f64> = (0..runs).map(|_| blast::run_blaster(n, 0).1).collect();
@@ -16,7 +16,11 @@ fn ns_per_call(n: u64, runs: usize) -> f64 {
 }
 
 pub fn run(setup: &Setup) -> Value {
-    let (n, runs) = if setup.quick { (1_000_000, 3) } else { (5_000_000, 5) };
+    let (n, runs) = if setup.quick {
+        (1_000_000, 3)
+    } else {
+        (5_000_000, 5)
+    };
     let base = ns_per_call(n, runs);
     let h = Harness::start(&[VmSpec {
         name: "native1",

@@ -34,7 +34,10 @@ fn native(n: u64) -> Accounting {
     h.wait_ready("native1");
     blast::load(&h, "native1", "blaster");
     let before = blast::before(&h, "native1");
-    let (agent, vesperd) = (h.agents[0].child.id(), h.vesperd.as_ref().unwrap().child.id());
+    let (agent, vesperd) = (
+        h.agents[0].child.id(),
+        h.vesperd.as_ref().unwrap().child.id(),
+    );
     let cpu0 = (cpu_ticks(agent), cpu_ticks(vesperd));
     let start = Instant::now();
     let (calls, _) = blast::run_blaster(n, 0);
@@ -61,7 +64,9 @@ fn lab(lab: &Lab, n: u64) -> Accounting {
     blast::load(&h, "lab", "blaster");
     let before = blast::before(&h, "lab");
     let start = Instant::now();
-    let out = lab.exec(&format!("vesper-testkit blaster --comm blaster --count {n}"));
+    let out = lab.exec(&format!(
+        "vesper-testkit blaster --comm blaster --count {n}"
+    ));
     let (calls, _) = blast::parse_blaster(&out);
     blast::account(&h, "lab", calls, before, start)
 }
@@ -72,19 +77,34 @@ pub fn run(setup: &Setup) -> Value {
     let mut rows = Vec::new();
     let mut out = serde_json::Map::new();
     let v = native(n);
-    rows.push(row("Vesper, native (agent → unix socket → vesperd store)", &v));
+    rows.push(row(
+        "Vesper, native (agent → unix socket → vesperd store)",
+        &v,
+    ));
     out.insert("vesper_native".into(), v.json());
     let b = bpftrace(n);
     rows.push(row("bpftrace -f json, native (→ pipe)", &b));
     out.insert("bpftrace_native".into(), b.json());
     if let Some(l) = &setup.lab {
         let a = lab(l, n_lab);
-        rows.push(row("Vesper, lab guest (TCG) → virtio-serial → vesperd store", &a));
+        rows.push(row(
+            "Vesper, lab guest (TCG) → virtio-serial → vesperd store",
+            &a,
+        ));
         out.insert("vesper_lab".into(), a.json());
     }
     table(
         "throughput: getppid(2) as fast as one thread can call it, every call a record",
-        &["path", "produced", "received", "dropped in kernel", "dropped after", "unaccounted", "s", "records/s"],
+        &[
+            "path",
+            "produced",
+            "received",
+            "dropped in kernel",
+            "dropped after",
+            "unaccounted",
+            "s",
+            "records/s",
+        ],
         &rows,
     );
     json!(out)

@@ -112,10 +112,9 @@ pub fn rss_split_kib(smaps: &str) -> (u64, u64) {
     let (mut maps, mut own) = (0, 0);
     let mut in_map = false;
     for l in smaps.lines() {
-        if l.split_whitespace()
-            .next()
-            .is_some_and(|a| a.contains('-') && a.chars().all(|c| c.is_ascii_hexdigit() || c == '-'))
-        {
+        if l.split_whitespace().next().is_some_and(|a| {
+            a.contains('-') && a.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+        }) {
             in_map = l.ends_with("anon_inode:bpf-map");
         } else if let Some(kib) = status_kib(l, "Rss:") {
             if in_map {

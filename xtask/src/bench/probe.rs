@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: measurements printed as tables (never asserted on).
+//! The probe measurements of `cargo xtask bench`, printed as tables (never asserted on):
 //!
 //! - compile: each built-in probe compiled against this machine's kernel, in process.
 //! - start-to-first-event: from the command that loads a probe (`vesper load`, or starting
@@ -10,20 +10,19 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use vesper_probe::{KernelInfo, builtin};
 
 use crate::native::NativeStack;
-use crate::util::{self, progress};
 
-struct Stats {
-    mean: f64,
-    p50: f64,
-    min: f64,
-    max: f64,
+pub struct Stats {
+    pub mean: f64,
+    pub p50: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
-fn stats(mut xs: Vec<f64>) -> Stats {
+pub fn stats(mut xs: Vec<f64>) -> Stats {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len().max(1) as f64;
     Stats {
@@ -34,31 +33,12 @@ fn stats(mut xs: Vec<f64>) -> Stats {
     }
 }
 
-pub fn run(quick: bool) -> anyhow::Result<()> {
-    if !util::is_root() {
-        bail!("the benchmarks load BPF programs: run `cargo xtask bench` as root");
-    }
-    util::ensure_tracefs()?;
-    util::ensure_packages(&[("bpftrace", "bpftrace")])?;
-    progress("building (release)");
-    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
-    let bin = util::target_dir()?.join("release");
-    let mut results = serde_json::Map::new();
-    results.insert(
-        "compile".into(),
-        compile_times(if quick { 50 } else { 500 })?,
-    );
-    results.insert(
-        "start_to_first_event".into(),
-        start_to_first_event(&bin, if quick { 3 } else { 10 })?,
-    );
-    let out = util::workspace_root().join("target/bench-probe.json");
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
-    )?;
-    progress(&format!("results also in {}", out.display()));
-    Ok(())
+/// Compile times and start-to-first-event, as JSON for the results.
+pub fn run(bin: &Path, quick: bool) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "compile": compile_times(if quick { 50 } else { 500 })?,
+        "start_to_first_event": start_to_first_event(bin, if quick { 3 } else { 10 })?,
+    }))
 }
 
 fn compile_times(n: usize) -> anyhow::Result<serde_json::Value> {

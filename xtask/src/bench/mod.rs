@@ -1,0 +1,183 @@
+//! `cargo xtask bench [--quick]`: the evaluation.
+//!
+//! Builds the release binaries and the static agent, boots the lab VM (full run only),
+//! measures probe compile times and start-to-first-event here, then runs the evaluation
+//! program (`crates/vesper-tests/benches/evaluation`: latency against Pacemaker's polling
+//! monitor, throughput, overhead, footprint). Everything lands in one JSON file, rendered
+//! into Markdown tables and SVG plots.
+//!
+//! A full run writes `bench/results.json`, `bench/*.svg` and `docs/evaluation.md`, the
+//! published figures; `--quick` (native only, a few trials) writes the same under
+//! `target/bench/`, so a short run never replaces them.
+
+mod probe;
+mod report;
+mod svg;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::lab;
+use crate::util::{self, progress};
+
+const LAB: &str = "bench-lab";
+const LAB_PORT: u16 = 18282;
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let out = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&out)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    json!({
+        "date": first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "kernel": first_line("uname", &["-r"]),
+        "cpu": cpu,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory_gib": mem_kib as f64 / 1048576.0,
+        "rustc": first_line("rustc", &["--version"]),
+        "bpftrace": first_line("bpftrace", &["--version"]),
+        "pacemaker": first_line("pacemakerd", &["--version"]),
+        "corosync": first_line("corosync", &["-v"]),
+        "qemu": first_line("qemu-system-x86_64", &["--version"]),
+        "guest_kernel": lab::GUEST_KERNEL,
+    })
+}
+
+pub fn run(quick: bool) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the benchmarks load BPF programs and run a cluster: run `cargo xtask bench` as root"
+        );
+    }
+    util::ensure_tracefs()?;
+    util::ensure_packages(&[
+        ("bpftrace", "bpftrace"),
+        ("pacemakerd", "pacemaker"),
+        ("crm_resource", "pacemaker-cli-utils"),
+        ("corosync", "corosync"),
+        ("curl", "curl"),
+    ])?;
+    let root = util::workspace_root();
+    let out_dir = if quick {
+        util::target_dir()?.join("bench")
+    } else {
+        root.join("bench")
+    };
+    std::fs::create_dir_all(&out_dir)?;
+    progress("building the release binaries");
+    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin = util::target_dir()?.join("release");
+    let static_agent = lab::static_binaries()?.join("vesper-agent");
+
+    let mut results = serde_json::Map::new();
+    results.insert("machine".into(), machine());
+    progress("probe compile time and start-to-first-event");
+    results.insert("probe".into(), probe::run(&bin, quick)?);
+
+    if !quick {
+        lab::up(LAB, LAB_PORT, false)?;
+        // The evaluation starts vesperds of its own for the guest.
+        lab::stop_vesperd(LAB)?;
+    }
+    let raw = util::target_dir()?.join("bench/evaluation.json");
+    std::fs::create_dir_all(raw.parent().context("target/bench")?)?;
+    let _ = std::fs::remove_file(&raw);
+    progress("the evaluation: footprint, overhead, throughput, notification latency");
+    let mut cmd = Command::new(util::cargo_bin());
+    cmd.args(["bench", "-p", "vesper-tests", "--bench", "evaluation", "--"])
+        .arg("--out")
+        .arg(&raw)
+        .env("VESPER_BIN_DIR", &bin)
+        .env("VESPER_STATIC_AGENT", &static_agent);
+    if quick {
+        cmd.arg("--quick");
+    } else {
+        cmd.env("VESPER_LAB", LAB)
+            .env("VESPER_LAB_DIR", lab::vm_dir(LAB)?)
+            .env("VESPER_LAB_PORT", LAB_PORT.to_string());
+    }
+    let ran = util::run(&mut cmd);
+    if !quick {
+        let _ = lab::down(LAB);
+    }
+    ran?;
+    let eval: Value = serde_json::from_str(
+        &std::fs::read_to_string(&raw).with_context(|| raw.display().to_string())?,
+    )?;
+    if let Value::Object(m) = eval {
+        results.extend(m);
+    }
+    let results = Value::Object(results);
+    write(
+        &out_dir.join("results.json"),
+        &serde_json::to_string_pretty(&results)?,
+    )?;
+    let plots = svg::plots(&results);
+    for (name, text) in &plots {
+        write(&out_dir.join(name), text)?;
+    }
+    let doc = if quick {
+        out_dir.join("evaluation.md")
+    } else {
+        root.join("docs/evaluation.md")
+    };
+    let plot_dir = relative(doc.parent().context("doc dir")?, &out_dir);
+    let analysis = std::fs::read_to_string(root.join("bench/analysis.md")).unwrap_or_default();
+    write(
+        &doc,
+        &report::render(&results, &plot_dir.to_string_lossy(), &analysis),
+    )?;
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| path.display().to_string())?;
+    progress(&format!("wrote {}", path.display()));
+    Ok(())
+}
+
+/// `to` as seen from `from` (both under the workspace): `../bench` or `.`.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    if from == to {
+        return PathBuf::from(".");
+    }
+    let up = from
+        .strip_prefix(util::workspace_root())
+        .map_or(0, |p| p.components().count());
+    let mut p = PathBuf::new();
+    for _ in 0..up {
+        p.push("..");
+    }
+    p.join(to.strip_prefix(util::workspace_root()).unwrap_or(to))
+}
