@@ -150,6 +150,10 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
         .find(|a| a["kind"] == "pacemaker")
         .expect("pacemaker action");
     assert_eq!(pm["ok"], true, "{pm}");
+    assert!(
+        !pm["detail"].as_str().unwrap().contains("lowered first"),
+        "no migration-threshold: the failure goes in at once: {pm}"
+    );
     let hook_action = e["actions"]
         .as_array()
         .unwrap()
@@ -211,6 +215,39 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
         "the hook saw both acted-on verdicts: {hooked}"
     );
     assert!(hooked.contains("OOM killer took postgres"));
+
+    // Fault 3: with a finite migration-threshold the scheduler acts on the count, so the
+    // counter is lowered before the failure; still exactly one failure.
+    let set = Command::new("crm_resource")
+        .args(["--resource", RSC, "--meta", "--set-parameter", "migration-threshold"])
+        .args(["--parameter-value", "5"])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{set:?}");
+    std::thread::sleep(Duration::from_millis(2200));
+    let mark = cluster.mark(RSC);
+    let (_victim, pid) = mortal_victim("httpd");
+    send_signals("pkill", pid, libc::SIGTERM, 1);
+    cluster.expect_one_failure(RSC, &mark, "httpd killed, migration-threshold set", || {
+        why_json(&h).last().is_some_and(|e| {
+            e["verdict"]["cause"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(&format!("httpd (pid {pid})")))
+                && e["actions"].as_array().is_some_and(|a| !a.is_empty())
+        })
+    });
+    let last = why_json(&h).pop().unwrap();
+    let pm = last["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "pacemaker")
+        .expect("pacemaker action")
+        .clone();
+    assert!(
+        pm["ok"] == true && pm["detail"].as_str().unwrap().contains("lowered first"),
+        "{pm}"
+    );
 
     // The CLI's OCF codes outside the happy path.
     let unknown = h.vesper(&["check", "no-such-vm"]);

@@ -330,36 +330,53 @@ async fn pacemaker(
 
 /// `crm_resource --fail`, counted exactly once.
 ///
-/// Pacemaker 2.1 counts a failure injected with `crm_resource --fail` twice: the controller
-/// handles both history entries of the synthetic operation (`_last_0` and
-/// `_last_failure_0`) as unexpected results. One fault must be one failure (that is what
-/// migration-threshold counts), so the counter is set one lower first and checked after;
-/// a Pacemaker that counts once gets the missing one back. Lowering first means the
-/// scheduler never sees a count that is too high.
+/// Pacemaker 2.1 counts a failure injected with `crm_resource --fail` twice, though not
+/// always: the controller handles both history entries of the synthetic operation
+/// (`_last_0` and `_last_failure_0`) as unexpected results. One fault must be one failure,
+/// so the count is corrected, in one of two ways:
+///
+/// - Where a finite `migration-threshold` is configured anywhere in the CIB, the scheduler
+///   acts on the count (it moves the resource away at the threshold), so it must never see
+///   one that is too high: the counter is set one lower first, and checked after; a
+///   Pacemaker that counts once gets the missing one back. This costs about 30 ms of tool
+///   calls before the failure.
+/// - Otherwise (the default, `INFINITY`) a count shows only to the operator: the failure
+///   goes in at once, and a double count is taken back afterwards.
 async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
     // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
     let counter = format!("fail-count-{resource}#asyncmon_0");
     let prepared = with_retries("pacemaker", started, || async {
-        let before = attr_value(&counter, node).await?;
-        attr_set(&counter, node, before - 1).await?;
-        // attrd_updater returns before attrd applies the value; the controller's
-        // increments must come after it.
-        for _ in 0..50 {
-            if attr_value(&counter, node).await? == before - 1 {
-                return Ok(before.to_string());
+        let (before, threshold) = tokio::join!(attr_value(&counter, node), migration_thresholds());
+        let before = before?;
+        // An unreadable CIB is treated as "a threshold is set": the careful way.
+        if !threshold.is_ok_and(|xml| !has_finite_threshold(&xml)) {
+            attr_set(&counter, node, before - 1).await?;
+            // attrd_updater returns before attrd applies the value; the controller's
+            // increments must come after it.
+            for _ in 0..50 {
+                if attr_value(&counter, node).await? == before - 1 {
+                    return Ok(format!("{before} lowered"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            return Err(format!(
+                "attrd did not apply {counter}={} within 0.5 s",
+                before - 1
+            ));
         }
-        Err(format!(
-            "attrd did not apply {counter}={} within 0.5 s",
-            before - 1
-        ))
+        Ok(before.to_string())
     })
     .await;
     if !prepared.ok {
         return prepared;
     }
-    let before: i64 = prepared.detail.parse().unwrap_or(0);
+    let lowered = prepared.detail.ends_with(" lowered");
+    let before: i64 = prepared
+        .detail
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let fail = with_retries("pacemaker", started, || async {
         run_tool(
             "crm_resource",
@@ -370,21 +387,24 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
     })
     .await;
     if !fail.ok {
-        let _ = attr_set(&counter, node, before).await;
+        if lowered {
+            let _ = attr_set(&counter, node, before).await;
+        }
         return fail;
     }
     // Whether Pacemaker counts once or twice varies from call to call (both were seen on
     // 2.1.5). Its increments come within milliseconds of each other: wait for the first,
     // then briefly for a second.
-    let mut after = before - 1;
+    let start_value = if lowered { before - 1 } else { before };
+    let mut after = start_value;
     let mut first_seen: Option<Instant> = None;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
         after = attr_value(&counter, node).await.unwrap_or(after);
-        if after > before {
+        if after >= start_value + 2 {
             break;
         }
-        if after == before {
+        if after == start_value + 1 {
             let seen = *first_seen.get_or_insert_with(Instant::now);
             if seen.elapsed() > Duration::from_millis(300) {
                 break;
@@ -394,18 +414,52 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
     }
     let fixed = match after - before {
         1 => String::new(),
-        0 => match attr_set(&counter, node, before + 1).await {
+        0 if lowered => match attr_set(&counter, node, before + 1).await {
             Ok(()) => {
                 "; Pacemaker counted the failure once, the lowered counter was restored".into()
             }
             Err(e) => format!("; the fail-count could not be restored: {e}"),
         },
-        d => format!("; the fail-count counter moved by {} (expected 1)", d + 1),
+        2 if !lowered => match attr_set(&counter, node, before + 1).await {
+            Ok(()) => "; Pacemaker counted the failure twice, one was taken back".into(),
+            Err(e) => format!("; the double count could not be taken back: {e}"),
+        },
+        d => format!("; the fail-count counter moved by {d} (expected 1)"),
+    };
+    let how = if lowered {
+        "; counter lowered first (a migration-threshold is set)"
+    } else {
+        ""
     };
     ActionOutcome {
-        detail: format!("crm_resource --fail --resource {resource} --node {node}{fixed}"),
+        detail: format!("crm_resource --fail --resource {resource} --node {node}{how}{fixed}"),
         ..fail
     }
+}
+
+/// Every `migration-threshold` setting in the CIB (resources' meta attributes and
+/// `rsc_defaults`), as XML; empty when there is none.
+async fn migration_thresholds() -> Result<String, String> {
+    match run_tool(
+        "cibadmin",
+        &["--query", "--xpath", "//nvpair[@name='migration-threshold']"],
+        None,
+    )
+    .await
+    {
+        Ok(xml) => Ok(xml),
+        // cibadmin's answer to an XPath that matches nothing.
+        Err(e) if e.contains("No such device or address") => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether any `migration-threshold` in `xml` is finite (so the scheduler acts on counts).
+fn has_finite_threshold(xml: &str) -> bool {
+    xml.split("<nvpair")
+        .skip(1)
+        .filter_map(|el| el.split("value=\"").nth(1)?.split('"').next())
+        .any(|v| !v.trim().trim_start_matches('+').eq_ignore_ascii_case("INFINITY"))
 }
 
 /// A numeric node attribute from attrd (absent or empty: 0).
@@ -487,6 +541,24 @@ async fn exec_hook(hook: &std::path::Path, v: &Verdict, started: Instant) -> Act
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_finite_migration_threshold_makes_the_count_matter() {
+        assert!(!has_finite_threshold(""));
+        assert!(!has_finite_threshold(
+            r#"<nvpair id="a" name="migration-threshold" value="INFINITY"/>"#
+        ));
+        assert!(!has_finite_threshold(
+            r#"<xpath-query><nvpair id="a" name="migration-threshold" value="+infinity"/></xpath-query>"#
+        ));
+        assert!(has_finite_threshold(
+            r#"<xpath-query><nvpair id="a" name="migration-threshold" value="INFINITY"/>
+<nvpair id="b" name="migration-threshold" value="3"/></xpath-query>"#
+        ));
+        assert!(has_finite_threshold(
+            r#"<nvpair name="migration-threshold" id="c" value="0"/>"#
+        ));
+    }
 
     fn entry(id: u64, time_ms: u64, pending: bool) -> WhyEntry {
         WhyEntry {
