@@ -166,7 +166,7 @@ impl Env<'_> {
         );
         let daemon = format!("node = \"{NODE}\"");
         let (h, vm) = match self.lab {
-            Some(lab) => (lab.vesperd(&daemon, &extra), "lab"),
+            Some(lab) => (lab.vesperd(&[], &daemon, &extra), "lab"),
             None => {
                 let h = Harness::start_with(
                     &[VmSpec {
@@ -214,7 +214,8 @@ impl Env<'_> {
 
     fn healthy(&self) -> bool {
         Command::new("curl")
-            .args(["-fsS", "-o", "/dev/null", "--max-time", "2", &self.url])
+            .args(["-fs", "-o", "/dev/null", "--max-time", "2", &self.url])
+            .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     }
@@ -454,7 +455,7 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
             "the restarted service to answer",
         );
         eprintln!(
-            "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (verdict at {verdict_ms:.1?} ms; injected {delay:.2} s into the cycle; {}; cause: {cause})",
+            "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (verdict at {verdict_ms:.1?} ms; injected after a random {delay:.2} s; {}; cause: {cause})",
             env.key,
             case.key(),
             arm.key(),
@@ -489,6 +490,18 @@ pub fn run(setup: &Setup) -> Value {
     }
     let mut rows = Vec::new();
     let mut results = serde_json::Map::new();
+    if let Some(lab) = &setup.lab {
+        // How long a command takes to reach the guest and come back: the lab's injection of
+        // use case I (`killall`) travels this way, so it bounds the delivery delay.
+        let rtt: Vec<f64> = (0..10)
+            .map(|_| {
+                let t = Instant::now();
+                lab.exec("true");
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        results.insert("lab_command_rtt_ms".into(), stats(&rtt).json());
+    }
     for env in &envs {
         let alerts = Alerts::new();
         let cluster = Cluster::start_with(&env.primitive(), &alerts.xml(), &[env.rsc])

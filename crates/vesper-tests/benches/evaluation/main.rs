@@ -57,18 +57,19 @@ impl Lab {
         out
     }
 
-    /// The `[[vm]]` section that makes a vesperd talk to this guest, plus `extra` lines.
-    pub fn vm_section(&self, extra: &str) -> String {
+    /// The `[[vm]]` section that makes a vesperd talk to this guest, with `probes` loaded
+    /// on connect and `extra` lines.
+    pub fn vm_section(&self, probes: &[&str], extra: &str) -> String {
         format!(
-            "[[vm]]\nname = \"lab\"\nchannel = \"unix:{}\"\nqmp = \"unix:{}\"\nprobes = []\n{extra}\n",
+            "[[vm]]\nname = \"lab\"\nchannel = \"unix:{}\"\nqmp = \"unix:{}\"\nprobes = {probes:?}\n{extra}\n",
             self.dir.join("channel.sock").display(),
             self.dir.join("qmp.sock").display()
         )
     }
 
     /// A vesperd for this guest; returns once the agent is connected.
-    pub fn vesperd(&self, daemon_extra: &str, vm_extra: &str) -> Harness {
-        let h = Harness::start_vesperd(daemon_extra, &self.vm_section(vm_extra));
+    pub fn vesperd(&self, probes: &[&str], daemon_extra: &str, vm_extra: &str) -> Harness {
+        let h = Harness::start_vesperd(daemon_extra, &self.vm_section(probes, vm_extra));
         h.wait_ready("lab");
         h
     }

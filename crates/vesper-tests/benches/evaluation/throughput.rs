@@ -60,7 +60,7 @@ fn bpftrace(n: u64) -> Accounting {
 }
 
 fn lab(lab: &Lab, n: u64) -> Accounting {
-    let h = lab.vesperd("", "");
+    let h = lab.vesperd(&[], "", "");
     blast::load(&h, "lab", "blaster");
     let before = blast::before(&h, "lab");
     let start = Instant::now();
