@@ -219,7 +219,13 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
     // Fault 3: with a finite migration-threshold the scheduler acts on the count, so the
     // counter is lowered before the failure; still exactly one failure.
     let set = Command::new("crm_resource")
-        .args(["--resource", RSC, "--meta", "--set-parameter", "migration-threshold"])
+        .args([
+            "--resource",
+            RSC,
+            "--meta",
+            "--set-parameter",
+            "migration-threshold",
+        ])
         .args(["--parameter-value", "5"])
         .output()
         .unwrap();

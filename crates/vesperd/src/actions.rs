@@ -442,7 +442,11 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
 async fn migration_thresholds() -> Result<String, String> {
     match run_tool(
         "cibadmin",
-        &["--query", "--xpath", "//nvpair[@name='migration-threshold']"],
+        &[
+            "--query",
+            "--xpath",
+            "//nvpair[@name='migration-threshold']",
+        ],
         None,
     )
     .await
@@ -459,7 +463,11 @@ fn has_finite_threshold(xml: &str) -> bool {
     xml.split("<nvpair")
         .skip(1)
         .filter_map(|el| el.split("value=\"").nth(1)?.split('"').next())
-        .any(|v| !v.trim().trim_start_matches('+').eq_ignore_ascii_case("INFINITY"))
+        .any(|v| {
+            !v.trim()
+                .trim_start_matches('+')
+                .eq_ignore_ascii_case("INFINITY")
+        })
 }
 
 /// A numeric node attribute from attrd (absent or empty: 0).

@@ -536,3 +536,78 @@ Raw numbers: `{plots}/results.json`. Do not edit by hand: the analysis at the en
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn arm(latencies: &[f64], identified: u64) -> Value {
+        let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
+        json!({
+            "stats_ms": {"mean": mean, "p50": mean, "p99": mean, "max": mean},
+            "identified": identified,
+            "trials": latencies.iter().map(|l| json!({"latency_ms": l, "cause": "httpd killed"})).collect::<Vec<_>>(),
+        })
+    }
+
+    fn results(vesper_ms: f64, identified: u64, rate: f64, unaccounted: i64) -> Value {
+        json!({
+            "machine": {"date": "today"},
+            "latency": {"trials": 2, "native": {
+                "sigterm_poller_10s": arm(&[5000.0, 5000.0], 0),
+                "sigterm_vesper": arm(&[vesper_ms, vesper_ms], identified),
+                "sigterm_ratio": 5000.0 / vesper_ms,
+            }},
+            "throughput": {"vesper_native": {"records_per_s": rate, "unaccounted": unaccounted, "produced": 10, "received": 10}},
+            "overhead": {"calls": 10, "runs": 1, "baseline_ns": 100.0, "rows": [{"filter": "every call kept", "vesper_ns": 50.0, "bpftrace_ns": 40.0}]},
+            "footprint": {"agent_idle_rss_kib": 3000.0},
+        })
+    }
+
+    fn verdicts(r: &Value) -> Vec<String> {
+        targets(r).into_iter().map(|row| row[2].clone()).collect()
+    }
+
+    #[test]
+    fn targets_are_met_or_missed_by_the_numbers() {
+        // 40 ms against 5 s: 125×, cause every time; 1.2 M/s, nothing unaccounted.
+        let good = verdicts(&results(40.0, 2, 1.2e6, 0));
+        assert_eq!(good[0], "met");
+        assert_eq!(good[1], "met");
+        // Overhead above bpftrace's is a miss; 3000 KiB RSS is within 4 MiB.
+        assert_eq!(good[2], "**missed**");
+        assert_eq!(good[3], "met");
+        // 60 ms is only 83×; one cause missing; 0.9 M/s; a record unaccounted.
+        let bad = verdicts(&results(60.0, 2, 0.9e6, 0));
+        assert_eq!(bad[0], "**missed**");
+        assert_eq!(verdicts(&results(40.0, 1, 1.2e6, 0))[0], "**missed**");
+        assert_eq!(bad[1], "**missed**");
+        assert_eq!(verdicts(&results(40.0, 2, 1.2e6, 1))[1], "**missed**");
+    }
+
+    #[test]
+    fn the_report_and_plots_render_what_was_measured() {
+        let r = results(40.0, 2, 1.2e6, 0);
+        let doc = render(&r, "../bench", "## Analysis\n\nwhy.");
+        assert!(
+            doc.contains("| native | I: SIGTERM to httpd | Vesper | 2 | 40.0 |"),
+            "{doc}"
+        );
+        assert!(doc.contains("**125×**"), "{doc}");
+        assert!(doc.contains("![latency, native](../bench/latency-native.svg)"));
+        assert!(doc.ends_with("## Analysis\n\nwhy.\n"));
+        let plots = crate::bench::svg::plots(&r);
+        let names: Vec<&str> = plots.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            names,
+            ["latency-native.svg", "throughput.svg", "overhead.svg"]
+        );
+        for (_, svg) in &plots {
+            assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"));
+        }
+        // Two trials per series: four series, eight dots.
+        assert_eq!(plots[0].1.matches("<circle").count(), 4);
+    }
+}

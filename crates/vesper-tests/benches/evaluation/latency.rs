@@ -349,38 +349,6 @@ impl Drop for OcfAgent {
     }
 }
 
-fn cause_attr(rsc: &str) -> Option<String> {
-    let o = Command::new("crm_attribute")
-        .args([
-            "--node",
-            NODE,
-            "--name",
-            &format!("vesper-cause-{rsc}"),
-            "--lifetime",
-            "reboot",
-            "--query",
-            "--quiet",
-        ])
-        .output()
-        .ok()?;
-    let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    (o.status.success() && !v.is_empty()).then_some(v)
-}
-
-fn delete_cause_attr(rsc: &str) {
-    let _ = Command::new("crm_attribute")
-        .args([
-            "--node",
-            NODE,
-            "--name",
-            &format!("vesper-cause-{rsc}"),
-            "--lifetime",
-            "reboot",
-            "--delete",
-        ])
-        .output();
-}
-
 struct Trial {
     delay_s: f64,
     latency_ms: f64,
@@ -390,7 +358,15 @@ struct Trial {
     identified: bool,
 }
 
-fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut Rng) -> Vec<Trial> {
+fn trials(
+    cluster: &Cluster,
+    env: &Env,
+    alerts: &Alerts,
+    (case, arm): (Case, Arm),
+    n: usize,
+    rng: &mut Rng,
+) -> Vec<Trial> {
+    let cause_attr = format!("vesper-cause-{}", env.rsc);
     let (h, vm) = env.vesperd(arm == Arm::Vesper);
     wait_until(
         Duration::from_secs(60),
@@ -399,7 +375,7 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
     );
     let mut out = Vec::new();
     for i in 0..n {
-        delete_cause_attr(env.rsc);
+        cluster.delete_node_attr(&cause_attr);
         std::thread::sleep(Duration::from_millis(1500));
         let delay = rng.unit() * MONITOR_INTERVAL_S;
         std::thread::sleep(Duration::from_secs_f64(delay));
@@ -423,7 +399,7 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
                 let t = Instant::now();
                 let mut c = None;
                 while c.is_none() && t.elapsed() < Duration::from_secs(10) {
-                    c = cause_attr(env.rsc);
+                    c = cluster.node_attr(&cause_attr).filter(|v| !v.is_empty());
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 c.unwrap_or_default()
@@ -431,18 +407,25 @@ fn trials(env: &Env, alerts: &Alerts, case: Case, arm: Arm, n: usize, rng: &mut 
             // What Pacemaker itself knows of the failure.
             Arm::Poller => format!("{} {}: {}", fail.task, fail.rc, fail.desc),
         };
-        let identified = arm == Arm::Vesper && env.cause_matches(case, &cause);
         // Vesper's share: injection → verdict (the rest is Pacemaker's tools and controller).
-        let verdict_ms = (arm == Arm::Vesper)
+        // The verdict must be this trial's, and the cluster's attribute must say its cause.
+        let verdict = (arm == Arm::Vesper)
             .then(|| {
                 h.vesper_ok(&["why", vm, "--json", "--last", "1"])
                     .lines()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .filter_map(|e| e["verdict"]["time_ms"].as_f64())
                     .next_back()
             })
             .flatten()
-            .map(|ms| ms - t0 * 1000.0);
+            .and_then(|e| {
+                let ms = e["verdict"]["time_ms"].as_f64()? - t0 * 1000.0;
+                Some((ms, e["verdict"]["cause"].as_str()?.to_string()))
+            })
+            .filter(|(ms, _)| *ms >= 0.0);
+        let verdict_ms = verdict.as_ref().map(|v| v.0);
+        let identified = verdict
+            .as_ref()
+            .is_some_and(|(_, c)| *c == cause && env.cause_matches(case, c));
         alerts.wait(
             from,
             Duration::from_secs(120),
@@ -510,7 +493,7 @@ pub fn run(setup: &Setup) -> Value {
         for case in [Case::SigTerm, Case::Oom] {
             let mut means = [0.0; 2];
             for (k, arm) in [Arm::Poller, Arm::Vesper].into_iter().enumerate() {
-                let ts = trials(env, &alerts, case, arm, n, &mut rng);
+                let ts = trials(&cluster, env, &alerts, (case, arm), n, &mut rng);
                 let lat: Vec<f64> = ts.iter().map(|t| t.latency_ms).collect();
                 let s = stats(&lat);
                 means[k] = s.mean;

@@ -222,6 +222,22 @@ impl Cluster {
         ok.then(|| out.trim().to_string())
     }
 
+    /// Deletes a transient node attribute (absent already: nothing to do).
+    pub fn delete_node_attr(&self, name: &str) {
+        tool(
+            "crm_attribute",
+            &[
+                "--node",
+                NODE,
+                "--name",
+                name,
+                "--lifetime",
+                "reboot",
+                "--delete",
+            ],
+        );
+    }
+
     /// The resource's operation history entry `id` (`RSC_last_0`, `RSC_last_failure_0`):
     /// (operation, call-id, rc-code).
     pub fn history(&self, id: &str) -> Option<(String, i64, i64)> {
