@@ -9,12 +9,13 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick]|lab up|exec|down NAME>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick] [--render]|lab up|exec|down NAME>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   start an agent and vesperd on this machine, catch a signal, show and explain it
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
   bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
-         overhead and footprint against bpftrace (--quick: short, native only)";
+         overhead and footprint against bpftrace (--quick: short, native only; --render: the
+         report and plots again from the last results)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -22,7 +23,14 @@ fn main() {
         Some("test") => test(),
         Some("demo") => demo::run(),
         Some("lab") => lab::run(&args[1..]),
-        Some("bench") => bench::run(args.iter().any(|a| a == "--quick")),
+        Some("bench") => {
+            let quick = args.iter().any(|a| a == "--quick");
+            if args.iter().any(|a| a == "--render") {
+                bench::render(quick)
+            } else {
+                bench::run(quick)
+            }
+        }
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);

@@ -74,6 +74,27 @@ fn machine() -> Value {
     })
 }
 
+/// `--render`: the report and plots again from the results of the last run (after editing
+/// `bench/analysis.md`, or the report's layout), measuring nothing.
+pub fn render(quick: bool) -> anyhow::Result<()> {
+    let out_dir = out_dir(quick)?;
+    let file = out_dir.join("results.json");
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(&file)
+            .with_context(|| format!("{}: run `cargo xtask bench` first", file.display()))?,
+    )?;
+    publish(&results, quick, &out_dir)
+}
+
+/// Where a run's results go: published (`bench/`) or a quick run's (`target/bench/`).
+fn out_dir(quick: bool) -> anyhow::Result<PathBuf> {
+    Ok(if quick {
+        util::target_dir()?.join("bench")
+    } else {
+        util::workspace_root().join("bench")
+    })
+}
+
 pub fn run(quick: bool) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!(
@@ -88,12 +109,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         ("corosync", "corosync"),
         ("curl", "curl"),
     ])?;
-    let root = util::workspace_root();
-    let out_dir = if quick {
-        util::target_dir()?.join("bench")
-    } else {
-        root.join("bench")
-    };
+    let out_dir = out_dir(quick)?;
     std::fs::create_dir_all(&out_dir)?;
     progress("building the release binaries");
     util::cargo(&["build", "--release", "--workspace", "--bins"])?;
@@ -143,7 +159,13 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         &out_dir.join("results.json"),
         &serde_json::to_string_pretty(&results)?,
     )?;
-    let plots = svg::plots(&results);
+    publish(&results, quick, &out_dir)
+}
+
+/// Plots and the report from `results`.
+fn publish(results: &Value, quick: bool, out_dir: &Path) -> anyhow::Result<()> {
+    let root = util::workspace_root();
+    let plots = svg::plots(results);
     for (name, text) in &plots {
         write(&out_dir.join(name), text)?;
     }
@@ -152,11 +174,11 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     } else {
         root.join("docs/evaluation.md")
     };
-    let plot_dir = relative(doc.parent().context("doc dir")?, &out_dir);
+    let plot_dir = relative(doc.parent().context("doc dir")?, out_dir);
     let analysis = std::fs::read_to_string(root.join("bench/analysis.md")).unwrap_or_default();
     write(
         &doc,
-        &report::render(&results, &plot_dir.to_string_lossy(), &analysis),
+        &report::render(results, &plot_dir.to_string_lossy(), &analysis),
     )?;
     Ok(())
 }

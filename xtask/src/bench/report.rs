@@ -183,6 +183,7 @@ figures.\n",
         ],
         &rows,
     );
+    time_split(out, l);
     if let Some(rtt) = l["lab_command_rtt_ms"]["p50"].as_f64() {
         let _ = writeln!(
             out,
@@ -231,6 +232,56 @@ for the same two use cases (a ratio of 2×).\n"
             &causes,
         );
     }
+}
+
+/// Vesper's latency in two parts: injection → verdict, verdict → Pacemaker's record.
+fn time_split(out: &mut String, l: &Value) {
+    let mut split = Vec::new();
+    for (env, env_name) in ENVS {
+        for (case, case_name) in CASES {
+            let v = &l[env][format!("{case}_vesper")];
+            let pairs: Vec<(f64, f64)> = v["trials"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| Some((t["verdict_ms"].as_f64()?, t["latency_ms"].as_f64()?)))
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let n = pairs.len() as f64;
+            let verdict = pairs.iter().map(|p| p.0).sum::<f64>() / n;
+            let tools = pairs.iter().map(|p| p.1 - p.0).sum::<f64>() / n;
+            let poller = l[env][format!("{case}_poller_10s")]["stats_ms"]["mean"].as_f64();
+            split.push(vec![
+                env_name.into(),
+                case_name.into(),
+                format!("{verdict:.1}"),
+                format!("{tools:.1}"),
+                poller.map_or("–".into(), |p| format!("{:.0}×", p / verdict)),
+            ]);
+        }
+    }
+    if split.is_empty() {
+        return;
+    }
+    out.push_str(
+        "Where Vesper's time goes: from the injection to vesperd's verdict (the fault itself, the \
+kernel event, the record's way to the host, the rule), then from the verdict to Pacemaker's \
+record of the failure (Pacemaker's command-line tools and controller: reading the fail-count \
+and the CIB, `crm_resource --fail`).\n\n",
+    );
+    table(
+        out,
+        &[
+            "where",
+            "use case",
+            "injection → verdict, mean ms",
+            "verdict → recorded, mean ms",
+            "poller mean / verdict mean",
+        ],
+        &split,
+    );
 }
 
 fn throughput(out: &mut String, r: &Value, plots: &str) {
