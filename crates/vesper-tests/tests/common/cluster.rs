@@ -204,38 +204,22 @@ impl Cluster {
             .unwrap_or_else(|| panic!("crm_failcount said {out:?}"))
     }
 
-    /// A transient node attribute (`crm_attribute --lifetime reboot`).
+    /// `crm_attribute` on a transient node attribute (`--lifetime reboot`), doing `op`.
+    fn transient_attr(&self, name: &str, op: &[&str]) -> (bool, String) {
+        let mut args = vec!["--node", NODE, "--name", name, "--lifetime", "reboot"];
+        args.extend_from_slice(op);
+        tool("crm_attribute", &args)
+    }
+
+    /// A transient node attribute's value.
     pub fn node_attr(&self, name: &str) -> Option<String> {
-        let (ok, out) = tool(
-            "crm_attribute",
-            &[
-                "--node",
-                NODE,
-                "--name",
-                name,
-                "--lifetime",
-                "reboot",
-                "--query",
-                "--quiet",
-            ],
-        );
+        let (ok, out) = self.transient_attr(name, &["--query", "--quiet"]);
         ok.then(|| out.trim().to_string())
     }
 
     /// Deletes a transient node attribute (absent already: nothing to do).
     pub fn delete_node_attr(&self, name: &str) {
-        tool(
-            "crm_attribute",
-            &[
-                "--node",
-                NODE,
-                "--name",
-                name,
-                "--lifetime",
-                "reboot",
-                "--delete",
-            ],
-        );
+        self.transient_attr(name, &["--delete"]);
     }
 
     /// The resource's operation history entry `id` (`RSC_last_0`, `RSC_last_failure_0`):
