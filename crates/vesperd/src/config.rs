@@ -41,8 +41,10 @@ pub struct RuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
-    /// Control API socket for the CLI (mode 0600).
+    /// Control API socket for the CLI (mode 0600, or 0660 with `socket_group`).
     pub socket: PathBuf,
+    /// A group whose members may use the control API too (from /etc/group).
+    pub socket_group: Option<String>,
     /// Record files and caches.
     pub state_dir: PathBuf,
     /// Records kept in memory per VM.
@@ -59,6 +61,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             socket: "/run/vesper/vesper.sock".into(),
+            socket_group: None,
             state_dir: "/var/lib/vesper".into(),
             store_max_records: 100_000,
             store_max_bytes: 64 << 20,

@@ -1,5 +1,6 @@
-//! The control API: JSON lines over a unix socket (mode 0600: only the owner may load
-//! probes into guests).
+//! The control API: JSON lines over a unix socket. Only root, vesperd's own user and the
+//! members of `[daemon] socket_group` may use it (see `access`): loading a probe runs code
+//! in a guest's kernel. Every probe load and unload is logged with who asked.
 //!
 //! Each connection sends one request line and reads response lines:
 //!
@@ -27,6 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::access::{self, Access, Peer};
 use crate::session::SessionCmd;
 use crate::store::RecordStore;
 
@@ -125,9 +127,8 @@ pub enum ControlError {
     InUse { path: String },
 }
 
-/// Binds the control socket, owner-only.
-pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
-    use std::os::unix::fs::PermissionsExt;
+/// Binds the control socket, owner-only or shared with the access policy's group.
+pub async fn bind(path: &Path, access: &Access) -> Result<UnixListener, ControlError> {
     let err = |source| ControlError::Bind {
         path: path.display().to_string(),
         source,
@@ -144,17 +145,43 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
         std::fs::remove_file(path).map_err(err)?;
     }
     let l = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    access.secure_socket(path).map_err(err)?;
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, vms: Vms) {
+pub async fn serve(listener: UnixListener, vms: Vms, access: Access) {
+    let access = Arc::new(access);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let vms = vms.clone();
+                let access = access.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, vms).await {
+                    let peer = stream.peer_cred().ok().map(|c| Peer {
+                        uid: c.uid(),
+                        gid: c.gid(),
+                        pid: c.pid(),
+                    });
+                    let allowed = match peer {
+                        Some(p) => access.check(p, || {
+                            std::fs::read_to_string("/etc/passwd").unwrap_or_default()
+                        }),
+                        None => Err("permission denied: the peer's credentials are unknown".into()),
+                    };
+                    if let Err(why) = allowed {
+                        tracing::warn!(peer = %access::describe(peer), "control connection refused");
+                        // Read the request first (bounded): a client still writing it would
+                        // get a broken pipe instead of the reason.
+                        use tokio::io::AsyncReadExt;
+                        let (rd, mut wr) = stream.into_split();
+                        let mut line = String::new();
+                        let _ = BufReader::new(rd.take(MAX_REQUEST))
+                            .read_line(&mut line)
+                            .await;
+                        let _ = reply(&mut wr, Err(why)).await;
+                        return;
+                    }
+                    if let Err(e) = handle(stream, vms, peer).await {
                         tracing::debug!(error = %e, "control connection ended");
                     }
                 });
@@ -195,7 +222,7 @@ async fn ask<T>(
     }
 }
 
-async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -234,10 +261,13 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
             handle_of(&vm),
             probe_source(probe, source, file, object_hex),
         ) {
-            (Ok(h), Ok(probe)) => match ask(&h, |reply| SessionCmd::Load { probe, reply }).await {
-                Ok(Ok(outcome)) => Ok(json!({ "result": outcome })),
-                Ok(Err(e)) | Err(e) => Err(e),
-            },
+            (Ok(h), Ok(probe)) => {
+                tracing::info!(%vm, probe = %probe.name(), by = %access::describe(peer), "probe load requested");
+                match ask(&h, |reply| SessionCmd::Load { probe, reply }).await {
+                    Ok(Ok(outcome)) => Ok(json!({ "result": outcome })),
+                    Ok(Err(e)) | Err(e) => Err(e),
+                }
+            }
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
         Request::KernelInfo { vm, keys } => match handle_of(&vm) {
@@ -284,10 +314,13 @@ async fn handle(stream: UnixStream, vms: Vms) -> std::io::Result<()> {
             }
         }
         Request::Unload { vm, probe } => match handle_of(&vm) {
-            Ok(h) => match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
-                Ok(Ok(())) => Ok(json!({})),
-                Ok(Err(e)) | Err(e) => Err(e),
-            },
+            Ok(h) => {
+                tracing::info!(%vm, %probe, by = %access::describe(peer), "probe unload requested");
+                match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
+                    Ok(Ok(())) => Ok(json!({})),
+                    Ok(Err(e)) | Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         },
         Request::Events {

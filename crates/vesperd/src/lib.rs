@@ -1,6 +1,7 @@
 //! vesperd: the host daemon. One [`session::Session`] per VM, a bounded
 //! [`store::RecordStore`] per VM, and the [`control`] API for the CLI.
 
+pub mod access;
 pub mod actions;
 pub mod channel;
 pub mod config;

@@ -37,6 +37,7 @@ async fn main() {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = vesperd::config::Config::load(&args.config)?;
+    let access = vesperd::access::Access::new(cfg.daemon.socket_group.as_deref())?;
     if args.check_config {
         for vm in &cfg.vm {
             let rules: Vec<String> = cfg.rules_for(vm).into_iter().map(|r| r.name).collect();
@@ -57,12 +58,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.daemon.state_dir.display()))?;
-    let listener = vesperd::control::bind(&cfg.daemon.socket).await?;
+    let listener = vesperd::control::bind(&cfg.daemon.socket, &access).await?;
     let vms = vesperd::start_sessions(&cfg);
     tracing::info!(socket = %cfg.daemon.socket.display(), vms = vms.len(), "vesperd started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = vesperd::control::serve(listener, vms) => {}
+        _ = vesperd::control::serve(listener, vms, access) => {}
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
