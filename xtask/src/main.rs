@@ -42,6 +42,35 @@ fn main() {
     }
 }
 
+/// The fuzz targets (`fuzz/`), each for `seconds`, from the checked-in seeds: a guest's
+/// frames and records, the configuration, the probe compiler. cargo-fuzz needs nightly
+/// features: RUSTC_BOOTSTRAP lets the stable toolchain use them.
+fn fuzz(seconds: u32) -> anyhow::Result<()> {
+    let has_cargo_fuzz = std::process::Command::new(util::cargo_bin())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_cargo_fuzz {
+        util::progress("installing cargo-fuzz");
+        util::cargo(&["install", "cargo-fuzz", "--locked"])?;
+    }
+    let dir = util::workspace_root().join("fuzz");
+    for target in FUZZ_TARGETS {
+        util::progress(&format!("fuzzing {target} for {seconds} s"));
+        util::run(
+            std::process::Command::new(util::cargo_bin())
+                .args(["fuzz", "run", target, "--"])
+                .arg(format!("-max_total_time={seconds}"))
+                .arg("-print_final_stats=1")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .current_dir(&dir),
+        )?;
+    }
+    Ok(())
+}
+
+const FUZZ_TARGETS: [&str; 4] = ["frame_decoder", "record_decoder", "config", "compiler"];
+
 fn test() -> anyhow::Result<()> {
     if !util::is_root() {
         bail!(
@@ -78,6 +107,11 @@ fn test() -> anyhow::Result<()> {
             .env("VESPER_REQUIRE_ROOT_TESTS", "1")
             .env("VESPER_BIN_DIR", &bin_dir),
     )?;
+    fuzz(if std::env::var_os("CI").is_some() {
+        60
+    } else {
+        20
+    })?;
     util::progress("lab tests: one QEMU guest, booted once");
     let name = "ci-lab";
     let port = 18181;
