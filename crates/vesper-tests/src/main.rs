@@ -17,7 +17,9 @@
 //! - `blaster --comm NAME --count N [--rate R]`: names itself and calls getppid(2) N times, R
 //!   per second (default: as fast as it can); prints `calls elapsed_ns`.
 //! - `lab-exec SOCK CMD`: runs CMD in the lab guest through its command port.
+//! - `hostile-agent PATH MODE`: an attacker's program in place of the agent (see `hostile.rs`).
 
+mod hostile;
 mod sys;
 mod web;
 
@@ -170,6 +172,12 @@ fn main() {
             }
             println!("{count} {}", t.elapsed().as_nanos());
         }
+        Some("hostile-agent") => {
+            let (Some(path), Some(mode)) = (args.get(1), args.get(2)) else {
+                die("hostile-agent needs PATH MODE")
+            };
+            hostile::run(path, mode).unwrap_or_else(|e| die(&format!("hostile-agent: {e}")));
+        }
         Some("lab-exec") => {
             let (Some(sock), Some(cmd)) = (args.get(1), args.get(2)) else {
                 die("lab-exec needs SOCK CMD")
@@ -187,7 +195,7 @@ fn main() {
             }
         }
         _ => die(
-            "usage: vesper-testkit victim|signal|memhog|exit|fork|garbage-server|web|blaster|lab-exec ...",
+            "usage: vesper-testkit victim|signal|memhog|exit|fork|garbage-server|web|blaster|lab-exec|hostile-agent ...",
         ),
     }
 }

@@ -227,6 +227,9 @@ pub struct Session {
     connects: u64,
     last_error: Option<String>,
     unknown_probe_records: u64,
+    /// Records for unknown probes were logged on this connection (once: a flood must not
+    /// become a flood of log lines).
+    unknown_probe_logged: bool,
     out_seq: u64,
 }
 
@@ -278,6 +281,7 @@ impl Session {
             connects: 0,
             last_error: None,
             unknown_probe_records: 0,
+            unknown_probe_logged: false,
             out_seq: 0,
         }
     }
@@ -665,6 +669,7 @@ impl Session {
             capabilities: h.capabilities,
         };
         tracing::info!(vm = %self.name, agent = %agent.version, kernel = %agent.kernel_release, "session up");
+        self.unknown_probe_logged = false;
         self.kernel.release = agent.kernel_release.clone();
         if self.guest != GuestState::Running {
             self.guest = GuestState::Running;
@@ -854,6 +859,10 @@ impl Session {
     fn on_records(&mut self, batch: Records) {
         let Some(p) = self.probes.get_mut(&batch.probe_id) else {
             self.unknown_probe_records += batch.records.len() as u64;
+            if !self.unknown_probe_logged {
+                self.unknown_probe_logged = true;
+                tracing::warn!(vm = %self.name, probe_id = batch.probe_id, "records for a probe that is not loaded: dropped and counted (unknown_probe_records); logged once per connection");
+            }
             return;
         };
         let judged = self
