@@ -287,3 +287,52 @@ fn after_vesperd_restarts_the_agent_reconnects_and_probes_are_reloaded() {
         "{agent_log}"
     );
 }
+
+#[test]
+fn a_killed_agent_that_comes_back_gets_its_probes_again() {
+    if !need_root("a_killed_agent_that_comes_back") {
+        return;
+    }
+    let mut h = Harness::single(&["signal"]);
+    h.wait_loaded("host1", "signal");
+    // SIGKILL: no goodbye; the kernel frees its programs with its file descriptors.
+    let mut agent = h.agents.pop().unwrap();
+    let _ = agent.child.kill();
+    let _ = agent.child.wait();
+    drop(agent);
+    let sock = h.agent_socket("host1");
+    let _ = std::fs::remove_file(&sock);
+    wait_until(
+        Duration::from_secs(10),
+        || h.vm_status("host1")["state"] != "ready",
+        "vesperd to see the agent gone",
+    );
+    let log = std::fs::File::create(h.dir.path().join("agent-host1-2.log")).unwrap();
+    let child = std::process::Command::new(bin("vesper-agent"))
+        .arg("--channel")
+        .arg(format!("unix-listen:{}", sock.display()))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    h.agents.push(Proc {
+        child,
+        name: "agent host1 (2)".into(),
+    });
+    wait_until(
+        Duration::from_secs(15),
+        || h.vm_status("host1")["connects"].as_u64() == Some(2),
+        "vesperd to reconnect",
+    );
+    h.wait_loaded("host1", "signal");
+    let (_victim, pid) = victim("victim");
+    send_signals("afteragent", pid, SIGTERM, 1);
+    wait_until(
+        Duration::from_secs(5),
+        || {
+            h.events_json("host1", "signal")
+                .iter()
+                .any(|r| r["sender_comm"] == "afteragent" && r["target_pid"] == pid)
+        },
+        "records from the new agent",
+    );
+}
