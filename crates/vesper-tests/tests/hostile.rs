@@ -164,7 +164,8 @@ fn a_flood_for_an_unknown_probe_is_counted_and_bounded() {
     assert_eq!(h.vm_status("good")["state"], "ready");
     let log = h.vesperd_log();
     assert_eq!(
-        log.matches("records for a probe that is not loaded").count(),
+        log.matches("records for a probe that is not loaded")
+            .count(),
         1,
         "one log line for the whole flood"
     );
