@@ -8,8 +8,6 @@
 //! - `exit --comm NAME CODE`: names itself and exits with CODE.
 //! - `fork --comm NAME`: names itself, starts `true` and waits for it.
 //! - `ticker --comm NAME --to PID --sig N --every-ms N`: names itself, signals PID every N ms until killed.
-//! - `garbage-server PATH`: listens on a unix socket and answers every connection with garbage
-//!   (a hostile "agent").
 //! - `web --comm NAME --port P [--bind ADDR] [--cgroup DIR] [--ballast MIB | --leave-free MIB]
 //!   [--pidfile F]`: a minimal HTTP server standing in for a web service. It holds `MIB` MiB
 //!   (or all the available memory but `--leave-free` MiB) so that a small leak exhausts the
@@ -124,19 +122,6 @@ fn main() {
                 std::thread::sleep(every);
             }
         }
-        Some("garbage-server") => {
-            let path = args
-                .get(1)
-                .unwrap_or_else(|| die("garbage-server needs a socket path"));
-            let _ = std::fs::remove_file(path);
-            let l = std::os::unix::net::UnixListener::bind(path)
-                .unwrap_or_else(|e| die(&format!("{path}: {e}")));
-            for conn in l.incoming().flatten() {
-                let mut c = conn;
-                let _ =
-                    c.write_all(b"this is not a vesper frame, just hostile garbage\x00\xff\xfe");
-            }
-        }
         Some("web") => web::run(&web::Options {
             comm: arg(&args, "--comm").unwrap_or_else(|| "httpd".into()),
             bind: arg(&args, "--bind").unwrap_or_else(|| "127.0.0.1".into()),
@@ -195,7 +180,7 @@ fn main() {
             }
         }
         _ => die(
-            "usage: vesper-testkit victim|signal|memhog|exit|fork|garbage-server|web|blaster|lab-exec|hostile-agent ...",
+            "usage: vesper-testkit victim|signal|memhog|exit|fork|web|blaster|lab-exec|hostile-agent ...",
         ),
     }
 }

@@ -78,6 +78,11 @@ fn closes_with(mode: &str, reason: &str) {
         line.contains("evil") && line.contains(reason),
         "{mode}: {line}"
     );
+    assert_eq!(
+        h.vm_status("evil")["probes"].as_array().unwrap().len(),
+        0,
+        "a closed session keeps no probes"
+    );
     let latency = good_vm_latency(&h, "goodsender");
     eprintln!("{mode}: the good VM's signal arrived in {latency:?}");
     assert_eq!(h.vm_status("good")["state"], "ready");

@@ -102,59 +102,6 @@ fn burst_of_10000_signals_arrives_complete_or_the_loss_is_reported_exactly() {
 }
 
 #[test]
-fn garbage_from_one_guest_closes_only_its_session() {
-    if !need_root("garbage_from_one_guest") {
-        return;
-    }
-    let h = Harness::start(&[
-        VmSpec {
-            name: "good",
-            agent: true,
-            probes: &["signal"],
-        },
-        VmSpec {
-            name: "evil",
-            agent: false,
-            probes: &["signal"],
-        },
-    ]);
-    let evil_sock = h.agent_socket("evil");
-    let _evil = Proc {
-        child: std::process::Command::new(bin("vesper-testkit"))
-            .args(["garbage-server", evil_sock.to_str().unwrap()])
-            .spawn()
-            .unwrap(),
-        name: "garbage".into(),
-    };
-    h.wait_loaded("good", "signal");
-    wait_until(
-        Duration::from_secs(10),
-        || h.vesperd_log().contains("bad frame from the agent"),
-        "evil session closed",
-    );
-    let log = h.vesperd_log();
-    let line = log.lines().find(|l| l.contains("bad frame")).unwrap();
-    assert!(
-        line.contains("evil") && line.contains("session down") && line.contains("bad magic"),
-        "{line}"
-    );
-    assert_eq!(h.vm_status("evil")["probes"].as_array().unwrap().len(), 0);
-
-    let (_victim, pid) = victim("victim");
-    send_signals("stillgood", pid, SIGTERM, 1);
-    wait_until(
-        Duration::from_secs(2),
-        || {
-            h.events_json("good", "signal")
-                .iter()
-                .any(|r| r["sender_comm"] == "stillgood" && r["target_pid"] == pid)
-        },
-        "the good VM keeps streaming",
-    );
-    assert!(h.vesperd.as_ref().is_some(), "vesperd still running");
-}
-
-#[test]
 fn user_mistakes_get_one_line_and_exit_status_1() {
     if !need_root("user_mistakes") {
         return;
