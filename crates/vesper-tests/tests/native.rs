@@ -283,3 +283,71 @@ fn a_killed_agent_that_comes_back_gets_its_probes_again() {
         "records from the new agent",
     );
 }
+
+/// A tmpfs of `kib` KiB mounted on a fresh directory; unmounted on drop.
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount(kib: u32) -> TinyFs {
+        let d = tempfile::tempdir().unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        TinyFs(d)
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn with_the_host_disk_full_the_store_serves_from_memory_and_says_so_once() {
+    if !need_root("host disk full") {
+        return;
+    }
+    let disk = TinyFs::mount(64);
+    let h = Harness::start_in_state_dir(
+        &[VmSpec {
+            name: "host1",
+            agent: true,
+            probes: &["signal"],
+        }],
+        "",
+        "",
+        Some(disk.0.path()),
+    );
+    h.wait_loaded("host1", "signal");
+    // ~2000 records of ~300 bytes of JSON: ten times what the disk holds.
+    let (_victim, pid) = victim("victim");
+    let lost_before = h.lost("host1");
+    send_signals("filler", pid, SIGUSR1, 2000);
+    let (got, lost) = h.wait_accounted("filler", pid, SIGUSR1, 2000, lost_before);
+    assert_eq!(got + lost, 2000, "every record received or counted lost");
+    let st = h.vm_status("host1");
+    let err = st["store_file_error"].as_str().unwrap_or("");
+    assert!(err.contains("No space left on device"), "{st}");
+    assert_eq!(
+        h.vesperd_log()
+            .matches("record file unavailable; records are kept in memory only")
+            .count(),
+        1,
+        "said once"
+    );
+    // The newest records are still served, from memory.
+    send_signals("afterfull", pid, SIGUSR1, 1);
+    wait_record(
+        "a record after the disk filled up",
+        || h.events_json("host1", "signal"),
+        |r| r["sender_comm"] == "afterfull" && r["target_pid"] == pid,
+    );
+    drop(h);
+}

@@ -187,16 +187,28 @@ impl Harness {
 
     /// Like [`Harness::start`], with extra `[daemon]` lines and extra lines for every `[[vm]]`.
     pub fn start_with(vms: &[VmSpec], daemon_extra: &str, vm_extra: &str) -> Harness {
+        Harness::start_in_state_dir(vms, daemon_extra, vm_extra, None)
+    }
+
+    /// Like [`Harness::start_with`], keeping vesperd's state in `state_dir` (None: a
+    /// directory of the harness's).
+    pub fn start_in_state_dir(
+        vms: &[VmSpec],
+        daemon_extra: &str,
+        vm_extra: &str,
+        state_dir: Option<&Path>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = Harness {
             dir,
             agents: Vec::new(),
             vesperd: None,
         };
+        let state = state_dir.map_or_else(|| h.dir.path().join("state"), Path::to_path_buf);
         let mut cfg = format!(
             "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\n{daemon_extra}\n",
             h.socket().display(),
-            h.dir.path().join("state").display()
+            state.display()
         );
         for vm in vms {
             let sock = h.agent_socket(vm.name);
