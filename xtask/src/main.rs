@@ -9,9 +9,10 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick] [--render]|lab up|exec|down NAME>
+const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   start an agent and vesperd on this machine, catch a signal, show and explain it
+  soak   floods and restarts for SECONDS (default 300, at most 600), checking vesperd's invariants
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
   bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
          overhead and footprint against bpftrace (--quick: short, native only; --render: the
@@ -23,6 +24,7 @@ fn main() {
         Some("test") => test(),
         Some("demo") => demo::run(),
         Some("lab") => lab::run(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("bench") => {
             let quick = args.iter().any(|a| a == "--quick");
             if args.iter().any(|a| a == "--render") {
@@ -40,6 +42,28 @@ fn main() {
         eprintln!("xtask: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The bounded soak test (`tests/soak.rs`), outside the default run.
+fn soak(args: &[String]) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the soak test loads BPF programs: run `cargo xtask soak` as root");
+    }
+    util::ensure_tracefs()?;
+    let secs: u64 = args.first().map(|s| s.parse()).transpose()?.unwrap_or(300);
+    if secs > 600 {
+        bail!("the soak test is bounded at 600 s; asked for {secs}");
+    }
+    util::progress("building the binaries (release)");
+    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    util::run(
+        std::process::Command::new(util::cargo_bin())
+            .args(["test", "--release", "-p", "vesper-tests", "--test", "soak"])
+            .args(["--", "--ignored", "--nocapture"])
+            .env("VESPER_SOAK_SECS", secs.to_string())
+            .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+            .env("VESPER_BIN_DIR", util::target_dir()?.join("release")),
+    )
 }
 
 /// The fuzz targets (`fuzz/`), each for `seconds`, from the checked-in seeds: a guest's
