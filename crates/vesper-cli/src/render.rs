@@ -199,6 +199,26 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
                 s(&vm["name"])
             )?;
         }
+        if let Some(ms) = vm["rate_limited_ms"].as_u64().filter(|&ms| ms > 0) {
+            writeln!(
+                out,
+                "{:<12} rate limited: reading paused {:.1}s in all (limit {} records/s, {} bytes/s)",
+                "",
+                ms as f64 / 1000.0,
+                s(&vm["rate_limits"]["records_per_sec"]),
+                s(&vm["rate_limits"]["bytes_per_sec"])
+            )?;
+        }
+        if let Some(ms) = vm["unobserved_ms"].as_u64().filter(|&ms| ms > 0) {
+            writeln!(
+                out,
+                "{:<12} unobserved: {:.1}s in {} gaps with no probe attached (vesper events {} --probe vesper)",
+                "",
+                ms as f64 / 1000.0,
+                s(&vm["gaps"]),
+                s(&vm["name"])
+            )?;
+        }
     }
     Ok(())
 }

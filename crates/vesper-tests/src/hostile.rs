@@ -10,6 +10,7 @@
 //! | `truncated` | half a frame, then nothing |
 //! | `lying-length` | a well-framed batch that claims 1000 records and carries 1 |
 //! | `flood` | valid batches of records for a probe never loaded, as fast as the socket takes them |
+//! | `loaded-flood` | answers like an agent up to the first probe load, then valid records for that probe as fast as the socket takes them |
 //! | `replay` | answers like an agent up to the first probe load, then sends one batch twice (replayed sequence numbers) |
 
 use std::io::{self, Read, Write};
@@ -83,6 +84,42 @@ fn batch(probe_id: u32, first_seq: u64, count: usize) -> Message {
     })
 }
 
+/// Answers like a real agent up to the first probe load (kernel formats from this host's
+/// tracefs, then "loaded"); returns the probe's id.
+fn accept_first_load(c: &mut Conn) -> io::Result<u32> {
+    let events = c.wait_for(|m| match m {
+        Message::KernelInfoRequest { events } => Some(events.clone()),
+        _ => None,
+    })?;
+    let formats = events
+        .into_iter()
+        .map(|event| {
+            let path = format!(
+                "/sys/kernel/tracing/events/{}/format",
+                event.replace(':', "/")
+            );
+            EventFormat {
+                format: std::fs::read_to_string(path).ok(),
+                event,
+            }
+        })
+        .collect();
+    c.send(&Message::KernelInfo(KernelInfo {
+        release: "6.1.0-hostile".into(),
+        btf: false,
+        formats,
+    }))?;
+    let probe_id = c.wait_for(|m| match m {
+        Message::LoadProbe(l) => Some(l.probe_id),
+        _ => None,
+    })?;
+    c.send(&Message::ProbeLoaded {
+        probe_id,
+        load_us: 1,
+    })?;
+    Ok(probe_id)
+}
+
 fn misbehave(c: &mut Conn, mode: &str) -> io::Result<()> {
     c.send(&Message::Hello(Hello {
         agent_version: "hostile".into(),
@@ -134,41 +171,26 @@ fn misbehave(c: &mut Conn, mode: &str) -> io::Result<()> {
             }
         }
         "replay" => {
-            // Answer like a real agent up to the probe load: kernel formats (this host's
-            // tracefs), then "loaded".
-            let events = c.wait_for(|m| match m {
-                Message::KernelInfoRequest { events } => Some(events.clone()),
-                _ => None,
-            })?;
-            let formats = events
-                .into_iter()
-                .map(|event| {
-                    let path = format!(
-                        "/sys/kernel/tracing/events/{}/format",
-                        event.replace(':', "/")
-                    );
-                    EventFormat {
-                        format: std::fs::read_to_string(path).ok(),
-                        event,
-                    }
-                })
-                .collect();
-            c.send(&Message::KernelInfo(KernelInfo {
-                release: "6.1.0-hostile".into(),
-                btf: false,
-                formats,
-            }))?;
-            let probe_id = c.wait_for(|m| match m {
-                Message::LoadProbe(l) => Some(l.probe_id),
-                _ => None,
-            })?;
-            c.send(&Message::ProbeLoaded {
-                probe_id,
-                load_us: 1,
-            })?;
+            let probe_id = accept_first_load(c)?;
             std::thread::sleep(Duration::from_millis(200));
             c.send(&batch(probe_id, 0, 10))?;
             c.send(&batch(probe_id, 0, 10))?;
+        }
+        "loaded-flood" => {
+            // Zeroed records: schema 0, every field 0 or empty; valid for any probe whose
+            // records are at most 256 bytes.
+            let probe_id = accept_first_load(c)?;
+            let mut first = 0;
+            loop {
+                c.send(&Message::Records(Records {
+                    probe_id,
+                    first_seq: first,
+                    kernel_drops: 0,
+                    agent_drops: 0,
+                    records: vec![vec![0u8; 256]; 256],
+                }))?;
+                first += 256;
+            }
         }
         other => {
             return Err(io::Error::new(

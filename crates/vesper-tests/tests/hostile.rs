@@ -14,6 +14,11 @@ const SIGTERM: i32 = 15;
 
 /// A harness with `good` (a real agent, `signal`) and `evil` (the hostile agent in `mode`).
 fn beside_hostile(mode: &str) -> (Harness, Proc) {
+    beside_hostile_with(mode, "")
+}
+
+/// [`beside_hostile`] with `[daemon]` lines `daemon_extra`.
+fn beside_hostile_with(mode: &str, daemon_extra: &str) -> (Harness, Proc) {
     let h = Harness::start_with(
         &[
             VmSpec {
@@ -27,7 +32,7 @@ fn beside_hostile(mode: &str) -> (Harness, Proc) {
                 probes: &["signal"],
             },
         ],
-        "",
+        daemon_extra,
         "deadtime_ms = 2000",
     );
     let evil = Proc {
@@ -145,17 +150,9 @@ fn a_flood_for_an_unknown_probe_is_counted_and_bounded() {
     );
     let during = good_vm_latency(&h, "goodsender");
     let vesperd = h.vesperd.as_ref().unwrap().child.id();
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
-    let before = rss(vesperd);
+    let before = rss_kib(vesperd);
     std::thread::sleep(Duration::from_secs(2));
-    let after = rss(vesperd);
+    let after = rss_kib(vesperd);
     let counted = h.vm_status("evil")["unknown_probe_records"]
         .as_u64()
         .unwrap();
@@ -195,4 +192,72 @@ fn replayed_sequence_numbers_are_counted_and_dropped() {
     assert_eq!(first, 10, "the first batch was taken once: {probe}");
     let latency = good_vm_latency(&h, "goodsender");
     eprintln!("replay: the good VM's signal arrived in {latency:?}");
+}
+
+#[test]
+fn a_valid_flood_is_rate_limited_kept_within_quotas_and_the_good_vm_keeps_its_latency() {
+    if !need_root("loaded-flood") {
+        return;
+    }
+    const LIMIT: u64 = 20_000;
+    const MEM: u64 = 4 << 20;
+    const FILE: u64 = 1 << 20;
+    let (h, _evil) = beside_hostile_with(
+        "loaded-flood",
+        &format!("records_per_sec = {LIMIT}\nstore_max_bytes = {MEM}\nfile_max_bytes = {FILE}"),
+    );
+    let received = || {
+        h.vm_status("evil")["probes"][0]["received"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until(
+        Duration::from_secs(10),
+        || received() > 2 * LIMIT,
+        "the flood to be stored",
+    );
+    let (r0, t0) = (received(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (r1, secs) = (received(), t0.elapsed().as_secs_f64());
+    let rate = (r1 - r0) as f64 / secs;
+    let mut latencies: Vec<Duration> = (0..5).map(|_| good_vm_latency(&h, "goodsender")).collect();
+    latencies.sort();
+    let evil = h.vm_status("evil");
+    let vesperd = h.vesperd.as_ref().unwrap().child.id();
+    let rss = rss_kib(vesperd);
+    eprintln!(
+        "loaded-flood: stored {rate:.0} records/s against a limit of {LIMIT}; reading paused {} ms in {} pauses; the good VM's signal arrived in {:?} (median) {:?} (max); vesperd RSS {rss} KiB; store {} bytes in memory",
+        evil["rate_limited_ms"],
+        evil["rate_limited_pauses"],
+        latencies[2],
+        latencies[4],
+        evil["stored_bytes"]
+    );
+    assert!(
+        rate <= LIMIT as f64 * 1.1,
+        "the flood is held to its limit: {rate:.0}/s"
+    );
+    assert!(
+        rate >= LIMIT as f64 * 0.5,
+        "and still served at about its limit: {rate:.0}/s"
+    );
+    assert!(evil["rate_limited_ms"].as_u64().unwrap() > 1000, "{evil}");
+    assert!(
+        latencies[4] < Duration::from_millis(500),
+        "the good VM keeps its latency: {latencies:?}"
+    );
+    assert!(evil["stored_bytes"].as_u64().unwrap() <= MEM, "{evil}");
+    assert!(evil["evicted_records"].as_u64().unwrap() > 0, "{evil}");
+    let records = h.dir.path().join("state/records");
+    for f in ["evil.jsonl", "evil.jsonl.1"] {
+        let len = std::fs::metadata(records.join(f)).unwrap().len();
+        assert!(len <= FILE, "{f}: {len} bytes, quota {FILE}");
+    }
+    assert!(rss < 64 * 1024, "vesperd RSS {rss} KiB");
+    assert_eq!(h.vm_status("good")["state"], "ready");
+    assert_eq!(
+        h.vesperd_log().matches("over its rate limit").count(),
+        1,
+        "one log line for the whole flood"
+    );
 }

@@ -18,15 +18,6 @@ const PROBE: &str =
 /// vesperd's resident memory must stay under this (the stores are bounded at 64 MiB each).
 const RSS_BOUND_KIB: u64 = 256 * 1024;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The probe's counters: received, kernel drops, agent drops, lost in transit, malformed.
 fn counters(h: &Harness) -> [u64; 5] {
     let p = h.vm_status("steady")["probes"]
@@ -47,7 +38,10 @@ fn counters(h: &Harness) -> [u64; 5] {
 /// does; a restarted vesperd knows only its configuration's probes).
 fn load(h: &Harness) {
     let desired = h.vm_status("steady")["desired_probes"].clone();
-    if desired.as_array().is_some_and(|d| d.iter().any(|p| p == "soak")) {
+    if desired
+        .as_array()
+        .is_some_and(|d| d.iter().any(|p| p == "soak"))
+    {
         h.wait_loaded("steady", "soak");
         return;
     }

@@ -7,6 +7,7 @@ pub mod channel;
 pub mod config;
 pub mod control;
 pub mod qmp;
+pub mod rate;
 pub mod rules;
 pub mod session;
 pub mod store;
@@ -20,16 +21,11 @@ use tokio::sync::mpsc;
 use crate::config::Config;
 use crate::control::{Daemon, VmHandle, Vms};
 use crate::session::{Judge, Session};
-use crate::store::{RecordStore, StoreLimits};
+use crate::store::RecordStore;
 
 /// Starts the action task and one session per configured VM; returns what the control
 /// API reaches.
 pub fn start_sessions(cfg: &Config) -> Vms {
-    let limits = StoreLimits {
-        max_records: cfg.daemon.store_max_records,
-        max_bytes: cfg.daemon.store_max_bytes,
-        file_max_bytes: cfg.daemon.file_max_bytes,
-    };
     let why = Arc::new(Mutex::new(actions::WhyLog::new(Some(
         cfg.daemon.state_dir.join("why.jsonl"),
     ))));
@@ -53,7 +49,7 @@ pub fn start_sessions(cfg: &Config) -> Vms {
             .state_dir
             .join("records")
             .join(format!("{}.jsonl", vm.name));
-        let store = Arc::new(Mutex::new(RecordStore::new(limits, Some(file))));
+        let store = Arc::new(Mutex::new(RecordStore::new(vm.store_limits(&cfg.daemon), Some(file))));
         let (tx, rx) = mpsc::channel(64);
         // Validated at load time.
         let connector = match vm.channel_spec() {
@@ -75,7 +71,14 @@ pub fn start_sessions(cfg: &Config) -> Vms {
         .with_judge(Judge {
             rules: cfg.rules_for(vm),
             verdicts: verdicts.clone(),
-        });
+        })
+        .with_rate_limits(vm.rate_limits(&cfg.daemon))
+        .with_seen_file(
+            cfg.daemon
+                .state_dir
+                .join("records")
+                .join(format!("{}.seen", vm.name)),
+        );
         tokio::spawn(session.run());
         if let Some(path) = vm.qmp.as_deref().and_then(|q| q.strip_prefix("unix:")) {
             tokio::spawn(qmp::watch(vm.name.clone(), path.into(), tx.clone()));

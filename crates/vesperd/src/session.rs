@@ -22,6 +22,7 @@
 //! nothing else: the guest is untrusted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,7 @@ use vesper_proto::{
 };
 
 use crate::channel::{BoxStream, Connector};
+use crate::rate::{Limiter, RateLimits, Throttled};
 use crate::store::{RecordStore, StoredRecord};
 
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,6 +169,14 @@ pub struct VmStatus {
     pub stored_bytes: usize,
     pub evicted_records: u64,
     pub store_file_error: Option<String>,
+    pub rate_limits: RateLimits,
+    /// Milliseconds reading from this VM was paused by its rate limits, and how often.
+    pub rate_limited_ms: u64,
+    pub rate_limited_pauses: u64,
+    /// Times probes were attached again after none were (agent reconnects, vesperd
+    /// restarts), and the milliseconds in between, when nothing was observed.
+    pub gaps: u64,
+    pub unobserved_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,6 +241,19 @@ pub struct Session {
     /// become a flood of log lines).
     unknown_probe_logged: bool,
     out_seq: u64,
+    limits: RateLimits,
+    throttled: Arc<Throttled>,
+    /// Unix ms when probes were last known attached, while none are (the start of a gap
+    /// in what is observed), and why the gap began.
+    observed_until_ms: Option<u64>,
+    gap_reason: &'static str,
+    /// Where `observed_until_ms` survives a vesperd restart: written at every probe load
+    /// and once a second while probes are attached, so a gap after a crash is overstated
+    /// by at most a second.
+    seen_file: Option<PathBuf>,
+    seen_written: Option<Instant>,
+    gaps: u64,
+    unobserved_ms: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -283,7 +306,78 @@ impl Session {
             unknown_probe_records: 0,
             unknown_probe_logged: false,
             out_seq: 0,
+            limits: RateLimits {
+                records_per_sec: 0,
+                bytes_per_sec: 0,
+            },
+            throttled: Throttled::new(),
+            observed_until_ms: None,
+            gap_reason: "",
+            seen_file: None,
+            seen_written: None,
+            gaps: 0,
+            unobserved_ms: 0,
         }
+    }
+
+    /// Keeps the time probes were last attached in `path`, so that the time vesperd was
+    /// not running is reported as a gap when the probes are back.
+    pub fn with_seen_file(mut self, path: PathBuf) -> Self {
+        if let Some(ms) = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+        {
+            self.observed_until_ms = Some(ms);
+            self.gap_reason = "vesperd was not running";
+        }
+        self.seen_file = Some(path);
+        self
+    }
+
+    fn observing(&self) -> bool {
+        self.probes
+            .values()
+            .any(|p| p.status.phase == ProbePhase::Loaded)
+    }
+
+    /// Notes that probes are attached now (in the seen file, at most once a second).
+    fn note_observing(&mut self, force: bool) {
+        let Some(path) = &self.seen_file else { return };
+        if !force
+            && self
+                .seen_written
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.seen_written = Some(Instant::now());
+        // A full disk only costs the gap's start after a restart: the write is retried.
+        let _ = std::fs::write(path, now_ms().to_string());
+    }
+
+    /// Probes are attached again: the time they were not is reported as loss.
+    fn end_gap(&mut self) {
+        let Some(since) = self.observed_until_ms.take() else {
+            return;
+        };
+        let gap = now_ms().saturating_sub(since);
+        self.gaps += 1;
+        self.unobserved_ms += gap;
+        tracing::warn!(vm = %self.name, gap_ms = gap, reason = self.gap_reason, "probes attached again after a gap: events in it were not observed");
+        self.host_record(
+            "unobserved",
+            format!(
+                "no probe was attached for {gap} ms ({}): events in that time were not recorded",
+                self.gap_reason
+            ),
+            false,
+        );
+    }
+
+    /// Limits what this VM may send per second.
+    pub fn with_rate_limits(mut self, limits: RateLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Judges this session's records with `judge`'s rules.
@@ -380,6 +474,11 @@ impl Session {
     }
 
     fn reset_connection(&mut self) {
+        if self.observing() {
+            self.note_observing(true);
+            self.observed_until_ms = Some(now_ms());
+            self.gap_reason = "the agent's connection ended";
+        }
         for (_, reply) in self.waiting_kernel_info.drain(..) {
             if let Some(r) = reply {
                 let _ = r.send(Ok(LoadOutcome::Pending));
@@ -511,7 +610,13 @@ impl Session {
     async fn serve(&mut self, stream: BoxStream) -> End {
         let (rd, mut wr) = tokio::io::split(stream);
         let (ftx, mut frx) = mpsc::channel(64);
-        let reader = tokio::spawn(read_frames(rd, ftx));
+        let reader = tokio::spawn(read_frames(
+            rd,
+            ftx,
+            self.name.clone(),
+            self.limits,
+            self.throttled.clone(),
+        ));
         self.out_seq = 0;
         self.set_state(State::Handshake);
         let connected_at = Instant::now();
@@ -538,6 +643,9 @@ impl Session {
     }
 
     fn on_tick(&mut self, connected_at: Instant) -> Result<(), End> {
+        if self.observing() {
+            self.note_observing(false);
+        }
         match self.state {
             State::Handshake if connected_at.elapsed() > HELLO_TIMEOUT => Err(format!(
                 "no Hello from the agent within {} s",
@@ -604,6 +712,8 @@ impl Session {
                     p.status.phase = ProbePhase::Loaded;
                     p.status.load_us = Some(load_us);
                     tracing::info!(vm = %self.name, probe = %p.name, probe_id, load_us, "probe loaded");
+                    self.end_gap();
+                    self.note_observing(true);
                 }
                 if let Some(r) = self.load_replies.remove(&probe_id) {
                     let _ = r.send(Ok(LoadOutcome::Loaded { probe_id, load_us }));
@@ -946,6 +1056,11 @@ impl Session {
             stored_bytes: store.bytes(),
             evicted_records: store.evicted,
             store_file_error: store.file_error.clone(),
+            rate_limits: self.limits,
+            rate_limited_ms: self.throttled.ms(),
+            rate_limited_pauses: self.throttled.pauses(),
+            gaps: self.gaps,
+            unobserved_ms: self.unobserved_ms,
         }
     }
 }
@@ -1048,10 +1163,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Reads frames from the agent until EOF or the first bad byte.
-async fn read_frames(mut rd: ReadHalf<BoxStream>, tx: mpsc::Sender<Result<Message, String>>) {
+/// Reads frames from the agent until EOF or the first bad byte, pausing while the VM is
+/// over its rate limits (logged once per connection).
+async fn read_frames(
+    mut rd: ReadHalf<BoxStream>,
+    tx: mpsc::Sender<Result<Message, String>>,
+    vm: String,
+    limits: RateLimits,
+    throttled: Arc<Throttled>,
+) {
     let mut dec = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut limiter = Limiter::new(limits, Instant::now());
+    let mut logged = false;
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) => return,
@@ -1061,6 +1185,7 @@ async fn read_frames(mut rd: ReadHalf<BoxStream>, tx: mpsc::Sender<Result<Messag
                 return;
             }
         };
+        let mut records = 0u64;
         let mut rest = &buf[..n];
         loop {
             let used = dec.push(rest);
@@ -1070,6 +1195,9 @@ async fn read_frames(mut rd: ReadHalf<BoxStream>, tx: mpsc::Sender<Result<Messag
                     let msg = f
                         .message()
                         .map_err(|e| format!("bad frame from the agent: {e}"));
+                    if let Ok(Message::Records(r)) = &msg {
+                        records += r.records.len() as u64;
+                    }
                     let bad = msg.is_err();
                     if tx.send(msg).await.is_err() || bad {
                         return;
@@ -1082,6 +1210,15 @@ async fn read_frames(mut rd: ReadHalf<BoxStream>, tx: mpsc::Sender<Result<Messag
                     return;
                 }
             }
+        }
+        let pause = limiter.charge(records, n as u64, Instant::now());
+        if !pause.is_zero() {
+            if !logged {
+                logged = true;
+                tracing::warn!(vm = %vm, records_per_sec = limits.records_per_sec, bytes_per_sec = limits.bytes_per_sec, "VM over its rate limit: reading from it is paused while over (the guest drops and counts); logged once per connection, see rate_limited_ms in status");
+            }
+            throttled.add(pause);
+            tokio::time::sleep(pause).await;
         }
     }
 }
