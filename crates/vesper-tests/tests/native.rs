@@ -233,6 +233,28 @@ fn after_vesperd_restarts_the_agent_reconnects_and_probes_are_reloaded() {
         2,
         "{agent_log}"
     );
+    expect_gap(&h, "vesperd was not running", 300);
+}
+
+/// The time no probe was attached is reported as loss: a `vesper` record and the status.
+fn expect_gap(h: &Harness, reason: &str, at_least_ms: u64) {
+    let gaps: Vec<_> = h
+        .events_json("host1", "vesper")
+        .into_iter()
+        .filter(|r| r["event"] == "unobserved")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let detail = gaps[0]["detail"].as_str().unwrap();
+    assert!(detail.contains(reason), "{detail}");
+    let st = h.vm_status("host1");
+    assert_eq!(st["gaps"], 1, "{st}");
+    let ms = st["unobserved_ms"].as_u64().unwrap();
+    assert!(
+        ms >= at_least_ms && ms < 60_000,
+        "unobserved for {ms} ms: {detail}"
+    );
+    assert!(detail.contains(&format!("for {ms} ms")), "{detail}");
+    eprintln!("gap reported: {detail}");
 }
 
 #[test]
@@ -282,6 +304,7 @@ fn a_killed_agent_that_comes_back_gets_its_probes_again() {
         },
         "records from the new agent",
     );
+    expect_gap(&h, "the agent's connection ended", 1);
 }
 
 /// A tmpfs of `kib` KiB mounted on a fresh directory; unmounted on drop.
