@@ -69,6 +69,8 @@ pub struct WhyEntry {
 pub struct WhyLog {
     entries: VecDeque<WhyEntry>,
     file: Option<PathBuf>,
+    /// Counts of every finished entry, for the metrics.
+    pub stats: crate::metrics::ActionStats,
 }
 
 impl WhyLog {
@@ -76,11 +78,15 @@ impl WhyLog {
         Self {
             entries: VecDeque::new(),
             file,
+            stats: Default::default(),
         }
     }
     /// Adds an entry, or replaces the pending one for the same verdict. Only finished
     /// entries go to the file.
     fn push(&mut self, e: WhyEntry) {
+        if !e.pending {
+            self.stats.observe(&e);
+        }
         if !e.pending
             && let Some(path) = &self.file
         {

@@ -61,6 +61,9 @@ pub struct DaemonConfig {
     pub records_per_sec: u64,
     /// Bytes per second one VM may send, any message (0: no limit).
     pub bytes_per_sec: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. "127.0.0.1:9477"
+    /// (default: not served).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for DaemonConfig {
@@ -77,6 +80,7 @@ impl Default for DaemonConfig {
             // core. The lab's virtio-serial port carries about 100,000 records/s.
             records_per_sec: 200_000,
             bytes_per_sec: 32 << 20,
+            metrics: None,
         }
     }
 }

@@ -222,6 +222,18 @@ async fn ask<T>(
     }
 }
 
+/// Every VM's status; a session that does not answer is left out (and logged).
+pub async fn statuses(vms: &Vms) -> Vec<crate::session::VmStatus> {
+    let mut all = Vec::new();
+    for (name, h) in vms.iter() {
+        match ask(h, |reply| SessionCmd::Status { reply }).await {
+            Ok(s) => all.push(s),
+            Err(e) => tracing::warn!(vm = %name, error = %e, "no status from the session"),
+        }
+    }
+    all
+}
+
 async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Result<()> {
     use tokio::io::AsyncReadExt;
     let (rd, mut wr) = stream.into_split();

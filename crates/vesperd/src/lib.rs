@@ -6,6 +6,7 @@ pub mod actions;
 pub mod channel;
 pub mod config;
 pub mod control;
+pub mod metrics;
 pub mod qmp;
 pub mod rate;
 pub mod rules;
@@ -49,7 +50,10 @@ pub fn start_sessions(cfg: &Config) -> Vms {
             .state_dir
             .join("records")
             .join(format!("{}.jsonl", vm.name));
-        let store = Arc::new(Mutex::new(RecordStore::new(vm.store_limits(&cfg.daemon), Some(file))));
+        let store = Arc::new(Mutex::new(RecordStore::new(
+            vm.store_limits(&cfg.daemon),
+            Some(file),
+        )));
         let (tx, rx) = mpsc::channel(64);
         // Validated at load time.
         let connector = match vm.channel_spec() {

@@ -59,7 +59,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.daemon.state_dir.display()))?;
     let listener = vesperd::control::bind(&cfg.daemon.socket, &access).await?;
+    let metrics = match cfg.daemon.metrics {
+        Some(addr) => Some(vesperd::metrics::bind(addr).await.with_context(|| {
+            format!(
+                "{}: key `daemon.metrics`: cannot listen on {addr}; choose a free address or remove the key",
+                args.config.display()
+            )
+        })?),
+        None => None,
+    };
     let vms = vesperd::start_sessions(&cfg);
+    if let Some(l) = metrics {
+        tracing::info!(address = %l.local_addr()?, "metrics served at /metrics");
+        tokio::spawn(vesperd::metrics::serve(l, vms.clone()));
+    }
     tracing::info!(socket = %cfg.daemon.socket.display(), vms = vms.len(), "vesperd started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

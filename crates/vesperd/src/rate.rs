@@ -78,20 +78,29 @@ impl Limiter {
     }
 }
 
-/// How much a VM has been held back, shared by its reader and its status.
+/// What a VM's reader has read and how much it was held back, shared by the reader and
+/// the VM's status (kept across connections).
 #[derive(Debug, Default)]
-pub struct Throttled {
+pub struct ReadCounters {
+    /// Bytes read from the channel.
+    pub bytes: AtomicU64,
     /// Milliseconds reading was paused.
     pub ms: AtomicU64,
     /// Pauses.
     pub pauses: AtomicU64,
 }
 
-impl Throttled {
+impl ReadCounters {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
-    pub fn add(&self, pause: Duration) {
+    pub fn read(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn paused(&self, pause: Duration) {
         self.ms
             .fetch_add(pause.as_millis() as u64, Ordering::Relaxed);
         self.pauses.fetch_add(1, Ordering::Relaxed);

@@ -36,7 +36,7 @@ use vesper_proto::{
 };
 
 use crate::channel::{BoxStream, Connector};
-use crate::rate::{Limiter, RateLimits, Throttled};
+use crate::rate::{Limiter, RateLimits, ReadCounters};
 use crate::store::{RecordStore, StoredRecord};
 
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,6 +170,8 @@ pub struct VmStatus {
     pub evicted_records: u64,
     pub store_file_error: Option<String>,
     pub rate_limits: RateLimits,
+    /// Bytes read from the VM's channel (all connections).
+    pub bytes_received: u64,
     /// Milliseconds reading from this VM was paused by its rate limits, and how often.
     pub rate_limited_ms: u64,
     pub rate_limited_pauses: u64,
@@ -242,7 +244,7 @@ pub struct Session {
     unknown_probe_logged: bool,
     out_seq: u64,
     limits: RateLimits,
-    throttled: Arc<Throttled>,
+    counters: Arc<ReadCounters>,
     /// Unix ms when probes were last known attached, while none are (the start of a gap
     /// in what is observed), and why the gap began.
     observed_until_ms: Option<u64>,
@@ -310,7 +312,7 @@ impl Session {
                 records_per_sec: 0,
                 bytes_per_sec: 0,
             },
-            throttled: Throttled::new(),
+            counters: ReadCounters::new(),
             observed_until_ms: None,
             gap_reason: "",
             seen_file: None,
@@ -615,7 +617,7 @@ impl Session {
             ftx,
             self.name.clone(),
             self.limits,
-            self.throttled.clone(),
+            self.counters.clone(),
         ));
         self.out_seq = 0;
         self.set_state(State::Handshake);
@@ -1057,8 +1059,9 @@ impl Session {
             evicted_records: store.evicted,
             store_file_error: store.file_error.clone(),
             rate_limits: self.limits,
-            rate_limited_ms: self.throttled.ms(),
-            rate_limited_pauses: self.throttled.pauses(),
+            bytes_received: self.counters.bytes(),
+            rate_limited_ms: self.counters.ms(),
+            rate_limited_pauses: self.counters.pauses(),
             gaps: self.gaps,
             unobserved_ms: self.unobserved_ms,
         }
@@ -1170,7 +1173,7 @@ async fn read_frames(
     tx: mpsc::Sender<Result<Message, String>>,
     vm: String,
     limits: RateLimits,
-    throttled: Arc<Throttled>,
+    counters: Arc<ReadCounters>,
 ) {
     let mut dec = FrameDecoder::new(DEFAULT_MAX_PAYLOAD);
     let mut buf = vec![0u8; 64 * 1024];
@@ -1179,7 +1182,10 @@ async fn read_frames(
     loop {
         let n = match rd.read(&mut buf).await {
             Ok(0) => return,
-            Ok(n) => n,
+            Ok(n) => {
+                counters.read(n);
+                n
+            }
             Err(e) => {
                 let _ = tx.send(Err(format!("reading from the agent: {e}"))).await;
                 return;
@@ -1217,7 +1223,7 @@ async fn read_frames(
                 logged = true;
                 tracing::warn!(vm = %vm, records_per_sec = limits.records_per_sec, bytes_per_sec = limits.bytes_per_sec, "VM over its rate limit: reading from it is paused while over (the guest drops and counts); logged once per connection, see rate_limited_ms in status");
             }
-            throttled.add(pause);
+            counters.paused(pause);
             tokio::time::sleep(pause).await;
         }
     }
