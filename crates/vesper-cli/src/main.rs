@@ -1,6 +1,7 @@
 //! vesper: the operator's tool. Talks to vesperd's control socket.
 
 mod build;
+mod libvirt;
 mod render;
 
 use std::io::{BufRead, BufReader, Write};
@@ -86,6 +87,11 @@ enum Cmd {
     },
     /// Unload a probe from a VM.
     Unload { vm: String, probe: String },
+    /// Edit the VMs in vesperd's configuration.
+    Vm {
+        #[command(subcommand)]
+        cmd: VmCmd,
+    },
     /// Show a VM's records.
     Events {
         vm: String,
@@ -101,6 +107,38 @@ enum Cmd {
         /// Only the last N stored records.
         #[arg(long)]
         last: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VmCmd {
+    /// Add a libvirt domain: its org.vesper.0 channel socket (and a QMP socket from
+    /// <qemu:commandline>, if any) are read from `virsh dumpxml DOMAIN`.
+    Add {
+        /// The libvirt domain.
+        #[arg(long, value_name = "DOMAIN")]
+        libvirt: String,
+        /// Read the domain's XML from this file (saved `virsh dumpxml` output) instead.
+        #[arg(long, value_name = "FILE")]
+        xml: Option<PathBuf>,
+        /// vesperd's configuration file.
+        #[arg(long, env = "VESPER_CONFIG", default_value = "/etc/vesper/vesper.toml")]
+        config: PathBuf,
+        /// The VM's name in vesper (default: the domain's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The Pacemaker resource the VM backs.
+        #[arg(long)]
+        resource: Option<String>,
+        /// Services whose death fails the resource (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        watch: Vec<String>,
+        /// A probe loaded on every agent connect (repeatable).
+        #[arg(long = "probe", value_name = "PROBE")]
+        probes: Vec<String>,
+        /// Print the section without changing the file.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -292,6 +330,56 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kernel_info,
             asm,
         } => build::run(out, &file, output, kernel_info, asm)?,
+        Cmd::Vm {
+            cmd:
+                VmCmd::Add {
+                    libvirt: domain,
+                    xml,
+                    config,
+                    name,
+                    resource,
+                    watch,
+                    probes,
+                    dry_run,
+                },
+        } => {
+            let (text, source_name) = match &xml {
+                Some(f) => (
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                    f.display().to_string(),
+                ),
+                None => (
+                    libvirt::dumpxml(&domain)?,
+                    format!("virsh dumpxml {domain}"),
+                ),
+            };
+            let d = libvirt::parse_domain(&text, &source_name)?;
+            if d.name != domain {
+                bail!(
+                    "{source_name} describes domain {:?}, not {domain:?}; pass the matching --libvirt",
+                    d.name
+                );
+            }
+            let opts = libvirt::Options {
+                name,
+                resource,
+                watch,
+                probes,
+            };
+            let section = libvirt::section(&d, &opts);
+            if dry_run {
+                write!(out, "{section}")?;
+            } else {
+                libvirt::append(&config, &section)?;
+                write!(out, "{section}")?;
+                writeln!(
+                    out,
+                    "\nadded to {}; restart vesperd to start the session (systemctl restart vesperd)",
+                    config.display()
+                )?;
+            }
+        }
         Cmd::Unload { vm, probe } => {
             request(
                 &cli.socket,
