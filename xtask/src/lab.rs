@@ -230,7 +230,10 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
             "256",
             "-smp",
             "1",
-            "-no-reboot",
+            // A guest reboot resets the VM (as libvirt's default on_reboot=restart); a
+            // panic ends it, so a panicked guest is seen as gone.
+            "-action",
+            "panic=shutdown",
         ])
         .arg("-kernel")
         .arg(&vmlinuz)

@@ -406,6 +406,87 @@ fn lab_6_guest_faults_fail_the_resource_in_pacemaker_with_the_cause() {
     lab.httpd_pid();
 }
 
+/// A guest reboot: the host sees the reset through QMP, the new boot's agent connects on
+/// the same port, gets its probes again, and the time without them is reported as loss.
+#[test]
+fn lab_8_a_rebooted_guest_gets_its_probes_again() {
+    let Some(lab) = lab("lab_8_guest_reboot") else {
+        return;
+    };
+    lab.load("signal");
+    wait_until(
+        Duration::from_secs(15),
+        || {
+            lab.status()["probes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "signal" && p["phase"] == "loaded")
+        },
+        "signal loaded",
+    );
+    let before = lab.status();
+    let boot = before["agent"]["boot_id"].clone();
+    let gaps = before["gaps"].as_u64().unwrap();
+    let silent_before = lab
+        .events("vesper")
+        .iter()
+        .filter(|r| r["event"] == "agent_unresponsive")
+        .count();
+    let t = Instant::now();
+    // -f: straight to reboot(2), as a crashed userspace or a watchdog would.
+    let _ = lab.exec("reboot -f", Duration::from_secs(3));
+    let mut after = Value::Null;
+    wait_until(
+        Duration::from_secs(120),
+        || {
+            after = lab.status();
+            after["agent"]["boot_id"] != boot
+                && after["probes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == "signal" && p["phase"] == "loaded")
+        },
+        "the new boot's agent with its probes",
+    );
+    let took = t.elapsed();
+    eprintln!("reboot: probes attached in the new boot {took:?} after `reboot -f`");
+    assert_eq!(after["gaps"].as_u64().unwrap(), gaps + 1, "{after}");
+    let host = lab.events("vesper");
+    assert!(host.iter().any(|r| r["event"] == "guest_reset"), "{host:?}");
+    // A reboot is not a silent agent: the new boot gets boot_timeout_ms to connect.
+    assert_eq!(
+        host.iter()
+            .filter(|r| r["event"] == "agent_unresponsive")
+            .count(),
+        silent_before,
+        "{host:?}"
+    );
+    let gap = host
+        .iter()
+        .rev()
+        .find(|r| r["event"] == "unobserved")
+        .unwrap_or_else(|| panic!("no gap reported: {host:?}"));
+    eprintln!("reboot: {}", gap["detail"]);
+    let detail = gap["detail"].as_str().unwrap();
+    assert!(detail.contains("(the guest was reset)"), "{detail}");
+    // The gap runs from the reset to the probes' load in the new boot.
+    let gap_ms =
+        after["unobserved_ms"].as_u64().unwrap() - before["unobserved_ms"].as_u64().unwrap();
+    assert!(
+        gap_ms >= 1000 && gap_ms <= took.as_millis() as u64 + 1000,
+        "gap {gap_ms} ms for a reboot of {took:?}"
+    );
+    // The new boot's events arrive.
+    let out = lab.exec_ok("sleep 30 & p=$!; kill -USR1 $p; echo $p");
+    let pid: u64 = out.trim().parse().unwrap();
+    lab.wait_record("signal", "SIGUSR1 in the new boot", |r| {
+        r["target_pid"] == pid && r["sig"] == 10
+    });
+    lab.httpd_pid();
+}
+
 #[test]
 fn lab_9_guest_panic_reaches_the_host_through_qmp() {
     let Some(lab) = lab("lab_9_guest_panic") else {

@@ -121,6 +121,10 @@ pub struct VmConfig {
     /// An agent silent for this long is reported unresponsive.
     #[serde(default = "default_deadtime_ms")]
     pub deadtime_ms: u64,
+    /// After QMP reports a guest reset, how long the new boot's agent may take to connect
+    /// before the agent counts as silent (the deadtime does not apply meanwhile).
+    #[serde(default = "default_boot_timeout_ms")]
+    pub boot_timeout_ms: u64,
     /// This VM's record rate limit (default: `[daemon] records_per_sec`).
     #[serde(default)]
     pub records_per_sec: Option<u64>,
@@ -138,6 +142,10 @@ pub struct VmConfig {
 
 fn default_deadtime_ms() -> u64 {
     5000
+}
+
+fn default_boot_timeout_ms() -> u64 {
+    crate::session::DEFAULT_BOOT_TIMEOUT.as_millis() as u64
 }
 
 fn default_debounce_ms() -> u64 {

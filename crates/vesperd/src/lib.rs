@@ -77,6 +77,7 @@ pub fn start_sessions(cfg: &Config) -> Vms {
             verdicts: verdicts.clone(),
         })
         .with_rate_limits(vm.rate_limits(&cfg.daemon))
+        .with_boot_timeout(std::time::Duration::from_millis(vm.boot_timeout_ms))
         .with_seen_file(
             cfg.daemon
                 .state_dir

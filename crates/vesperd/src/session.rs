@@ -42,6 +42,7 @@ use crate::store::{RecordStore, StoredRecord};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -256,6 +257,10 @@ pub struct Session {
     seen_written: Option<Instant>,
     gaps: u64,
     unobserved_ms: u64,
+    /// When QMP reported a guest reset that no agent Hello has followed yet: the old
+    /// agent is gone, and the new boot's has `boot_timeout` to connect.
+    reset_at: Option<Instant>,
+    boot_timeout: Duration,
 }
 
 impl std::fmt::Debug for Session {
@@ -319,7 +324,15 @@ impl Session {
             seen_written: None,
             gaps: 0,
             unobserved_ms: 0,
+            reset_at: None,
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
         }
+    }
+
+    /// How long a rebooting guest's agent may take to connect before it counts as silent.
+    pub fn with_boot_timeout(mut self, t: Duration) -> Self {
+        self.boot_timeout = t;
+        self
     }
 
     /// Keeps the time probes were last attached in `path`, so that the time vesperd was
@@ -336,10 +349,24 @@ impl Session {
         self
     }
 
+    /// Probes are attached in the guest, as far as the host knows.
     fn observing(&self) -> bool {
-        self.probes
-            .values()
-            .any(|p| p.status.phase == ProbePhase::Loaded)
+        self.observed_until_ms.is_none()
+            && self
+                .probes
+                .values()
+                .any(|p| p.status.phase == ProbePhase::Loaded)
+    }
+
+    /// Starts a gap at `since_ms` if probes were attached.
+    fn begin_gap(&mut self, since_ms: u64, reason: &'static str) {
+        if self.observing() {
+            self.observed_until_ms = Some(since_ms);
+            self.gap_reason = reason;
+            if let Some(path) = &self.seen_file {
+                let _ = std::fs::write(path, since_ms.to_string());
+            }
+        }
     }
 
     /// Notes that probes are attached now (in the seen file, at most once a second).
@@ -476,11 +503,11 @@ impl Session {
     }
 
     fn reset_connection(&mut self) {
-        if self.observing() {
-            self.note_observing(true);
-            self.observed_until_ms = Some(now_ms());
-            self.gap_reason = "the agent's connection ended";
-        }
+        // The agent was last known alive when it was last heard from.
+        let last_alive = self.last_heard.map_or(now_ms(), |t| {
+            now_ms().saturating_sub(t.elapsed().as_millis() as u64)
+        });
+        self.begin_gap(last_alive, "the agent's connection ended");
         for (_, reply) in self.waiting_kernel_info.drain(..) {
             if let Some(r) = reply {
                 let _ = r.send(Ok(LoadOutcome::Pending));
@@ -603,6 +630,9 @@ impl Session {
             }
             HostEvent::Reset => {
                 tracing::info!(vm = %self.name, "guest reset (QMP RESET)");
+                // The probes went with the old boot, whatever the channel still shows.
+                self.begin_gap(now_ms(), "the guest was reset");
+                self.reset_at.get_or_insert_with(Instant::now);
                 self.guest = GuestState::Running;
                 self.host_record("guest_reset", String::new(), false);
             }
@@ -653,16 +683,28 @@ impl Session {
                 "no Hello from the agent within {} s",
                 HELLO_TIMEOUT.as_secs()
             )),
+            // A rebooting guest has no agent until its new boot starts one.
+            State::Ready
+                if self
+                    .reset_at
+                    .is_some_and(|t| t.elapsed() <= self.boot_timeout) =>
+            {
+                Ok(())
+            }
             State::Ready if self.last_heard.is_some_and(|t| t.elapsed() > self.deadtime) => {
                 let silent = self.last_heard.map_or(0, |t| t.elapsed().as_millis());
-                self.host_record(
-                    "agent_unresponsive",
-                    format!(
+                let detail = match self.reset_at {
+                    Some(t) => format!(
+                        "no agent since the guest reset {} ms ago (boot_timeout_ms {})",
+                        t.elapsed().as_millis(),
+                        self.boot_timeout.as_millis()
+                    ),
+                    None => format!(
                         "no frame for {silent} ms (deadtime {} ms)",
                         self.deadtime.as_millis()
                     ),
-                    false,
-                );
+                };
+                self.host_record("agent_unresponsive", detail, false);
                 tracing::warn!(vm = %self.name, deadtime_ms = self.deadtime.as_millis() as u64, "agent unresponsive");
                 self.set_state(State::Unresponsive);
                 Ok(())
@@ -680,6 +722,10 @@ impl Session {
     }
 
     async fn on_message(&mut self, msg: Message, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
+        if self.state != State::Handshake && matches!(msg, Message::Hello(_)) {
+            // Not "heard from": the agent that was is gone (a new one on the same channel).
+            return Err("agent sent a second Hello".into());
+        }
         self.last_heard = Some(Instant::now());
         if self.state == State::Unresponsive {
             tracing::info!(vm = %self.name, "agent heard from again");
@@ -689,7 +735,6 @@ impl Session {
         match (self.state, msg) {
             (State::Handshake, Message::Hello(h)) => self.on_hello(h, wr).await,
             (State::Handshake, other) => Err(format!("agent sent {:?} before Hello", other.kind())),
-            (_, Message::Hello(_)) => Err("agent sent a second Hello".into()),
             (_, Message::KernelInfo(k)) => {
                 for f in k.formats {
                     let parsed = f.format.and_then(|t| parse_format(&f.event, &t).ok());
@@ -792,6 +837,7 @@ impl Session {
             );
         }
         self.agent = Some(agent);
+        self.reset_at = None;
         self.connected_since_ms = Some(now_ms());
         self.set_state(State::Ready);
         for probe in self.desired.clone() {
