@@ -27,7 +27,7 @@ const MODULES: &[&str] = &[
     "drivers/misc/pvpanic/pvpanic-mmio.ko",
     "drivers/net/ethernet/intel/e1000/e1000.ko",
 ];
-const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn lab_dir() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir()?.join("lab"))

@@ -5,13 +5,15 @@ mod bench;
 mod demo;
 mod lab;
 mod native;
+mod package;
 mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   start an agent and vesperd on this machine, catch a signal, show and explain it
+  package  the host (vesper) and guest (vesper-agent) Debian packages, in target/debian/
   soak   floods and restarts for SECONDS (default 300, at most 600), checking vesperd's invariants
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
   bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
@@ -24,6 +26,7 @@ fn main() {
         Some("test") => test(),
         Some("demo") => demo::run(),
         Some("lab") => lab::run(&args[1..]),
+        Some("package") => package::run().map(|_| ()),
         Some("soak") => soak(&args[1..]),
         Some("bench") => {
             let quick = args.iter().any(|a| a == "--quick");
@@ -123,12 +126,15 @@ fn test() -> anyhow::Result<()> {
     ])?;
     util::progress("building the workspace binaries");
     util::cargo(&["build", "--workspace", "--bins"])?;
+    package::run()?;
     util::progress("running all tests (root tests required) but the lab's");
     let bin_dir = util::target_dir()?.join("debug");
     util::run(
         std::process::Command::new(util::cargo_bin())
             .args(["test", "--workspace", "--", "--skip", "lab_"])
             .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+            .env("VESPER_REQUIRE_PACKAGES", "1")
+            .env("VESPER_DEB_DIR", package::out_dir()?)
             .env("VESPER_BIN_DIR", &bin_dir),
     )?;
     fuzz(if std::env::var_os("CI").is_some() {

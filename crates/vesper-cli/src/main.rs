@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -87,6 +87,11 @@ enum Cmd {
     },
     /// Unload a probe from a VM.
     Unload { vm: String, probe: String },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (vesper.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Edit the VMs in vesperd's configuration.
     Vm {
         #[command(subcommand)]
@@ -140,6 +145,27 @@ enum VmCmd {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// `cmd`'s man page and its visible subcommands' (`vesper-vm-add.1`), into `dir`.
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    let mut stack = vec![(cmd.clone(), cmd.get_name().to_string())];
+    while let Some((c, name)) = stack.pop() {
+        let c = c
+            .display_name(name.clone())
+            .bin_name(name.replace('-', " "));
+        let path = dir.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c.clone()).render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+        for sub in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            stack.push((sub.clone(), format!("{name}-{}", sub.get_name())));
+        }
+    }
+    written.sort();
+    Ok(written)
 }
 
 fn main() {
@@ -378,6 +404,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "\nadded to {}; restart vesperd to start the session (systemctl restart vesperd)",
                     config.display()
                 )?;
+            }
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vesper", out);
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for written in write_man_pages(&Cli::command(), &dir)? {
+                writeln!(out, "{}", written.display())?;
             }
         }
         Cmd::Unload { vm, probe } => {

@@ -18,6 +18,9 @@ struct Args {
     /// Check the configuration (and every rule's condition), print a summary and exit.
     #[arg(long)]
     check_config: bool,
+    /// Write vesperd.8 into DIR and exit (for packaging).
+    #[arg(long, hide = true, value_name = "DIR")]
+    man: Option<PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -36,6 +39,17 @@ async fn main() {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(dir) = &args.man {
+        let path = dir.join("vesperd.8");
+        let mut page = Vec::new();
+        clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+            .section("8")
+            .render(&mut page)?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+        return Ok(());
+    }
     let cfg = vesperd::config::Config::load(&args.config)?;
     let access = vesperd::access::Access::new(cfg.daemon.socket_group.as_deref())?;
     if args.check_config {
