@@ -3,6 +3,7 @@
 mod build;
 mod libvirt;
 mod render;
+mod top;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -37,6 +38,16 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// A live view of every VM: state, records/s, KiB/s, drops in the guest and on the
+    /// host, rate limiting and the last verdict (Ctrl-C quits).
+    Top {
+        /// Seconds between frames.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Draw this many frames and exit (without: until interrupted).
+        #[arg(long)]
+        frames: Option<u64>,
     },
     /// The probes of one VM.
     Probes {
@@ -275,6 +286,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 render::status(out, &vms)?;
             }
+        }
+        Cmd::Top { interval, frames } => {
+            if !(0.1..=3600.0).contains(&interval) {
+                bail!("--interval {interval}: give seconds between 0.1 and 3600");
+            }
+            let socket = cli.socket.clone();
+            let status = move || -> anyhow::Result<Vec<Value>> {
+                let (v, _) = request(&socket, json!({"cmd": "status"}))?;
+                Ok(v["vms"].as_array().cloned().unwrap_or_default())
+            };
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            top::run(
+                out,
+                status,
+                std::time::Duration::from_secs_f64(interval),
+                frames,
+                terminal,
+            )?;
         }
         Cmd::Probes { vm, json } => {
             let (v, _) = request(&cli.socket, json!({"cmd": "probes", "vm": vm}))?;

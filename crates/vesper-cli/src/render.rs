@@ -12,7 +12,7 @@ pub fn clean(s: &str) -> String {
         .collect()
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(t) => clean(t),
         Value::Null => "-".into(),
@@ -21,7 +21,7 @@ fn s(v: &Value) -> String {
 }
 
 /// HH:MM:SS.mmm (UTC) of a unix time in milliseconds.
-fn clock(ms: u64) -> String {
+pub(crate) fn clock(ms: u64) -> String {
     let day_ms = ms % 86_400_000;
     format!(
         "{:02}:{:02}:{:02}.{:03}",

@@ -262,3 +262,47 @@ fn a_metrics_address_in_use_stops_vesperd_with_the_key_named() {
         "{err}"
     );
 }
+
+#[test]
+fn vesper_top_shows_the_rate_of_a_steady_stream() {
+    if !need_root("vesper top") {
+        return;
+    }
+    let h = Harness::single(&["signal"]);
+    h.wait_loaded("host1", "signal");
+    let (_victim, pid) = victim("topvictim");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                send_signals("topsender", pid, SIGUSR1, 100);
+                sent += 100;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            sent
+        })
+    };
+    let t = std::time::Instant::now();
+    let out = h.vesper(&["top", "--interval", "1", "--frames", "2"]);
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = sent as f64 / secs;
+    // The last frame's VM row: name, state, records/s, …
+    let row = text
+        .lines()
+        .filter(|l| l.starts_with("host1 "))
+        .last()
+        .unwrap_or_else(|| panic!("{text}"));
+    let shown: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
+    eprintln!("vesper top: {shown} records/s shown, {expected:.0}/s sent on average\n{text}");
+    assert!(
+        shown > expected * 0.3 && shown < expected * 3.0,
+        "top shows {shown}/s, about {expected:.0}/s were sent:\n{text}"
+    );
+    assert!(text.contains("  signal "), "{text}");
+}
