@@ -295,8 +295,7 @@ fn vesper_top_shows_the_rate_of_a_steady_stream() {
     // The last frame's VM row: name, state, records/s, …
     let row = text
         .lines()
-        .filter(|l| l.starts_with("host1 "))
-        .last()
+        .rfind(|l| l.starts_with("host1 "))
         .unwrap_or_else(|| panic!("{text}"));
     let shown: f64 = row.split_whitespace().nth(2).unwrap().parse().unwrap();
     eprintln!("vesper top: {shown} records/s shown, {expected:.0}/s sent on average\n{text}");
