@@ -295,6 +295,7 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
     progress("waiting for the guest's agent to connect (TCG boot takes a few seconds)");
     let t = Instant::now();
     let vesper = host_bins.join("vesper");
+    let mut told = 0;
     loop {
         let o = Command::new(&vesper)
             .env("VESPER_SOCKET", dir.join("vesper.sock"))
@@ -308,6 +309,18 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
                 "the guest's agent did not connect in 180 s; see {}",
                 dir.join("console.log").display()
             );
+        }
+        // The last line the guest printed says how far the boot got.
+        let waited = t.elapsed().as_secs();
+        if waited >= told + 10 {
+            told = waited;
+            let console = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+            let last = console
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            progress(&format!("  {waited} s; guest console: {}", last.trim()));
         }
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -55,9 +55,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Load a probe into a VM: a built-in name (`signal`), a script (`FILE.vsp`, compiled
-    /// by vesperd for that VM's kernel) or an object built with `vesper build` (`FILE.o`).
-    Load { vm: String, probe: String },
+    /// Load probes into a VM: built-in names (`signal`), scripts (`FILE.vsp`, compiled by
+    /// vesperd for that VM's kernel) or objects built with `vesper build` (`FILE.o`). Each
+    /// is reported as it loads; one that fails does not stop the others.
+    Load {
+        vm: String,
+        #[arg(required = true)]
+        probes: Vec<String>,
+    },
     /// Why a VM or resource failed: the latest verdicts, each with its evidence, the
     /// actions taken and the cluster's reaction.
     Why {
@@ -315,18 +320,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 render::probes(out, &v["vm"])?;
             }
         }
-        Cmd::Load { vm, probe } => {
-            let req = load_request(&vm, &probe)?;
-            let probe = req["probe"].as_str().unwrap_or_default().to_string();
-            let (v, _) = request(&cli.socket, req)?;
-            let r = &v["result"];
-            match r["state"].as_str() {
-                Some("loaded") => writeln!(
-                    out,
-                    "{probe} loaded in {vm} (attached in {} us)",
-                    r["load_us"]
-                )?,
-                _ => writeln!(out, "{probe} will load in {vm} when its agent connects")?,
+        Cmd::Load { vm, probes } => {
+            let n = probes.len();
+            let mut failed = Vec::new();
+            for (i, probe) in probes.iter().enumerate() {
+                let step = if n > 1 {
+                    format!("[{}/{n}] ", i + 1)
+                } else {
+                    String::new()
+                };
+                let loaded = load_request(&vm, probe).and_then(|req| {
+                    let name = req["probe"].as_str().unwrap_or_default().to_string();
+                    request(&cli.socket, req).map(|(v, _)| (name, v))
+                });
+                match loaded {
+                    Ok((name, v)) => match v["result"]["state"].as_str() {
+                        Some("loaded") => writeln!(
+                            out,
+                            "{step}{name} loaded in {vm} (attached in {} us)",
+                            v["result"]["load_us"]
+                        )?,
+                        _ => writeln!(
+                            out,
+                            "{step}{name} will load in {vm} when its agent connects"
+                        )?,
+                    },
+                    // One clear line per failure; an unreachable vesperd ends the run.
+                    Err(e) if n == 1 || e.to_string().contains("cannot reach vesperd") => {
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        eprintln!("vesper: {step}{probe}: {e:#}");
+                        failed.push(probe.clone());
+                    }
+                }
+                out.flush()?;
+            }
+            if !failed.is_empty() {
+                bail!(
+                    "{} of {n} probes loaded into {vm}; not loaded: {}",
+                    n - failed.len(),
+                    failed.join(", ")
+                );
             }
         }
         Cmd::Why { target, json, last } => {

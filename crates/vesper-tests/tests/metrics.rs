@@ -289,7 +289,11 @@ fn vesper_top_shows_the_rate_of_a_steady_stream() {
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = sender.join().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let expected = sent as f64 / secs;
     // The last frame's VM row: name, state, records/s, …

@@ -374,3 +374,33 @@ fn with_the_host_disk_full_the_store_serves_from_memory_and_says_so_once() {
     );
     drop(h);
 }
+
+#[test]
+fn loading_many_probes_reports_each_and_one_mistake_does_not_stop_the_rest() {
+    if !need_root("loading_many_probes") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    h.wait_ready("host1");
+    let o = h.vesper(&["load", "host1", "oom", "nosuchprobe", "exit"]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("[1/3] oom loaded in host1 (attached in "), "{out}");
+    assert!(lines[1].starts_with("[3/3] exit loaded in host1"), "{out}");
+    assert!(err.contains("[2/3] nosuchprobe: "), "{err}");
+    assert!(
+        err.contains("2 of 3 probes loaded into host1; not loaded: nosuchprobe"),
+        "{err}"
+    );
+    let names: Vec<String> = h.vm_status("host1")["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["oom", "exit"]);
+}
