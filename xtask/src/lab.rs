@@ -125,11 +125,14 @@ pub fn static_binaries() -> anyhow::Result<PathBuf> {
 fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
     let out = lab_dir()?.join("initramfs.cpio.gz");
     let here = util::workspace_root().join("xtask/lab");
+    // The guest package's initramfs script starts the agent, as in a packaged guest.
+    let init_top = util::workspace_root().join("packaging/guest/initramfs-init-top");
     let inputs = [
         bins.join("vesper-agent"),
         bins.join("vesper-testkit"),
         here.join("init"),
         here.join("lab-exec"),
+        init_top.clone(),
     ];
     let newest = inputs
         .iter()
@@ -153,6 +156,7 @@ fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
         "sys",
         "dev",
         "tmp",
+        "scripts/init-top",
     ] {
         std::fs::create_dir_all(root.join(d))?;
     }
@@ -162,6 +166,7 @@ fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
     std::fs::copy(bins.join("vesper-testkit"), root.join("bin/vesper-testkit"))?;
     std::fs::copy(here.join("init"), root.join("init"))?;
     std::fs::copy(here.join("lab-exec"), root.join("bin/lab-exec"))?;
+    std::fs::copy(&init_top, root.join("scripts/init-top/vesper-agent"))?;
     std::fs::write(
         root.join("bin/memhog"),
         "#!/bin/sh\nexec /bin/vesper-testkit memhog \"$@\"\n",
@@ -178,7 +183,12 @@ fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
         std::fs::copy(&src, root.join("lib/modules").join(name))
             .with_context(|| format!("{}", src.display()))?;
     }
-    for f in ["init", "bin/lab-exec", "bin/memhog"] {
+    for f in [
+        "init",
+        "bin/lab-exec",
+        "bin/memhog",
+        "scripts/init-top/vesper-agent",
+    ] {
         util::run(Command::new("chmod").arg("755").arg(root.join(f)))?;
     }
     let sh = format!(
@@ -239,7 +249,7 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
         .arg(&vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=0 loglevel=4"])
+        .args(["-append", "console=ttyS0 panic=0 loglevel=4 vesper.early"])
         .args(["-display", "none", "-serial"])
         .arg(format!("file:{}", dir.join("console.log").display()))
         .args([
