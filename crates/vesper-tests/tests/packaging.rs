@@ -61,13 +61,17 @@ fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// dpkg takes one caller at a time: the tests of this file install one after the other.
+static DPKG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Installs a package; purges it when dropped.
-struct Installed(&'static str);
+struct Installed(&'static str, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
 
 impl Installed {
     fn new(package: &'static str, deb: &Path) -> Self {
+        let turn = DPKG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         ok(Command::new("dpkg").arg("-i").arg(deb));
-        Installed(package)
+        Installed(package, turn)
     }
 }
 
@@ -130,6 +134,8 @@ fn the_host_package_installs_runs_with_its_defaults_and_purges_clean() {
         .split_whitespace()
         .collect();
     std::fs::create_dir_all("/var/lib/vesper").unwrap();
+    // A killed daemon leaves its socket file: only an answer means this one is up.
+    let _ = std::fs::remove_file("/run/vesper/vesper.sock");
     let _daemon = Proc {
         child: Command::new(exec[0])
             .args(&exec[1..])
@@ -140,8 +146,13 @@ fn the_host_package_installs_runs_with_its_defaults_and_purges_clean() {
     };
     wait_until(
         Duration::from_secs(10),
-        || Path::new("/run/vesper/vesper.sock").exists(),
-        "the packaged vesperd's control socket",
+        || {
+            Command::new("/usr/bin/vesper")
+                .arg("status")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        },
+        "the packaged vesperd to answer on /run/vesper/vesper.sock",
     );
     let status = ok(Command::new("/usr/bin/vesper").arg("status"));
     assert!(status.contains("no VMs configured"), "{status}");
