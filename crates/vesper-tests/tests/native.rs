@@ -389,7 +389,10 @@ fn loading_many_probes_reports_each_and_one_mistake_does_not_stop_the_rest() {
     );
     assert_eq!(o.status.code(), Some(1), "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("[1/3] oom loaded in host1 (attached in "), "{out}");
+    assert!(
+        lines[0].starts_with("[1/3] oom loaded in host1 (attached in "),
+        "{out}"
+    );
     assert!(lines[1].starts_with("[3/3] exit loaded in host1"), "{out}");
     assert!(err.contains("[2/3] nosuchprobe: "), "{err}");
     assert!(

@@ -65,11 +65,16 @@ fn ok(cmd: &mut Command) -> String {
 static DPKG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Installs a package; purges it when dropped.
-struct Installed(&'static str, #[allow(dead_code)] std::sync::MutexGuard<'static, ()>);
+struct Installed(
+    &'static str,
+    #[allow(dead_code)] std::sync::MutexGuard<'static, ()>,
+);
 
 impl Installed {
     fn new(package: &'static str, deb: &Path) -> Self {
-        let turn = DPKG.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let turn = DPKG
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ok(Command::new("dpkg").arg("-i").arg(deb));
         Installed(package, turn)
     }
