@@ -108,24 +108,13 @@ fn the_control_socket_admits_only_root_vesperds_user_and_its_group() {
 
 #[test]
 fn an_unknown_socket_group_is_refused_at_start_with_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vesper.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, _, err) = vesperd_refuses(|dir| {
         format!(
             "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nsocket_group = \"no-such-group-here\"\n",
-            dir.path().join("s.sock").display(),
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let o = Command::new(bin("vesperd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = stderr(&o);
+            dir.join("s.sock").display(),
+            dir.join("state").display()
+        )
+    });
     assert!(
         err.contains("socket_group \"no-such-group-here\"") && err.contains("groupadd"),
         "{err}"

@@ -239,24 +239,13 @@ fn dashboard_reads_only_what_vesperd_exports(scrape: &str) {
 fn a_metrics_address_in_use_stops_vesperd_with_the_key_named() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vesper.toml");
-    std::fs::write(
-        &cfg,
+    let (_dir, _, err) = vesperd_refuses(|dir| {
         format!(
             "[daemon]\nsocket = \"{}\"\nstate_dir = \"{}\"\nmetrics = \"{addr}\"\n",
-            dir.path().join("s.sock").display(),
-            dir.path().join("state").display()
-        ),
-    )
-    .unwrap();
-    let o = std::process::Command::new(bin("vesperd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+            dir.join("s.sock").display(),
+            dir.join("state").display()
+        )
+    });
     assert!(
         err.contains("key `daemon.metrics`") && err.contains(&addr.to_string()),
         "{err}"

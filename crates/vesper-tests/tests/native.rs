@@ -143,16 +143,8 @@ fn user_mistakes_get_one_line_and_exit_status_1() {
 
 #[test]
 fn invalid_config_names_the_file_the_key_and_the_reason() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("vesper.toml");
-    std::fs::write(&cfg, "[[vm]]\nname = \"web1\"\nchannel = \"tcp:1234\"\n").unwrap();
-    let o = std::process::Command::new(bin("vesperd"))
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let (_dir, cfg, err) =
+        vesperd_refuses(|_| "[[vm]]\nname = \"web1\"\nchannel = \"tcp:1234\"\n".into());
     assert!(
         err.contains(&format!("{}: key `vm[0].channel`", cfg.display())),
         "{err}"

@@ -86,6 +86,12 @@ impl Drop for Installed {
     }
 }
 
+fn assert_installed(files: &[&str]) {
+    for f in files {
+        assert!(Path::new(f).exists(), "{f} not installed");
+    }
+}
+
 /// `systemd-analyze verify`: the unit parses, its commands exist, its man pages resolve.
 fn verify_unit(unit: &str) {
     let o = Command::new("systemd-analyze")
@@ -102,7 +108,7 @@ fn the_host_package_installs_runs_with_its_defaults_and_purges_clean() {
         return;
     };
     let installed = Installed::new("vesper", &deb);
-    for f in [
+    assert_installed(&[
         "/usr/sbin/vesperd",
         "/usr/bin/vesper",
         "/etc/vesper/vesper.toml",
@@ -114,9 +120,7 @@ fn the_host_package_installs_runs_with_its_defaults_and_purges_clean() {
         "/usr/share/fish/vendor_completions.d/vesper.fish",
         "/usr/share/vesper/grafana/vesper-dashboard.json",
         "/usr/share/doc/vesper/examples/libvirt/web1.xml",
-    ] {
-        assert!(Path::new(f).exists(), "{f} not installed");
-    }
+    ]);
     let conffiles = ok(Command::new("dpkg-query").args(["-W", "-f", "${Conffiles}", "vesper"]));
     assert!(conffiles.contains("/etc/vesper/vesper.toml"), "{conffiles}");
     assert!(!ok(Command::new("getent").args(["group", "vesper"])).is_empty());
@@ -206,14 +210,12 @@ fn the_guest_package_brings_a_static_agent_that_serves_vesperd() {
         return;
     };
     let _installed = Installed::new("vesper-agent", &deb);
-    for f in [
+    assert_installed(&[
         "/usr/sbin/vesper-agent",
         "/usr/lib/systemd/system/vesper-agent.service",
         "/usr/share/initramfs-tools/hooks/vesper-agent",
         "/usr/share/initramfs-tools/scripts/init-top/vesper-agent",
-    ] {
-        assert!(Path::new(f).exists(), "{f} not installed");
-    }
+    ]);
     verify_unit("/usr/lib/systemd/system/vesper-agent.service");
     // Static: a guest needs nothing else (ldd says so and exits 1 for such a binary).
     let ldd = Command::new("ldd")

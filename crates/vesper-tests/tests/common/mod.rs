@@ -521,3 +521,20 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// vesperd started on the configuration `text(dir)` (dir: a fresh directory) must refuse to
+/// start with exit status 1; returns the directory, the configuration's path and what
+/// vesperd said.
+pub fn vesperd_refuses(text: impl FnOnce(&Path) -> String) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("vesper.toml");
+    std::fs::write(&cfg, text(dir.path())).unwrap();
+    let o = Command::new(bin("vesperd"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    (dir, cfg, err)
+}
