@@ -115,6 +115,8 @@ fn test() -> anyhow::Result<()> {
         ("virt-xml-validate", "libvirt-clients"),
         ("xmllint", "libxml2-utils"),
     ])?;
+    util::progress("rustfmt --check");
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
     util::progress("clippy (warnings are errors)");
     util::cargo(&[
         "clippy",
