@@ -3,12 +3,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vesper_probe::{compile, required_kernel_keys, KernelInfo, TracepointField, TracepointFormat};
+use vesper_probe::{KernelInfo, TracepointField, TracepointFormat, compile, required_kernel_keys};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(src) = std::str::from_utf8(data) else { return };
-    let Ok(keys) = required_kernel_keys(src, "fuzz.vsp") else { return };
-    let mut k = KernelInfo { release: "fuzz".into(), ..Default::default() };
+    let Ok(src) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(keys) = required_kernel_keys(src, "fuzz.vsp") else {
+        return;
+    };
+    let mut k = KernelInfo {
+        release: "fuzz".into(),
+        ..Default::default()
+    };
     for key in keys {
         let field = |name: &str, decl: &str, offset, size, signed| TracepointField {
             name: name.into(),
@@ -24,7 +31,14 @@ fuzz_target!(|data: &[u8]| {
             field("big", "unsigned long big", 32, 8, false),
             field("flag", "bool flag", 40, 1, false),
         ];
-        k.formats.insert(key.clone(), Some(TracepointFormat { event: key, id: None, fields }));
+        k.formats.insert(
+            key.clone(),
+            Some(TracepointFormat {
+                event: key,
+                id: None,
+                fields,
+            }),
+        );
     }
     let _ = compile(src, "fuzz.vsp", "fuzz", &k);
 });

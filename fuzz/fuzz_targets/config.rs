@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Err(e) = vesperd::config::Config::parse(Path::new("fuzz.toml"), text) {
         assert!(e.to_string().contains("fuzz.toml"), "{e}");
     }

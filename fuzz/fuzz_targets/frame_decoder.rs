@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use vesper_proto::{FrameDecoder, HEADER_LEN};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, rest)) = data.split_first() else { return };
+    let Some((&split, rest)) = data.split_first() else {
+        return;
+    };
     let limit = 4096;
     let mut dec = FrameDecoder::new(limit);
     for chunk in rest.chunks(split as usize + 1) {

@@ -20,15 +20,30 @@ fn manifest() -> Manifest {
         FieldKind::Str { len: 16 },
     ];
     let mut offset = 12;
-    let mut fields = vec![FieldSpec { name: "ts_ns".into(), offset: 0, kind: FieldKind::U64 }];
+    let mut fields = vec![FieldSpec {
+        name: "ts_ns".into(),
+        offset: 0,
+        kind: FieldKind::U64,
+    }];
     for (i, kind) in kinds.into_iter().enumerate() {
-        fields.push(FieldSpec { name: format!("f{i}"), offset, kind });
+        fields.push(FieldSpec {
+            name: format!("f{i}"),
+            offset,
+            kind,
+        });
         offset += kind.size();
     }
-    let all = Schema { size: offset, fields };
+    let all = Schema {
+        size: offset,
+        fields,
+    };
     let small = Schema {
         size: 16,
-        fields: vec![FieldSpec { name: "s".into(), offset: 12, kind: FieldKind::Str { len: 4 } }],
+        fields: vec![FieldSpec {
+            name: "s".into(),
+            offset: 12,
+            kind: FieldKind::Str { len: 4 },
+        }],
     };
     Manifest {
         name: "fuzz".into(),
