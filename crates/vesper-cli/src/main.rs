@@ -465,7 +465,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 write!(out, "{section}")?;
                 writeln!(
                     out,
-                    "\nadded to {}; restart vesperd to start the session (systemctl restart vesperd)",
+                    "\nadded to {}; `systemctl reload vesperd` (or SIGHUP) starts its session",
                     config.display()
                 )?;
             }

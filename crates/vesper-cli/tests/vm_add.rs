@@ -68,7 +68,7 @@ fn a_running_domain_is_added_with_its_generated_channel_path() {
     assert_eq!(vm.watch, ["httpd", "postgres"]);
     assert_eq!(vm.probes, ["signal"]);
     assert_eq!(vm.qmp, None);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("restart vesperd"));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("systemctl reload vesperd"));
 
     // Once only: the second time names the clash, and the file is unchanged.
     let again = vm_add(&cfg, &["--libvirt", "web2", "--xml", xml.to_str().unwrap()]);

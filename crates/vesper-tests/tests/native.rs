@@ -225,7 +225,7 @@ fn after_vesperd_restarts_the_agent_reconnects_and_probes_are_reloaded() {
         2,
         "{agent_log}"
     );
-    expect_gap(&h, "vesperd was not running", 300);
+    expect_gap(&h, "vesperd was not watching the VM", 300);
 }
 
 /// The time no probe was attached is reported as loss: a `vesper` record and the status.
@@ -398,4 +398,98 @@ fn loading_many_probes_reports_each_and_one_mistake_does_not_stop_the_rest() {
         .map(|p| p["name"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(names, ["oom", "exit"]);
+}
+
+#[test]
+fn sighup_starts_added_vms_stops_removed_ones_and_keeps_a_broken_file_out() {
+    if !need_root("sighup_reload") {
+        return;
+    }
+    let spec = |name| VmSpec {
+        name,
+        agent: true,
+        probes: &["signal"],
+    };
+    let h = Harness::start_with(&[spec("host1"), spec("host2")], "", "");
+    h.wait_loaded("host1", "signal");
+    h.wait_loaded("host2", "signal");
+    let cfg_path = h.dir.path().join("vesper.toml");
+    let full = std::fs::read_to_string(&cfg_path).unwrap();
+    let (without_host2, host2) = full.split_at(full.rfind("[[vm]]").unwrap());
+    assert!(host2.contains("\"host2\""), "{full}");
+    let vesperd = h.vesperd.as_ref().unwrap().child.id() as i32;
+    let hup = || {
+        // SAFETY: kill(2) with a pid we started; no memory is involved.
+        assert_eq!(unsafe { libc::kill(vesperd, libc::SIGHUP) }, 0);
+    };
+    let names = || -> Vec<String> {
+        h.vesper_ok(&["status", "--json"])
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+
+    std::fs::write(&cfg_path, without_host2).unwrap();
+    hup();
+    wait_until(
+        Duration::from_secs(5),
+        || names() == ["host1"],
+        "host2 to be stopped",
+    );
+    assert_eq!(h.vm_status("host1")["state"], "ready");
+
+    // A broken file changes nothing, and says why.
+    std::fs::write(
+        &cfg_path,
+        format!("{without_host2}[[vm]]\nname = \"bad vm\"\n"),
+    )
+    .unwrap();
+    hup();
+    wait_until(
+        Duration::from_secs(5),
+        || h.vesperd_log().contains("configuration not reloaded"),
+        "the refusal in the log",
+    );
+    let log = h.vesperd_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("configuration not reloaded"))
+        .unwrap();
+    assert!(line.contains(&cfg_path.display().to_string()), "{line}");
+    assert_eq!(names(), ["host1"]);
+
+    // host2 back, and a setting of host1 changed: host2 starts, host1 keeps running.
+    let changed = without_host2.replace(
+        "name = \"host1\"\n",
+        "name = \"host1\"\ndeadtime_ms = 4000\n",
+    );
+    std::fs::write(&cfg_path, format!("{changed}{host2}")).unwrap();
+    hup();
+    wait_until(
+        Duration::from_secs(10),
+        || names() == ["host1", "host2"],
+        "host2 to be back",
+    );
+    h.wait_loaded("host2", "signal");
+    let log = h.vesperd_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("settings changed") && l.contains("host1")),
+        "{log}"
+    );
+    assert_eq!(
+        h.vm_status("host1")["connects"],
+        1,
+        "host1's session was not restarted"
+    );
+    let gap = h.vm_status("host2");
+    assert_eq!(
+        gap["gaps"], 1,
+        "the time host2 was not watched is reported: {gap}"
+    );
 }

@@ -132,17 +132,24 @@ impl WhyLog {
     }
 }
 
+/// Each VM's actions by name, shared with reloads (which add and remove VMs).
+pub type ActionConfigs = Arc<std::sync::RwLock<HashMap<String, VmActions>>>;
+
 /// Runs the action task; returns where sessions send verdicts.
 pub fn spawn(
     node: Option<String>,
-    vms: HashMap<String, VmActions>,
+    vms: ActionConfigs,
     why: Arc<Mutex<WhyLog>>,
 ) -> mpsc::Sender<Verdict> {
     let (tx, mut rx) = mpsc::channel::<Verdict>(256);
     tokio::spawn(async move {
         let mut last: HashMap<String, (Instant, u64)> = HashMap::new();
         while let Some(v) = rx.recv().await {
-            let cfg = vms.get(&v.vm).cloned().unwrap_or(VmActions {
+            let known = match vms.read() {
+                Ok(m) => m.get(&v.vm).cloned(),
+                Err(p) => p.into_inner().get(&v.vm).cloned(),
+            };
+            let cfg = known.unwrap_or(VmActions {
                 pacemaker: false,
                 hooks: Vec::new(),
                 debounce: Duration::from_secs(30),

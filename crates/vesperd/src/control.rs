@@ -85,30 +85,73 @@ pub struct VmHandle {
     pub resource: Option<String>,
     pub cmds: mpsc::Sender<SessionCmd>,
     pub store: Arc<Mutex<RecordStore>>,
+    /// The VM's session and QMP watcher, stopped when the VM leaves the configuration.
+    pub tasks: Vec<tokio::task::AbortHandle>,
+    /// The settings the session was started with, to tell a changed VM on reload.
+    pub settings: String,
 }
 
-/// Everything the control API reaches: the VMs and the why-log.
+/// Everything the control API reaches: the VMs (the set changes on reload) and the
+/// why-log; and what a reload needs to start a VM's session.
 #[derive(Debug)]
 pub struct Daemon {
-    pub vms: BTreeMap<String, VmHandle>,
+    vms: std::sync::RwLock<BTreeMap<String, VmHandle>>,
     pub why: Arc<Mutex<crate::actions::WhyLog>>,
+    pub(crate) verdicts: mpsc::Sender<crate::rules::Verdict>,
+    pub(crate) actions: crate::actions::ActionConfigs,
 }
 
 impl Daemon {
+    pub(crate) fn new(
+        why: Arc<Mutex<crate::actions::WhyLog>>,
+        verdicts: mpsc::Sender<crate::rules::Verdict>,
+        actions: crate::actions::ActionConfigs,
+    ) -> Self {
+        Self {
+            vms: Default::default(),
+            why,
+            verdicts,
+            actions,
+        }
+    }
+
+    /// The VM map, for reading or changing it (a poisoned lock is still the map).
+    pub(crate) fn with_vms<R>(&self, f: impl FnOnce(&mut BTreeMap<String, VmHandle>) -> R) -> R {
+        let mut vms = match self.vms.write() {
+            Ok(v) => v,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut vms)
+    }
+
+    pub fn get(&self, vm: &str) -> Option<VmHandle> {
+        self.with_vms(|v| v.get(vm).cloned())
+    }
+
     /// A VM by its name, or by the Pacemaker resource it backs.
-    pub fn vm_or_resource(&self, target: &str) -> Option<&VmHandle> {
-        self.vms.get(target).or_else(|| {
-            self.vms
-                .values()
-                .find(|h| h.resource.as_deref() == Some(target))
+    pub fn vm_or_resource(&self, target: &str) -> Option<VmHandle> {
+        self.with_vms(|v| {
+            v.get(target)
+                .or_else(|| v.values().find(|h| h.resource.as_deref() == Some(target)))
+                .cloned()
         })
     }
-}
 
-impl std::ops::Deref for Daemon {
-    type Target = BTreeMap<String, VmHandle>;
-    fn deref(&self) -> &Self::Target {
-        &self.vms
+    /// Every VM, in name order.
+    pub fn handles(&self) -> Vec<(String, VmHandle)> {
+        self.with_vms(|v| v.iter().map(|(n, h)| (n.clone(), h.clone())).collect())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.with_vms(|v| v.keys().cloned().collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.with_vms(|v| v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -195,7 +238,7 @@ pub async fn serve(listener: UnixListener, vms: Vms, access: Access) {
 }
 
 fn unknown_vm(vms: &Vms, vm: &str) -> String {
-    let known: Vec<&str> = vms.keys().map(String::as_str).collect();
+    let known = vms.names();
     if known.is_empty() {
         format!("unknown VM {vm:?}: no VMs are configured (add a [[vm]] section to vesper.toml)")
     } else {
@@ -225,8 +268,8 @@ async fn ask<T>(
 /// Every VM's status; a session that does not answer is left out (and logged).
 pub async fn statuses(vms: &Vms) -> Vec<crate::session::VmStatus> {
     let mut all = Vec::new();
-    for (name, h) in vms.iter() {
-        match ask(h, |reply| SessionCmd::Status { reply }).await {
+    for (name, h) in vms.handles() {
+        match ask(&h, |reply| SessionCmd::Status { reply }).await {
             Ok(s) => all.push(s),
             Err(e) => tracing::warn!(vm = %name, error = %e, "no status from the session"),
         }
@@ -245,12 +288,12 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
         Ok(r) => r,
         Err(e) => return reply(&mut wr, Err(format!("bad request: {e}"))).await,
     };
-    let handle_of = |vm: &str| vms.get(vm).cloned().ok_or_else(|| unknown_vm(&vms, vm));
+    let handle_of = |vm: &str| vms.get(vm).ok_or_else(|| unknown_vm(&vms, vm));
     let result = match req {
         Request::Status => {
             let mut all = Vec::new();
-            for h in vms.values() {
-                match ask(h, |reply| SessionCmd::Status { reply }).await {
+            for (_, h) in vms.handles() {
+                match ask(&h, |reply| SessionCmd::Status { reply }).await {
                     Ok(s) => all.push(s),
                     Err(e) => return reply(&mut wr, Err(e)).await,
                 }
@@ -306,7 +349,7 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
         }
         Request::Check { vm } => {
             match vms.vm_or_resource(&vm) {
-                Some(h) => match ask(h, |reply| SessionCmd::Status { reply }).await {
+                Some(h) => match ask(&h, |reply| SessionCmd::Status { reply }).await {
                     // A verdict stands until the agent connects again (the guest was
                     // restarted, or its agent was).
                     Ok(st) => {

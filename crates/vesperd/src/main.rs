@@ -23,6 +23,31 @@ struct Args {
     man: Option<PathBuf>,
 }
 
+/// SIGHUP: VMs added to the configuration start, VMs taken out stop. A configuration that
+/// does not load changes nothing: vesperd goes on with the one it has, and says why.
+fn reload(
+    path: &std::path::Path,
+    current: &mut vesperd::config::Config,
+    vms: &vesperd::control::Vms,
+) {
+    let cfg = match vesperd::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration not reloaded; vesperd goes on with the previous one");
+            return;
+        }
+    };
+    let done = vesperd::reload(vms, &cfg);
+    tracing::info!(added = ?done.added, removed = ?done.removed, "configuration reloaded");
+    for vm in &done.changed {
+        tracing::warn!(vm = %vm, "this VM's settings changed; they take effect when vesperd restarts");
+    }
+    if format!("{:?}", cfg.daemon) != format!("{:?}", current.daemon) {
+        tracing::warn!("[daemon] settings changed; they take effect when vesperd restarts");
+    }
+    *current = cfg;
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
@@ -89,12 +114,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %cfg.daemon.socket.display(), vms = vms.len(), "vesperd started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = vesperd::control::serve(listener, vms, access) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let serve = vesperd::control::serve(listener, vms.clone(), access);
+    tokio::pin!(serve);
+    let mut current = cfg.clone();
+    loop {
+        tokio::select! {
+            _ = &mut serve => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => reload(&args.config, &mut current, &vms),
+        }
     }
-    let _ = std::fs::remove_file(&cfg.daemon.socket);
+    let _ = std::fs::remove_file(&current.daemon.socket);
     tracing::info!("vesperd stopped");
     Ok(())
 }

@@ -343,7 +343,7 @@ impl Session {
             .and_then(|t| t.trim().parse::<u64>().ok())
         {
             self.observed_until_ms = Some(ms);
-            self.gap_reason = "vesperd was not running";
+            self.gap_reason = "vesperd was not watching the VM";
         }
         self.seen_file = Some(path);
         self
