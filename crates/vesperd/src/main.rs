@@ -98,8 +98,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.daemon.state_dir.display()))?;
     let listener = vesperd::control::bind(&cfg.daemon.socket, &access).await?;
+    // A metrics address that cannot be bound stops vesperd at start, with the key named.
     let metrics = match cfg.daemon.metrics {
-        Some(addr) => Some(vesperd::metrics::bind(addr).await.with_context(|| {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
             format!(
                 "{}: key `daemon.metrics`: cannot listen on {addr}; choose a free address or remove the key",
                 args.config.display()

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -296,11 +295,6 @@ pub fn render(vms: &[VmStatus], stats: &ActionStats) -> String {
         o.sample(&format!("{h}_count"), &labels, hist.count);
     }
     o.0
-}
-
-/// Binds the metrics address (a mistake stops vesperd at start, with the key named).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 pub async fn serve(listener: TcpListener, vms: Vms) {

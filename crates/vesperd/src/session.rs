@@ -363,15 +363,12 @@ impl Session {
         if self.observing() {
             self.observed_until_ms = Some(since_ms);
             self.gap_reason = reason;
-            if let Some(path) = &self.seen_file {
-                let _ = std::fs::write(path, since_ms.to_string());
-            }
+            self.write_seen(since_ms);
         }
     }
 
     /// Notes that probes are attached now (in the seen file, at most once a second).
     fn note_observing(&mut self, force: bool) {
-        let Some(path) = &self.seen_file else { return };
         if !force
             && self
                 .seen_written
@@ -380,8 +377,15 @@ impl Session {
             return;
         }
         self.seen_written = Some(Instant::now());
-        // A full disk only costs the gap's start after a restart: the write is retried.
-        let _ = std::fs::write(path, now_ms().to_string());
+        self.write_seen(now_ms());
+    }
+
+    /// Keeps `ms` as the time probes were last known attached.
+    fn write_seen(&self, ms: u64) {
+        if let Some(path) = &self.seen_file {
+            // A full disk only costs the gap's start after a restart: the next write retries.
+            let _ = std::fs::write(path, ms.to_string());
+        }
     }
 
     /// Probes are attached again: the time they were not is reported as loss.
