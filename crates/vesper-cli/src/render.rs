@@ -189,6 +189,14 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
         {
             writeln!(out, "{:<12} last error: {}", "", clean(e))?;
         }
+        if vm["state"] == "elsewhere" {
+            writeln!(
+                out,
+                "{:<12} not on this node: no VM serves {} here (it runs on another host, or nowhere)",
+                "",
+                clean(&s(&vm["channel"]))
+            )?;
+        }
         if let Some(v) = vm["last_verdict"].as_object() {
             writeln!(
                 out,

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,6 +20,21 @@ pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxStream>> 
 pub trait Connector: Send + Sync {
     fn connect(&self) -> ConnectFuture<'_>;
     fn describe(&self) -> String;
+    /// When the channel came into being on this host (the VM's QEMU created its socket),
+    /// if known: the VM cannot have been observed here before then.
+    fn appeared_at(&self) -> Option<SystemTime> {
+        None
+    }
+}
+
+/// A failed connect that means the VM's channel is not on this host: no socket file, or a
+/// socket file nobody serves (its QEMU was killed and left it behind). In a cluster the VM
+/// then runs on another node, or nowhere; neither is this host's fault.
+pub fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +70,12 @@ impl Connector for ChannelSpec {
     fn describe(&self) -> String {
         match self {
             ChannelSpec::Unix(p) => format!("unix:{}", p.display()),
+        }
+    }
+    fn appeared_at(&self) -> Option<SystemTime> {
+        match self {
+            // A socket's inode is made by bind(2) and not touched by traffic.
+            ChannelSpec::Unix(p) => std::fs::metadata(p).and_then(|m| m.modified()).ok(),
         }
     }
 }

@@ -96,8 +96,9 @@ impl Out {
     }
 }
 
-const STATES: [(State, &str); 4] = [
+const STATES: [(State, &str); 5] = [
     (State::Disconnected, "disconnected"),
+    (State::Elsewhere, "elsewhere"),
     (State::Handshake, "handshake"),
     (State::Ready, "ready"),
     (State::Unresponsive, "unresponsive"),

@@ -11,6 +11,11 @@
 //!
 //! - **Disconnected**: no stream. Connects with backoff (100 ms doubling to 5 s).
 //!   Commands still work: `load`/`unload` edit the desired probe set.
+//! - **Elsewhere**: the VM's channel is not on this host (no socket, or a socket nobody
+//!   serves): in a cluster the VM runs on another node, or nowhere. Not an error, a gap or
+//!   a verdict. Looked for every [`ELSEWHERE_POLL`]; a VM that leaves after being here
+//!   gets a `departed` record, and when it arrives (`arrived`), the time from its channel's
+//!   appearance to its probes being attached is reported as a gap.
 //! - **Handshake**: connected, waiting (at most [`HELLO_TIMEOUT`]) for the agent's Hello.
 //! - **Ready**: Hello seen. Kernel info is fetched for the probes' events, every probe
 //!   in the desired set is compiled for *this* guest's kernel and loaded; records are
@@ -42,12 +47,16 @@ use crate::store::{RecordStore, StoredRecord};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a VM that is elsewhere is looked for: a failed connect to an absent socket
+/// costs one syscall, and a VM that migrates in should get its probes within a second.
+pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Disconnected,
+    Elsewhere,
     Handshake,
     Ready,
     Unresponsive,
@@ -463,7 +472,9 @@ impl Session {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            self.set_state(State::Disconnected);
+            if self.state != State::Elsewhere {
+                self.set_state(State::Disconnected);
+            }
             let connected = tokio::select! {
                 r = self.connector.connect() => r,
                 cmd = self.cmds.recv() => match cmd {
@@ -471,8 +482,9 @@ impl Session {
                     None => return,
                 },
             };
-            match connected {
+            let pause = match connected {
                 Ok(stream) => {
+                    self.on_connected();
                     backoff = BACKOFF_MIN;
                     self.connects += 1;
                     let end = self.serve(stream).await;
@@ -482,6 +494,12 @@ impl Session {
                     if self.cmds.is_closed() {
                         return;
                     }
+                    backoff
+                }
+                Err(e) if crate::channel::is_absent(&e) => {
+                    self.depart(&e);
+                    backoff = BACKOFF_MIN;
+                    ELSEWHERE_POLL
                 }
                 Err(e) => {
                     let msg = format!("connecting to {}: {e}", self.connector.describe());
@@ -489,10 +507,12 @@ impl Session {
                         tracing::warn!(vm = %self.name, error = %msg, "cannot reach the agent; retrying");
                     }
                     self.last_error = Some(msg);
+                    self.set_state(State::Disconnected);
+                    backoff
                 }
-            }
-            // Back off, still answering commands.
-            let until = tokio::time::Instant::now() + backoff;
+            };
+            // Wait, still answering commands.
+            let until = tokio::time::Instant::now() + pause;
             backoff = (backoff * 2).min(BACKOFF_MAX);
             loop {
                 tokio::select! {
@@ -504,6 +524,59 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The VM's channel is not on this host. Nothing here can miss its events, so a gap
+    /// that was open is closed without being counted (the node it moved to reports its own).
+    fn depart(&mut self, e: &std::io::Error) {
+        if self.state == State::Elsewhere {
+            return;
+        }
+        let was_here = self.state == State::Disconnected && self.last_heard.is_some();
+        self.set_state(State::Elsewhere);
+        self.observed_until_ms = None;
+        self.reset_at = None;
+        if let Some(path) = &self.seen_file {
+            let _ = std::fs::remove_file(path);
+        }
+        self.last_error = None;
+        if was_here {
+            let heard = self.last_heard.map_or(0, |t| t.elapsed().as_millis());
+            tracing::info!(vm = %self.name, channel = %self.connector.describe(), last_heard_ms = heard as u64, "the VM left this node (its channel is gone)");
+            self.host_record(
+                "departed",
+                format!("the VM's channel is gone from this node ({e}); its agent was last heard {heard} ms ago"),
+                false,
+            );
+        } else {
+            tracing::info!(vm = %self.name, channel = %self.connector.describe(), "the VM is not on this node (no channel); watching for it to arrive");
+        }
+    }
+
+    /// A connection is made. A VM that was elsewhere, or whose channel is newer than the
+    /// last time probes were seen attached, arrived here: the time from its channel's
+    /// appearance to its probes being attached is a gap.
+    fn on_connected(&mut self) {
+        let appeared = self
+            .connector
+            .appeared_at()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64);
+        let newer = matches!((self.observed_until_ms, appeared), (Some(seen), Some(a)) if a > seen);
+        if self.state != State::Elsewhere && !newer {
+            return;
+        }
+        let since = appeared.unwrap_or_else(now_ms).min(now_ms());
+        let ago = now_ms() - since;
+        tracing::info!(vm = %self.name, channel = %self.connector.describe(), appeared_ms_ago = ago, "the VM arrived on this node");
+        self.host_record(
+            "arrived",
+            format!("the VM's channel appeared on this node {ago} ms ago"),
+            false,
+        );
+        self.observed_until_ms = Some(since);
+        self.gap_reason = "the VM arrived on this node";
+        self.set_state(State::Disconnected);
     }
 
     fn reset_connection(&mut self) {

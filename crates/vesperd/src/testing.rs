@@ -12,13 +12,13 @@ use crate::channel::{BoxStream, ConnectFuture, Connector};
 /// Hands out in-memory streams; each `connect` takes the next one a test offered.
 #[derive(Debug)]
 pub struct MemoryConnector {
-    incoming: Mutex<mpsc::Receiver<DuplexStream>>,
+    incoming: Mutex<mpsc::Receiver<std::io::Result<DuplexStream>>>,
 }
 
 /// The test's side of a [`MemoryConnector`]: call [`MemoryListener::guest`] to connect a new fake guest.
 #[derive(Debug, Clone)]
 pub struct MemoryListener {
-    offer: mpsc::Sender<DuplexStream>,
+    offer: mpsc::Sender<std::io::Result<DuplexStream>>,
 }
 
 pub fn memory_channel() -> (MemoryConnector, MemoryListener) {
@@ -36,7 +36,7 @@ impl Connector for MemoryConnector {
         Box::pin(async move {
             let mut rx = self.incoming.lock().await;
             match rx.recv().await {
-                Some(s) => Ok(Box::new(s) as BoxStream),
+                Some(s) => s.map(|s| Box::new(s) as BoxStream),
                 None => Err(std::io::Error::other("memory channel closed")),
             }
         })
@@ -47,10 +47,16 @@ impl Connector for MemoryConnector {
 }
 
 impl MemoryListener {
+    /// The next connect finds no channel, as when the VM runs on another host.
+    pub async fn absent(&self) {
+        let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+        self.offer.send(Err(gone)).await.expect("session gone");
+    }
+
     /// A new fake guest, connected to the session.
     pub async fn guest(&self) -> FakeGuest {
         let (host, guest) = tokio::io::duplex(1 << 20);
-        self.offer.send(host).await.expect("session gone");
+        self.offer.send(Ok(host)).await.expect("session gone");
         FakeGuest {
             stream: guest,
             dec: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),

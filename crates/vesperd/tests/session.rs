@@ -255,3 +255,68 @@ async fn messages_before_hello_and_host_only_messages_end_the_session() {
     let st = wait_dropped(&r).await;
     assert!(st.last_error.unwrap().contains("before Hello"));
 }
+
+/// The host's own records (`vesper` pseudo-probe) as (event, detail).
+fn host_events(r: &Rig) -> Vec<(String, String)> {
+    r.store
+        .lock()
+        .unwrap()
+        .tail(Some("vesper"), None)
+        .iter()
+        .map(|rec| {
+            let v: serde_json::Value = serde_json::from_str(&rec.json).unwrap();
+            (
+                v["event"].as_str().unwrap().to_string(),
+                v["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_vm_elsewhere_is_no_error_and_its_arrival_and_departure_are_recorded() {
+    let r = rig(&["signal"]);
+    // Not on this node: elsewhere, with no error to show and nothing recorded.
+    r.listener.absent().await;
+    let st = wait_state(&r, State::Elsewhere).await;
+    assert!(st.last_error.is_none(), "{st:?}");
+    assert!(host_events(&r).is_empty(), "{:?}", host_events(&r));
+
+    // It arrives: the time until its probes are attached is one gap.
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    let st = wait_for(&r, "the arrival gap", |st| st.gaps == 1).await;
+    assert_eq!(st.state, State::Ready);
+    let events = host_events(&r);
+    assert_eq!(events[0].0, "arrived", "{events:?}");
+    assert_eq!(events[1].0, "unobserved", "{events:?}");
+    assert!(
+        events[1].1.contains("the VM arrived on this node"),
+        "{events:?}"
+    );
+
+    // It leaves (migrated away): a departed record, and the time away is no gap here.
+    drop(g);
+    r.listener.absent().await;
+    wait_state(&r, State::Elsewhere).await;
+    let events = host_events(&r);
+    assert_eq!(events.last().unwrap().0, "departed", "{events:?}");
+    assert!(
+        events.last().unwrap().1.contains("last heard"),
+        "{events:?}"
+    );
+
+    // Back again: a second arrival, one more gap, none for the time it was away.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    let st = wait_for(&r, "the second arrival gap", |st| st.gaps == 2).await;
+    assert!(
+        st.unobserved_ms < 300,
+        "the time away counted as unobserved: {st:?}"
+    );
+    assert_eq!(
+        host_events(&r).iter().filter(|e| e.0 == "arrived").count(),
+        2
+    );
+}
