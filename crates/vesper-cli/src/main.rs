@@ -72,6 +72,10 @@ enum Cmd {
         /// How many verdicts (latest last).
         #[arg(long, default_value_t = 5)]
         last: usize,
+        /// With --json: first a line {"cluster": …} with what Pacemaker holds about the
+        /// VM's resource on every node (the text output always shows it).
+        #[arg(long)]
+        cluster: bool,
     },
     /// Health for a cluster monitor (VirtualDomain monitor_scripts): exit 0 healthy,
     /// 1 (OCF_ERR_GENERIC) while a verdict stands, 6 (OCF_ERR_CONFIGURED) for an unknown VM.
@@ -364,24 +368,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Why { target, json, last } => {
+        Cmd::Why {
+            target,
+            json,
+            last,
+            cluster,
+        } => {
             let (v, _) = request(
                 &cli.socket,
                 json!({"cmd": "why", "target": target, "last": last}),
             )?;
             let entries = v["entries"].as_array().cloned().unwrap_or_default();
             if json {
+                if cluster {
+                    writeln!(out, "{}", json!({ "cluster": v["cluster"] }))?;
+                }
                 for e in &entries {
                     writeln!(out, "{e}")?;
                 }
-            } else if entries.is_empty() {
-                writeln!(
-                    out,
-                    "{target}: no verdicts (nothing has failed since vesperd started)"
-                )?;
             } else {
+                if entries.is_empty() {
+                    writeln!(
+                        out,
+                        "{target}: no verdicts on this node (nothing has failed here since vesperd started)"
+                    )?;
+                }
                 for e in &entries {
                     render::why(out, e)?;
+                }
+                if v["cluster"].is_object() {
+                    render::cluster(out, &target, &v["cluster"])?;
                 }
             }
         }

@@ -137,6 +137,61 @@ pub fn why(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What Pacemaker holds about the VM's resource, from every node: on the node a VM
+/// moved to, this is why it is there.
+pub fn cluster(out: &mut impl Write, vm: &str, c: &Value) -> std::io::Result<()> {
+    let rsc = s(&c["resource"]);
+    if let Some(e) = c["error"].as_str() {
+        return writeln!(out, "Pacemaker: could not ask about {rsc}: {}", clean(e));
+    }
+    let on: Vec<String> = c["running_on"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    let place = if on.is_empty() {
+        "runs nowhere".to_string()
+    } else {
+        format!("runs on {}", on.join(", "))
+    };
+    writeln!(out, "Pacemaker now: {rsc} {place}")?;
+    for cause in c["causes"].as_array().into_iter().flatten() {
+        let node = s(&cause["node"]);
+        writeln!(out, "  cause     on {node}: {}", s(&cause["cause"]))?;
+        writeln!(
+            out,
+            "            full timeline on {node}: `vesper why {vm}` there (why.jsonl in its state_dir)"
+        )?;
+    }
+    for f in c["failures"].as_array().into_iter().flatten() {
+        let reason = s(&f["reason"]);
+        writeln!(
+            out,
+            "  failed    {} on {} at {}: {}{}",
+            s(&f["op"]),
+            s(&f["node"]),
+            s(&f["when"]),
+            s(&f["status"]),
+            if reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({reason})")
+            }
+        )?;
+    }
+    for n in c["fail_counts"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  fail-count {} on {} (migration-threshold {})",
+            s(&n["count"]),
+            s(&n["node"]),
+            s(&n["migration_threshold"])
+        )?;
+    }
+    Ok(())
+}
+
 pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
     if vms.is_empty() {
         return writeln!(out, "no VMs configured");

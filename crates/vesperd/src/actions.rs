@@ -306,7 +306,7 @@ async fn pacemaker(
                 .into(),
         };
     };
-    let attr = format!("vesper-cause-{resource}");
+    let attr = crate::cluster::cause_attribute(resource);
     // The cause and the failure go to the cluster side by side: the failure is what starts
     // recovery, so it must not wait for the attribute.
     let cause_step = with_retries("pacemaker", started, || async {

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -340,11 +340,23 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
                 Ok(w) => w.about(&target, last.unwrap_or(10)),
                 Err(p) => p.into_inner().about(&target, last.unwrap_or(10)),
             };
-            let known = vms.vm_or_resource(&target).is_some() || !entries.is_empty();
-            if known {
-                Ok(json!({ "entries": entries }))
-            } else {
+            let vm = vms.vm_or_resource(&target);
+            if vm.is_none() && entries.is_empty() {
                 Err(unknown_vm(&vms, &target))
+            } else {
+                // What the cluster holds, from every node: on the node a VM moved to, the
+                // cause and the failure that moved it were recorded elsewhere.
+                let resource = vm
+                    .and_then(|h| h.resource.clone())
+                    .or_else(|| entries.iter().find_map(|e| e.verdict.resource.clone()));
+                let cluster = match resource {
+                    Some(r) => match crate::cluster::resource_view(&r).await {
+                        Ok(view) => json!(view),
+                        Err(e) => json!({ "resource": r, "error": e }),
+                    },
+                    None => Value::Null,
+                };
+                Ok(json!({ "entries": entries, "cluster": cluster }))
             }
         }
         Request::Check { vm } => {

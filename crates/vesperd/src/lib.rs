@@ -4,6 +4,7 @@
 pub mod access;
 pub mod actions;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod metrics;

@@ -1,0 +1,194 @@
+//! What Pacemaker holds about a VM's resource, across every node: where it runs, the
+//! causes vesperds put in (`vesper-cause-RESOURCE` node attributes), its failures and
+//! fail-counts. Read for `vesper why` on whichever node the operator is on, so the node a
+//! VM moved to can tell why it is there. Never read at fault time.
+
+use serde::Serialize;
+
+/// A resource as `crm_mon --output-as=xml` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResourceView {
+    pub resource: String,
+    /// Nodes it is active on now.
+    pub running_on: Vec<String>,
+    /// The cause a vesperd put in, per node (where that vesperd's full timeline is).
+    pub causes: Vec<NodeCause>,
+    pub failures: Vec<Failure>,
+    /// Non-zero fail-counts, per node.
+    pub fail_counts: Vec<FailCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeCause {
+    pub node: String,
+    pub cause: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    pub node: String,
+    /// The operation, e.g. `vm-web1_asyncmon_0` (a failure vesperd reported) or
+    /// `vm-web1_monitor_10000` (Pacemaker's own monitor).
+    pub op: String,
+    pub status: String,
+    pub reason: String,
+    /// As Pacemaker writes it, e.g. "Wed Dec  2 18:04:11 2026".
+    pub when: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailCount {
+    pub node: String,
+    pub count: String,
+    pub migration_threshold: String,
+}
+
+/// The attribute in which vesperd keeps a resource's cause.
+pub fn cause_attribute(resource: &str) -> String {
+    format!("vesper-cause-{resource}")
+}
+
+/// Reads `resource` out of `crm_mon --output-as=xml` (with attributes and fail-counts).
+pub fn parse_crm_mon(xml: &str, resource: &str) -> Result<ResourceView, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("crm_mon's XML: {e}"))?;
+    let attr = |n: roxmltree::Node, a: &str| n.attribute(a).unwrap_or_default().to_string();
+    let mut view = ResourceView {
+        resource: resource.to_string(),
+        ..Default::default()
+    };
+    let cause_name = cause_attribute(resource);
+    for n in doc.descendants().filter(|n| n.is_element()) {
+        match n.tag_name().name() {
+            "resource" if n.attribute("id") == Some(resource) => {
+                view.running_on.extend(
+                    n.children()
+                        .filter(|c| c.has_tag_name("node"))
+                        .map(|c| attr(c, "name")),
+                );
+            }
+            "attribute" if n.attribute("name") == Some(cause_name.as_str()) => {
+                let node = n.parent().map(|p| attr(p, "name")).unwrap_or_default();
+                view.causes.push(NodeCause {
+                    node,
+                    cause: attr(n, "value"),
+                });
+            }
+            "failure"
+                if n.attribute("op_key")
+                    .is_some_and(|k| k.starts_with(&format!("{resource}_"))) =>
+            {
+                view.failures.push(Failure {
+                    node: attr(n, "node"),
+                    op: attr(n, "op_key"),
+                    status: attr(n, "exitstatus"),
+                    reason: attr(n, "exitreason"),
+                    when: attr(n, "last-rc-change"),
+                });
+            }
+            "resource_history" if n.attribute("id") == Some(resource) => {
+                let count = attr(n, "fail-count");
+                if !count.is_empty() && count != "0" {
+                    let node = n.parent().map(|p| attr(p, "name")).unwrap_or_default();
+                    view.fail_counts.push(FailCount {
+                        node,
+                        count,
+                        migration_threshold: attr(n, "migration-threshold"),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(view)
+}
+
+/// Asks the cluster about `resource` (one `crm_mon`, 15 s at most).
+pub async fn resource_view(resource: &str) -> Result<ResourceView, String> {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        tokio::process::Command::new("crm_mon")
+            .args(["--one-shot", "--output-as=xml", "--show-node-attributes"])
+            .arg("--failcounts")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| "crm_mon did not answer in 15 s".to_string())?
+    .map_err(|e| format!("crm_mon: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "crm_mon failed ({}): {}",
+            out.status,
+            err.lines().next().unwrap_or("")
+        ));
+    }
+    parse_crm_mon(&String::from_utf8_lossy(&out.stdout), resource)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml">
+  <resources>
+    <resource id="vm-web1" resource_agent="ocf:heartbeat:VirtualDomain" role="Started" active="true" nodes_running_on="1">
+      <node name="node2" id="2" cached="true"/>
+    </resource>
+    <resource id="other" resource_agent="ocf:pacemaker:Dummy" role="Started" active="true" nodes_running_on="1">
+      <node name="node1" id="1" cached="true"/>
+    </resource>
+  </resources>
+  <node_attributes>
+    <node name="node1">
+      <attribute name="vesper-cause-vm-web1" value="httpd (pid 80) killed by SIGTERM from pkill (pid 91)"/>
+      <attribute name="vesper-cause-other" value="not this one"/>
+    </node>
+    <node name="node2"/>
+  </node_attributes>
+  <node_history>
+    <node name="node1">
+      <resource_history id="vm-web1" orphan="false" migration-threshold="1" fail-count="1" last-failure="Wed Dec  2 18:04:11 2026"/>
+    </node>
+    <node name="node2">
+      <resource_history id="vm-web1" orphan="false" migration-threshold="1"/>
+    </node>
+  </node_history>
+  <failures>
+    <failure op_key="vm-web1_asyncmon_0" node="node1" exitstatus="error" exitreason="Simulated failure" exitcode="1" call="-1" status="complete" last-rc-change="Wed Dec  2 18:04:11 2026" queued="0" exec="0" interval="0" task="asyncmon"/>
+    <failure op_key="other_monitor_10000" node="node1" exitstatus="error" exitreason="" exitcode="1" call="9" status="complete" last-rc-change="x" queued="0" exec="0" interval="10000" task="monitor"/>
+  </failures>
+</pacemaker-result>"#;
+
+    #[test]
+    fn reads_where_it_runs_the_causes_failures_and_counts_of_one_resource() {
+        let v = parse_crm_mon(SAMPLE, "vm-web1").unwrap();
+        assert_eq!(v.running_on, ["node2"]);
+        assert_eq!(
+            v.causes,
+            [NodeCause {
+                node: "node1".into(),
+                cause: "httpd (pid 80) killed by SIGTERM from pkill (pid 91)".into()
+            }]
+        );
+        assert_eq!(v.failures.len(), 1);
+        assert_eq!(v.failures[0].node, "node1");
+        assert_eq!(v.failures[0].op, "vm-web1_asyncmon_0");
+        assert_eq!(v.failures[0].when, "Wed Dec  2 18:04:11 2026");
+        assert_eq!(
+            v.fail_counts,
+            [FailCount {
+                node: "node1".into(),
+                count: "1".into(),
+                migration_threshold: "1".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_resource_the_cluster_does_not_have_is_empty_and_bad_xml_is_an_error() {
+        let v = parse_crm_mon(SAMPLE, "vm-db9").unwrap();
+        assert!(v.running_on.is_empty() && v.causes.is_empty() && v.failures.is_empty());
+        assert!(parse_crm_mon("<unclosed", "vm-web1").is_err());
+    }
+}
