@@ -222,7 +222,12 @@ async fn act(v: Verdict, cfg: VmActions, node: Option<String>, why: Arc<Mutex<Wh
     push(&why, entry);
 }
 
-async fn run_tool(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<String, String> {
+/// Runs a cluster tool with a timeout; its stdout, or its status and stderr.
+pub(crate) async fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Result<String, String> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdout(std::process::Stdio::piped())
@@ -358,7 +363,7 @@ async fn pacemaker(
 async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
     // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
     let counter = format!("fail-count-{resource}#asyncmon_0");
-    let prepared = with_retries("pacemaker", started, || async {
+    let prepare = with_retries("pacemaker", started, || async {
         let (before, threshold) = tokio::join!(attr_value(&counter, node), migration_thresholds());
         let before = before?;
         // An unreadable CIB is treated as "a threshold is set": the careful way.
@@ -378,8 +383,9 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
             ));
         }
         Ok(before.to_string())
-    })
-    .await;
+    });
+    // Where Pacemaker runs the resource is read beside the counter, at no extra latency.
+    let (prepared, place) = tokio::join!(prepare, crate::cluster::resource_nodes(resource));
     if !prepared.ok {
         return prepared;
     }
@@ -390,6 +396,28 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // A copy of the VM on a node where Pacemaker does not run it (split brain, or started
+    // outside the cluster) must not fail the resource: Pacemaker would then see it active
+    // twice and stop both copies, the good one too.
+    if let Ok(nodes) = &place
+        && !nodes.is_empty()
+        && !nodes.iter().any(|n| n == node)
+    {
+        if lowered {
+            let _ = attr_set(&counter, node, before).await;
+        }
+        tracing::error!(resource, node, runs_on = ?nodes, "not failing the resource: Pacemaker runs it on another node; this node's copy of the VM is not the cluster's");
+        return ActionOutcome {
+            kind: "pacemaker".into(),
+            ok: false,
+            attempts: 1,
+            ms: started.elapsed().as_millis() as u64,
+            detail: format!(
+                "not failed: Pacemaker runs {resource} on {}, not on {node}; the VM here is a copy the cluster does not manage (split brain, or started outside the cluster)",
+                nodes.join(", ")
+            ),
+        };
+    }
     let fail = with_retries("pacemaker", started, || async {
         run_tool(
             "crm_resource",

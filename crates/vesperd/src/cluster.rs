@@ -102,28 +102,36 @@ pub fn parse_crm_mon(xml: &str, resource: &str) -> Result<ResourceView, String> 
     Ok(view)
 }
 
-/// Asks the cluster about `resource` (one `crm_mon`, 15 s at most).
+/// Asks the cluster about `resource` (one `crm_mon`).
 pub async fn resource_view(resource: &str) -> Result<ResourceView, String> {
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(15),
-        tokio::process::Command::new("crm_mon")
-            .args(["--one-shot", "--output-as=xml", "--show-node-attributes"])
-            .arg("--failcounts")
-            .kill_on_drop(true)
-            .output(),
+    let xml = crate::actions::run_tool(
+        "crm_mon",
+        &[
+            "--one-shot",
+            "--output-as=xml",
+            "--show-node-attributes",
+            "--failcounts",
+        ],
+        None,
     )
-    .await
-    .map_err(|_| "crm_mon did not answer in 15 s".to_string())?
-    .map_err(|e| format!("crm_mon: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "crm_mon failed ({}): {}",
-            out.status,
-            err.lines().next().unwrap_or("")
-        ));
-    }
-    parse_crm_mon(&String::from_utf8_lossy(&out.stdout), resource)
+    .await?;
+    parse_crm_mon(&xml, resource)
+}
+
+/// The nodes Pacemaker runs `resource` on (one `crm_resource --locate`).
+pub async fn resource_nodes(resource: &str) -> Result<Vec<String>, String> {
+    let out = crate::actions::run_tool("crm_resource", &["--locate", "--resource", resource], None)
+        .await?;
+    Ok(parse_locate(&out))
+}
+
+/// `crm_resource --locate`: "resource R is running on: NODE" per node (or "… is NOT running").
+pub fn parse_locate(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.split_once("is running on:"))
+        .map(|(_, node)| node.split_whitespace().next().unwrap_or("").to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -183,6 +191,13 @@ mod tests {
                 migration_threshold: "1".into()
             }]
         );
+    }
+
+    #[test]
+    fn locate_names_each_node_and_none_when_stopped() {
+        let two = "resource vm-web1 is running on: node1\nresource vm-web1 is running on: node2 Promoted\n";
+        assert_eq!(parse_locate(two), ["node1", "node2"]);
+        assert!(parse_locate("resource vm-web1 is NOT running\n").is_empty());
     }
 
     #[test]
