@@ -180,6 +180,17 @@ pub fn cluster(out: &mut impl Write, vm: &str, c: &Value) -> std::io::Result<()>
             }
         )?;
     }
+    for f in c["fencing"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  fenced    {} ({}) by {} at {}: {}",
+            s(&f["target"]),
+            s(&f["action"]),
+            s(&f["by"]),
+            s(&f["completed"]),
+            s(&f["status"])
+        )?;
+    }
     for n in c["fail_counts"].as_array().into_iter().flatten() {
         writeln!(
             out,

@@ -16,6 +16,19 @@ pub struct ResourceView {
     pub failures: Vec<Failure>,
     /// Non-zero fail-counts, per node.
     pub fail_counts: Vec<FailCount>,
+    /// Nodes the cluster powered off: a VM that moved after its host was lost moved
+    /// because of one of these.
+    pub fencing: Vec<FenceEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FenceEvent {
+    pub target: String,
+    pub action: String,
+    pub status: String,
+    /// The node that carried it out (or asked for it).
+    pub by: String,
+    pub completed: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,6 +63,8 @@ pub fn cause_attribute(resource: &str) -> String {
 
 /// Reads `resource` out of `crm_mon --output-as=xml` (with attributes and fail-counts).
 pub fn parse_crm_mon(xml: &str, resource: &str) -> Result<ResourceView, String> {
+    // crm_mon may print warnings before the document.
+    let xml = xml.find("<pacemaker-result").map_or(xml, |i| &xml[i..]);
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("crm_mon's XML: {e}"))?;
     let attr = |n: roxmltree::Node, a: &str| n.attribute(a).unwrap_or_default().to_string();
     let mut view = ResourceView {
@@ -85,6 +100,16 @@ pub fn parse_crm_mon(xml: &str, resource: &str) -> Result<ResourceView, String> 
                     when: attr(n, "last-rc-change"),
                 });
             }
+            "fence_event" => {
+                let by = n.attribute("delegate").or(n.attribute("origin"));
+                view.fencing.push(FenceEvent {
+                    target: attr(n, "target"),
+                    action: attr(n, "action"),
+                    status: attr(n, "status"),
+                    by: by.unwrap_or_default().to_string(),
+                    completed: attr(n, "completed"),
+                });
+            }
             "resource_history" if n.attribute("id") == Some(resource) => {
                 let count = attr(n, "fail-count");
                 if !count.is_empty() && count != "0" {
@@ -111,6 +136,7 @@ pub async fn resource_view(resource: &str) -> Result<ResourceView, String> {
             "--output-as=xml",
             "--show-node-attributes",
             "--failcounts",
+            "--fence-history=1",
         ],
         None,
     )
@@ -138,7 +164,8 @@ pub fn parse_locate(out: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = r#"<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml">
+    const SAMPLE: &str = r#"warning: crm_mon may warn first
+<pacemaker-result api-version="2.25" request="crm_mon --output-as=xml">
   <resources>
     <resource id="vm-web1" resource_agent="ocf:heartbeat:VirtualDomain" role="Started" active="true" nodes_running_on="1">
       <node name="node2" id="2" cached="true"/>
@@ -166,6 +193,9 @@ mod tests {
     <failure op_key="vm-web1_asyncmon_0" node="node1" exitstatus="error" exitreason="Simulated failure" exitcode="1" call="-1" status="complete" last-rc-change="Wed Dec  2 18:04:11 2026" queued="0" exec="0" interval="0" task="asyncmon"/>
     <failure op_key="other_monitor_10000" node="node1" exitstatus="error" exitreason="" exitcode="1" call="9" status="complete" last-rc-change="x" queued="0" exec="0" interval="10000" task="monitor"/>
   </failures>
+  <fence_history>
+    <fence_event action="reboot" target="node3" client="pacemaker-controld.80" origin="node1" status="success" delegate="node2" completed="2026-12-02 18:10:01 +00:00"/>
+  </fence_history>
 </pacemaker-result>"#;
 
     #[test]
@@ -189,6 +219,16 @@ mod tests {
                 node: "node1".into(),
                 count: "1".into(),
                 migration_threshold: "1".into()
+            }]
+        );
+        assert_eq!(
+            v.fencing,
+            [FenceEvent {
+                target: "node3".into(),
+                action: "reboot".into(),
+                status: "success".into(),
+                by: "node2".into(),
+                completed: "2026-12-02 18:10:01 +00:00".into()
             }]
         );
     }
