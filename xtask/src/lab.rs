@@ -70,7 +70,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
+/// The guest kernel (downloaded once): its vmlinuz and the unpacked package root.
+pub fn kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = lab_dir()?.join("kernel");
     let root = dir.join("root");
     let vmlinuz = root.join(format!(
@@ -122,7 +123,9 @@ pub fn static_binaries() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir()?.join(STATIC_TARGET).join("release"))
 }
 
-fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
+/// The guest's initramfs (busybox, the static agent, modules, httpd page, memhog),
+/// rebuilt when its inputs change.
+pub fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
     let out = lab_dir()?.join("initramfs.cpio.gz");
     let here = util::workspace_root().join("xtask/lab");
     // The guest package's initramfs script starts the agent, as in a packaged guest.
@@ -343,12 +346,18 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
 }
 
 /// Runs a shell command in the guest over the lab-only port; returns output and status.
+/// A guest not booted by `lab up` may run in the cluster lab, on whichever node holds it.
 pub fn exec(name: &str, cmd: &str, timeout: Duration) -> anyhow::Result<(String, i32)> {
-    Ok(vesper_tests::lab_port::exec(
-        &vm_dir(name)?.join("lab.sock"),
-        cmd,
-        timeout,
-    )?)
+    let own = vm_dir(name)?.join("lab.sock");
+    let sock = if std::os::unix::net::UnixStream::connect(&own).is_ok() {
+        own
+    } else {
+        vesper_tests::cluster::Cluster::attach(&crate::cluster::dir()?)
+            .ok()
+            .and_then(|c| c.lab_socket(name))
+            .unwrap_or(own)
+    };
+    Ok(vesper_tests::lab_port::exec(&sock, cmd, timeout)?)
 }
 
 /// Stops the vesperd `up` started for the VM (the guest keeps running).

@@ -2,6 +2,7 @@
 //! `cargo xtask demo` is the main job on a fresh machine.
 
 mod bench;
+mod cluster;
 mod demo;
 mod lab;
 mod native;
@@ -10,12 +11,15 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   start an agent and vesperd on this machine, catch a signal, show and explain it
   package  the host (vesper) and guest (vesper-agent) Debian packages, in target/debian/
   soak   floods and restarts for SECONDS (default 300, at most 600), checking vesperd's invariants
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
+  cluster  a Pacemaker cluster of 2 or 3 nodes on this machine (namespaces) with the lab guest
+         as the VirtualDomain resource vm-web1: up [--nodes 2|3] [--stonith], status, down,
+         exec NODE -- CMD, kill|cut|heal|boot NODE
   bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
          overhead and footprint against bpftrace (--quick: short, native only; --render: the
          report and plots again from the last results)";
@@ -26,6 +30,7 @@ fn main() {
         Some("test") => test(),
         Some("demo") => demo::run(),
         Some("lab") => lab::run(&args[1..]),
+        Some("cluster") => cluster::run(&args[1..]),
         Some("package") => package::run().map(|_| ()),
         Some("soak") => soak(&args[1..]),
         Some("bench") => {

@@ -1,3 +1,4 @@
 //! What the end-to-end tests, the benchmarks and `cargo xtask` share about the lab.
 
+pub mod cluster;
 pub mod lab_port;

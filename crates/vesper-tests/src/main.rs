@@ -15,6 +15,8 @@
 //! - `blaster --comm NAME --count N [--rate R]`: names itself and calls getppid(2) N times, R
 //!   per second (default: as fast as it can); prints `calls elapsed_ns`.
 //! - `lab-exec SOCK CMD`: runs CMD in the lab guest through its command port.
+//! - `power-switch DIR`: the cluster lab's power switch for fencing (see `cluster::power`).
+//! - `power SOCK REQUEST...`: one request to that switch; prints the answer.
 //! - `hostile-agent PATH MODE`: an attacker's program in place of the agent (see `hostile.rs`).
 
 mod hostile;
@@ -156,6 +158,25 @@ fn main() {
                 }
             }
             println!("{count} {}", t.elapsed().as_nanos());
+        }
+        Some("power-switch") => {
+            let dir = args.get(1).unwrap_or_else(|| die("power-switch needs DIR"));
+            if let Err(e) = vesper_tests::cluster::power::serve(std::path::Path::new(dir)) {
+                die(&e.to_string());
+            }
+        }
+        Some("power") => {
+            let sock = args
+                .get(1)
+                .unwrap_or_else(|| die("power needs SOCK REQUEST"));
+            match vesper_tests::cluster::power::request(
+                std::path::Path::new(sock),
+                &args[2..].join(" "),
+            ) {
+                Ok(answer) if !answer.starts_with("error") => println!("{answer}"),
+                Ok(answer) => die(&answer),
+                Err(e) => die(&format!("{sock}: {e}")),
+            }
         }
         Some("hostile-agent") => {
             let (Some(path), Some(mode)) = (args.get(1), args.get(2)) else {
