@@ -52,7 +52,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .transpose()
                 .context("--nodes takes 2 or 3")?
                 .unwrap_or(2);
-            up(nodes, args.iter().any(|a| a == "--stonith"))
+            // The nodes outlive this process: the cluster is left running.
+            up(nodes, args.iter().any(|a| a == "--stonith")).map(|_| ())
         }
         (Some("exec"), Some(node)) => {
             let cmd: Vec<&str> = args
@@ -110,7 +111,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn up(nodes: usize, stonith: bool) -> anyhow::Result<()> {
+/// Builds what the nodes need and brings the cluster up; prints how to reach each
+/// node's vesperd.
+pub fn up(nodes: usize, stonith: bool) -> anyhow::Result<Cluster> {
     util::ensure_packages(&[
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
@@ -164,7 +167,7 @@ fn up(nodes: usize, stonith: bool) -> anyhow::Result<()> {
     eprintln!(
         "guest: cargo xtask lab exec {VM_DOMAIN} -- CMD; its httpd is 127.0.0.1:{VM_HTTP_PORT} inside the node running it"
     );
-    Ok(())
+    Ok(c)
 }
 
 fn status() -> anyhow::Result<()> {

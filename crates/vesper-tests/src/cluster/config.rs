@@ -64,7 +64,7 @@ pub fn cib(nodes: usize, stonith: bool, domain_xml: &Path) -> String {
     let mut prims = format!(
         "      <primitive id=\"{r}\" class=\"ocf\" provider=\"heartbeat\" type=\"VirtualDomain\">
         <instance_attributes id=\"{r}-ia\">
-{}{}{}        </instance_attributes>
+{}{}{}{}        </instance_attributes>
         <meta_attributes id=\"{r}-meta\">
 {}        </meta_attributes>
         <operations>
@@ -79,6 +79,9 @@ pub fn cib(nodes: usize, stonith: bool, domain_xml: &Path) -> String {
         nv(r, "config", &domain_xml.display().to_string()),
         nv(r, "hypervisor", "qemu:///system"),
         nv(r, "migration_transport", "tcp"),
+        // The lab guest ignores ACPI shutdown: a graceful stop would only wait out its
+        // timeout (and a node that lost quorum would keep its copy running meanwhile).
+        nv(r, "force_stop", "true"),
         nv(r, "allow-migrate", "true"),
     );
     if stonith {

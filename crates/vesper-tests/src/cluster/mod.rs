@@ -16,6 +16,7 @@
 mod config;
 mod ns;
 pub mod power;
+mod query;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -140,7 +141,10 @@ impl Cluster {
                 )));
             }
         }
-        let dir = std::path::absolute(&spec.dir)
+        // Canonical: the paths end up in the nodes' configurations and in logs.
+        std::fs::create_dir_all(&spec.dir)
+            .map_err(|e| ClusterError::io(format!("creating {}", spec.dir.display()), e))?;
+        let dir = std::fs::canonicalize(&spec.dir)
             .map_err(|e| ClusterError::io(format!("{}", spec.dir.display()), e))?;
         // A cluster left running from before is replaced.
         if let Ok(old) = Cluster::attach(&dir) {
@@ -157,7 +161,7 @@ impl Cluster {
         let c = Cluster {
             state: State {
                 dir: dir.clone(),
-                bin_dir: std::path::absolute(&spec.bin_dir)
+                bin_dir: std::fs::canonicalize(&spec.bin_dir)
                     .map_err(|e| ClusterError::io("bin_dir", e))?,
                 nodes: nodes.clone(),
                 stonith: spec.stonith,
@@ -175,11 +179,18 @@ impl Cluster {
         if spec.stonith {
             power::spawn_switch(&dir, &c.state.bin_dir)?;
         }
+        let t = Instant::now();
         for node in &nodes {
             c.power_on(node)?;
         }
-        c.wait_ready(&nodes)?;
+        c.wait_ready(&nodes, false)?;
+        eprintln!(
+            "cluster lab: {} nodes online with a DC in {:.1} s",
+            nodes.len(),
+            t.elapsed().as_secs_f64()
+        );
         c.wait_started(VM_RESOURCE)?;
+        c.wait_ready(&nodes, true)?;
         Ok(c)
     }
 
@@ -214,9 +225,9 @@ impl Cluster {
         let shared = self.shared();
         let domain = shared.join(format!("{VM_DOMAIN}.xml"));
         let kernel =
-            std::path::absolute(&spec.kernel).map_err(|e| ClusterError::io("kernel", e))?;
+            std::fs::canonicalize(&spec.kernel).map_err(|e| ClusterError::io("kernel", e))?;
         let initrd =
-            std::path::absolute(&spec.initrd).map_err(|e| ClusterError::io("initrd", e))?;
+            std::fs::canonicalize(&spec.initrd).map_err(|e| ClusterError::io("initrd", e))?;
         write(&domain, &config::domain_xml(&kernel, &initrd))?;
         write(
             &shared.join("cib.xml"),
@@ -365,7 +376,7 @@ impl Cluster {
             .filter(|n| *n == node || (self.is_running(n) && ns::link_up(n)))
             .cloned()
             .collect();
-        self.wait_ready(&peers)
+        self.wait_ready(&peers, true)
     }
 
     /// Stops everything: the fence switch, every node, the namespaces. Logs stay in DIR.
@@ -384,150 +395,5 @@ impl Cluster {
             let _ = std::fs::remove_dir(netns);
         }
         let _ = std::fs::remove_file(self.state.dir.join("state.json"));
-    }
-
-    /// One running node's view of the cluster (`crm_mon`), if it answers.
-    pub fn view(&self, node: &str) -> Option<View> {
-        let (out, rc) = self
-            .exec(node, "crm_mon --output-as=xml", TOOL_TIMEOUT)
-            .ok()?;
-        (rc == 0).then(|| status::parse_crm_mon(&out)).flatten()
-    }
-
-    /// `crm_mon -1` from the first running node that answers.
-    pub fn crm_mon(&self) -> Option<String> {
-        self.state.nodes.iter().find_map(|n| {
-            let (out, rc) = self.exec(n, "crm_mon -1 -A", TOOL_TIMEOUT).ok()?;
-            (rc == 0).then_some(out)
-        })
-    }
-
-    /// The node running `rsc`, as the first running node that knows says (while it
-    /// migrates: the source).
-    pub fn locate(&self, rsc: &str) -> Option<String> {
-        self.locate_all(rsc).into_iter().next()
-    }
-
-    /// Every node running `rsc` (two during a live migration).
-    pub fn locate_all(&self, rsc: &str) -> Vec<String> {
-        self.state
-            .nodes
-            .iter()
-            .find_map(|n| {
-                let cmd = format!("crm_resource --locate --resource {rsc}");
-                let (out, _) = self.exec(n, &cmd, TOOL_TIMEOUT).ok()?;
-                let on = status::parse_locate(&out);
-                (!on.is_empty()).then_some(on)
-            })
-            .unwrap_or_default()
-    }
-
-    /// The host path of the node's vesperd control socket (`VESPER_SOCKET`).
-    pub fn vesper_socket(&self, node: &str) -> PathBuf {
-        self.node_dir(node).join("run-vesper/vesper.sock")
-    }
-
-    /// The host path of the VM's lab port on whichever node runs it: of the nodes
-    /// Pacemaker names (resource `vm-VM`), else of all, the first whose socket answers (a
-    /// killed node leaves its socket file behind).
-    pub fn lab_socket(&self, vm: &str) -> Option<PathBuf> {
-        let sock = |n: &String| self.node_dir(n).join(format!("run-vesper/{vm}.lab.sock"));
-        let answers = |p: &PathBuf| std::os::unix::net::UnixStream::connect(p).is_ok();
-        let located = self.locate_all(&format!("vm-{vm}"));
-        located
-            .iter()
-            .rev()
-            .map(sock)
-            .find(answers)
-            .or_else(|| self.state.nodes.iter().map(sock).find(answers))
-    }
-
-    /// Waits until every node in `nodes` is online in the view of each of them, they agree
-    /// on a DC, and the DC's controller is idle (S_IDLE).
-    fn wait_ready(&self, nodes: &[String]) -> Result<(), ClusterError> {
-        let mut last = String::new();
-        let t = Instant::now();
-        while t.elapsed() < READY_TIMEOUT {
-            let views: Vec<Option<View>> = nodes.iter().map(|n| self.view(n)).collect();
-            last = format!("{views:?}");
-            let dc = views.first().cloned().flatten().and_then(|v| v.dc);
-            let agreed = views.iter().all(|v| {
-                v.as_ref().is_some_and(|v| {
-                    v.dc.is_some() && v.dc == dc && nodes.iter().all(|n| v.online.contains(n))
-                })
-            });
-            if let (true, Some(dc)) = (agreed, dc) {
-                let idle = self
-                    .exec(&dc, &format!("crmadmin -q -S {dc}"), TOOL_TIMEOUT)
-                    .is_ok_and(|(out, _)| out.contains("S_IDLE"));
-                if idle {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(ClusterError::Timeout {
-            what: format!("{} online with an idle DC", nodes.join(", ")),
-            detail: format!(
-                "last views: {last}; logs in {}/nodeN/",
-                self.state.dir.display()
-            ),
-        })
-    }
-
-    /// Waits until `rsc` runs somewhere; fails early once its start failed on every node.
-    pub fn wait_started(&self, rsc: &str) -> Result<(), ClusterError> {
-        let start = format!("{rsc}_start_0");
-        let t = Instant::now();
-        while t.elapsed() < READY_TIMEOUT {
-            if self.locate(rsc).is_some() {
-                return Ok(());
-            }
-            let failed = self.state.nodes.iter().find_map(|n| self.view(n)).map(|v| {
-                v.failures
-                    .iter()
-                    .filter(|(op, _)| *op == start)
-                    .map(|(_, node)| node.clone())
-                    .collect::<Vec<_>>()
-            });
-            if failed.is_some_and(|f| f.len() >= self.state.nodes.len()) {
-                return Err(ClusterError::Command {
-                    cmd: format!("start of {rsc}"),
-                    output: format!(
-                        "failed on every node; see {}/nodeN/libvirt-log/ and pacemaker-log/\n{}",
-                        self.state.dir.display(),
-                        self.crm_mon().unwrap_or_default()
-                    ),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(ClusterError::Timeout {
-            what: format!("{rsc} to start"),
-            detail: self.crm_mon().unwrap_or_else(|| "no node answers".into()),
-        })
-    }
-
-    /// Polls `ok` every 200 ms for up to `timeout`.
-    pub fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut ok: impl FnMut() -> bool,
-    ) -> Result<(), ClusterError> {
-        let t = Instant::now();
-        while t.elapsed() < timeout {
-            if ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Err(ClusterError::Timeout {
-            what: what.into(),
-            detail: format!(
-                "see {}",
-                self.crm_mon().unwrap_or_else(|| "no node answers".into())
-            ),
-        })
     }
 }

@@ -83,11 +83,19 @@ pub fn serve(dir: &Path) -> Result<(), ClusterError> {
     eprintln!("power switch listening on {}", sock.display());
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
+        // Two nodes that lost each other both ask to power the other off; the first
+        // request served kills the second asker, whose queued request must then not
+        // kill the survivor.
+        if !peer_alive(&conn) {
+            eprintln!("request from a process that is gone (its node was powered off): dropped");
+            continue;
+        }
         // One request at a time: fencing is rare and each answer is quick.
         let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
         let mut line = String::new();
         let mut r = BufReader::new(&conn);
-        if r.read_line(&mut line).is_err() {
+        // An empty request is `spawn_switch` checking that the switch listens.
+        if r.read_line(&mut line).is_err() || line.trim().is_empty() {
             continue;
         }
         let answer = handle(dir, line.trim());
@@ -95,6 +103,29 @@ pub fn serve(dir: &Path) -> Result<(), ClusterError> {
         let _ = (&conn).write_all(format!("{answer}\n").as_bytes());
     }
     Ok(())
+}
+
+/// Whether the process at the other end of `conn` still exists (SO_PEERCRED).
+fn peer_alive(conn: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes at most `len` bytes into `cred`, a live local of
+    // exactly that size; the fd is owned by `conn` for the whole call.
+    let rc = unsafe {
+        libc::getsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    rc != 0 || cred.pid <= 0 || Path::new(&format!("/proc/{}", cred.pid)).exists()
 }
 
 fn handle(dir: &Path, req: &str) -> String {
