@@ -123,6 +123,8 @@ pub fn up(nodes: usize, stonith: bool) -> anyhow::Result<Cluster> {
         ("crm_resource", "pacemaker-cli-utils"),
         ("libvirtd", "libvirt-daemon"),
         ("virsh", "libvirt-clients"),
+        // The guest's httpd is checked through the node running it.
+        ("curl", "curl"),
     ])?;
     if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/VirtualDomain").exists() {
         util::ensure_packages(&[("ocf-tester", "resource-agents")])?;

@@ -13,6 +13,7 @@
 //! VM's channel sockets, reachable from the host), and `power/` (the fence switch).
 //! One cluster per machine: the namespace names and the subnet are fixed.
 
+mod client;
 mod config;
 mod ns;
 pub mod power;
