@@ -13,7 +13,8 @@ use anyhow::bail;
 
 const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
-  demo   start an agent and vesperd on this machine, catch a signal, show and explain it
+  demo   a 2-node Pacemaker cluster with the lab guest: httpd killed in the guest, explained,
+         failed over by Pacemaker, answering again (--native: agent and vesperd on this machine alone)
   package  the host (vesper) and guest (vesper-agent) Debian packages, in target/debian/
   soak   floods and restarts for SECONDS (default 300, at most 600), checking vesperd's invariants
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
@@ -28,7 +29,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let r = match args.first().map(String::as_str) {
         Some("test") => test(),
-        Some("demo") => demo::run(),
+        Some("demo") => demo::run(&args[1..]),
         Some("lab") => lab::run(&args[1..]),
         Some("cluster") => cluster::run(&args[1..]),
         Some("package") => package::run().map(|_| ()),
@@ -134,11 +135,19 @@ fn test() -> anyhow::Result<()> {
     util::progress("building the workspace binaries");
     util::cargo(&["build", "--workspace", "--bins"])?;
     package::run()?;
-    util::progress("running all tests (root tests required) but the lab's");
+    util::progress("running all tests (root tests required) but the lab's and the cluster's");
     let bin_dir = util::target_dir()?.join("debug");
     util::run(
         std::process::Command::new(util::cargo_bin())
-            .args(["test", "--workspace", "--", "--skip", "lab_"])
+            .args([
+                "test",
+                "--workspace",
+                "--",
+                "--skip",
+                "lab_",
+                "--skip",
+                "cluster_",
+            ])
             .env("VESPER_REQUIRE_ROOT_TESTS", "1")
             .env("VESPER_REQUIRE_PACKAGES", "1")
             .env("VESPER_DEB_DIR", package::out_dir()?)
@@ -184,6 +193,48 @@ fn test() -> anyhow::Result<()> {
         }
     }
     result?;
+    cluster_tests(&bin_dir)?;
     util::progress("all tests passed");
     Ok(())
+}
+
+/// The cluster scenarios (`tests/cluster.rs`) on one three-node cluster with fencing,
+/// brought up once and torn down on every path.
+fn cluster_tests(bin_dir: &std::path::Path) -> anyhow::Result<()> {
+    util::progress("cluster tests: three Pacemaker nodes with fencing and the lab guest, up once");
+    let c = cluster::up(3, true)?;
+    let result = util::run(
+        std::process::Command::new(util::cargo_bin())
+            .args([
+                "test",
+                "-p",
+                "vesper-tests",
+                "--test",
+                "cluster",
+                "--",
+                "--test-threads=1",
+            ])
+            .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+            .env("VESPER_REQUIRE_CLUSTER", "1")
+            .env("VESPER_CLUSTER_DIR", c.dir())
+            .env("VESPER_BIN_DIR", bin_dir),
+    );
+    if result.is_err() {
+        for node in c.node_names() {
+            let dir = c.dir().join(&node);
+            for log in ["vesperd.log", "pacemakerd.log", "node.log"] {
+                let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                eprintln!(
+                    "----- last lines of {node}/{log}\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        if let Some(mon) = c.crm_mon() {
+            eprintln!("----- crm_mon\n{mon}");
+        }
+    }
+    c.down();
+    result
 }
