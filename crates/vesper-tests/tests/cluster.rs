@@ -92,11 +92,17 @@ fn running(c: &Cluster) -> Vec<String> {
 
 /// Waits until the VM runs on a node whose vesperd has its probes attached; that node.
 fn wait_watched(c: &Cluster, what: &str) -> String {
+    wait_watched_off(c, "", what)
+}
+
+/// Like [`wait_watched`], on a node other than `old` (right after a fault the old host
+/// still answers for a moment).
+fn wait_watched_off(c: &Cluster, old: &str, what: &str) -> String {
     let mut host = None;
     wait_until(
         Duration::from_secs(180),
         || {
-            host = c.watched_on(&bin("vesper"), VM);
+            host = c.watched_on(&bin("vesper"), VM).filter(|n| n != old);
             host.is_some()
         },
         what,
@@ -128,6 +134,28 @@ fn failcounts(c: &Cluster) -> BTreeMap<String, i64> {
 
 fn total(counts: &BTreeMap<String, i64>) -> i64 {
     counts.values().sum()
+}
+
+/// On every path out of a test, failures included: every cable plugged in and every node
+/// powered on, so the next test finds the whole cluster.
+struct Restore<'a>(&'a Cluster);
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        let c = self.0;
+        for n in c.node_names() {
+            if !c.link_up(&n) {
+                c.heal(&n);
+            }
+        }
+        for n in c.node_names() {
+            if !c.is_running(&n)
+                && let Err(e) = c.boot(&n)
+            {
+                eprintln!("booting {n} again: {e}");
+            }
+        }
+    }
 }
 
 /// Clears the resource's failures and bans, so the next test starts clean.
@@ -385,11 +413,12 @@ fn cluster_4_node_loss_the_vm_comes_back_on_a_peer_counted_nowhere() {
     let Some(c) = cluster("cluster_4_node_loss") else {
         return;
     };
+    let _restore = Restore(&c);
     let host = wait_watched(&c, "the VM watched before the node loss");
     let before = failcounts(&c);
     let t = Instant::now();
     c.kill(&host);
-    let new_host = wait_watched(&c, "the VM watched on a surviving node");
+    let new_host = wait_watched_off(&c, &host, "the VM watched on a surviving node");
     let watched_s = t.elapsed().as_secs_f64();
     assert_ne!(new_host, host);
     wait_until(
@@ -425,6 +454,7 @@ fn cluster_5_a_cut_network_isolates_the_host_and_the_vm_comes_back_on_the_majori
     let Some(c) = cluster("cluster_5_network_cut") else {
         return;
     };
+    let _restore = Restore(&c);
     if c.node_names().len() < 3 {
         // Two nodes split-brain on a cut (both quorate): the scenario needs three.
         panic!("the network-cut scenario needs a three-node cluster");
@@ -433,7 +463,7 @@ fn cluster_5_a_cut_network_isolates_the_host_and_the_vm_comes_back_on_the_majori
     let before = failcounts(&c);
     let t = Instant::now();
     c.cut(&host);
-    let new_host = wait_watched(&c, "the VM watched on the majority side");
+    let new_host = wait_watched_off(&c, &host, "the VM watched on the majority side");
     let watched_s = t.elapsed().as_secs_f64();
     assert_ne!(new_host, host);
     wait_until(
@@ -445,6 +475,16 @@ fn cluster_5_a_cut_network_isolates_the_host_and_the_vm_comes_back_on_the_majori
         "{host} cut off: VM watched on {new_host} after {watched_s:.1} s, httpd answering after {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    if c.fencing() {
+        // The majority powered the cut node off before starting the VM again.
+        assert!(!c.is_running(&host), "{host} was not fenced");
+        let text = vesper(&c, &new_host, &["why", VM]);
+        assert!(
+            text.contains(&format!("fenced    {host}")),
+            "vesper why on {new_host}:\n{text}"
+        );
+        eprintln!("vesper why on {new_host}:\n{text}");
+    }
     c.heal(&host);
     if !c.is_running(&host) {
         // Fenced (powered off) by the majority: power it on again.

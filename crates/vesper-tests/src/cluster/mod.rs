@@ -291,6 +291,11 @@ impl Cluster {
         ns::is_node_init(pid).then_some(pid)
     }
 
+    /// Whether the cluster has a fence device (stonith-enabled).
+    pub fn fencing(&self) -> bool {
+        self.state.stonith
+    }
+
     pub fn node_names(&self) -> Vec<String> {
         self.state.nodes.clone()
     }
