@@ -63,8 +63,41 @@ fn scenario(c: &Cluster, t0: Instant) -> anyhow::Result<()> {
         "\n[{other}] $ vesper status\n{}",
         vesper(&other, &["status"])?
     );
+    // The original system's probe_httpd, built on the host for the guest's own kernel and
+    // loaded into the guest (as `stap -p4` and `vsp_to guest insmod` did).
+    let script = util::workspace_root().join("examples/probe_httpd.vsp");
+    let work = util::target_dir()?.join("demo");
+    std::fs::create_dir_all(&work)?;
+    let (info, object) = (work.join("web1-kernel.json"), work.join("probe_httpd.o"));
+    let script_arg = script.display().to_string();
+    std::fs::write(
+        &info,
+        vesper(&host, &["kernel-info", VM_DOMAIN, "--for", &script_arg])?,
+    )?;
+    println!(
+        "\n$ cat examples/probe_httpd.vsp\n{}",
+        std::fs::read_to_string(&script)?
+    );
     print!(
-        "\n[{host}] $ vesper probes {VM_DOMAIN}   # compiled on {host} for the guest's kernel, loaded over virtio-serial\n{}",
+        "[{host}] $ vesper kernel-info {VM_DOMAIN} --for probe_httpd.vsp > web1-kernel.json\n[{host}] $ vesper build probe_httpd.vsp --kernel-info web1-kernel.json -o probe_httpd.o\n{}",
+        vesper(
+            &host,
+            &[
+                "build",
+                &script_arg,
+                "--kernel-info",
+                &info.display().to_string(),
+                "-o",
+                &object.display().to_string(),
+            ],
+        )?
+    );
+    print!(
+        "[{host}] $ vesper load {VM_DOMAIN} probe_httpd.o\n{}",
+        vesper(&host, &["load", VM_DOMAIN, &object.display().to_string()])?
+    );
+    print!(
+        "\n[{host}] $ vesper probes {VM_DOMAIN}   # signal and oom: loaded because web1 watches httpd\n{}",
         vesper(&host, &["probes", VM_DOMAIN])?
     );
 
@@ -85,6 +118,10 @@ fn scenario(c: &Cluster, t0: Instant) -> anyhow::Result<()> {
         },
     )?;
     let acted = killed.elapsed();
+    print!(
+        "\n[{host}] $ vesper events {VM_DOMAIN} --probe probe_httpd\n{}",
+        vesper(&host, &["events", VM_DOMAIN, "--probe", "probe_httpd"])?
+    );
     print!("\n[{host}] $ vesper why {VM_DOMAIN}\n{why}");
     println!(
         "\nexplained and reported to Pacemaker {:.0} ms after the kill",
