@@ -5,7 +5,10 @@
 //!    Vesper, natively and in the lab guest (`latency`);
 //! 2. throughput from the probed kernel into vesperd's store, against bpftrace (`throughput`);
 //! 3. nanoseconds each probe adds per event, against bpftrace (`overhead`);
-//! 4. memory and CPU of the agent and vesperd (`footprint`).
+//! 4. memory and CPU of the agent and vesperd (`footprint`);
+//! 5. on a multi-node Pacemaker cluster, if VESPER_CLUSTER_DIR names one: both use cases
+//!    in a VirtualDomain guest against VirtualDomain's 10 s monitor, node loss, live
+//!    migration (`cluster`).
 //!
 //! Prints a table per measurement and writes every raw number to `--out FILE` (JSON) after
 //! each section, so an interrupted run keeps what it measured. Nothing here is asserted:
@@ -18,6 +21,7 @@
 #![allow(missing_debug_implementations)] // a program's private types, printed by no one
 
 mod blast;
+mod cluster;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod footprint;
@@ -102,11 +106,12 @@ fn main() {
         eprintln!("note: no lab VM (VESPER_LAB unset): measuring natively only");
     }
     type Section = fn(&Setup) -> Value;
-    let sections: [(&str, Section); 4] = [
+    let sections: [(&str, Section); 5] = [
         ("footprint", footprint::run),
         ("overhead", overhead::run),
         ("throughput", throughput::run),
         ("latency", latency::run),
+        ("cluster", cluster::run),
     ];
     let mut results = serde_json::Map::new();
     results.insert("quick".into(), Value::Bool(setup.quick));
@@ -115,7 +120,11 @@ fn main() {
             continue;
         }
         eprintln!("==> {name}");
-        results.insert(name.into(), run(&setup));
+        let v = run(&setup);
+        if v.is_null() {
+            continue; // not measured here (the cluster section without a cluster)
+        }
+        results.insert(name.into(), v);
         std::fs::write(
             &out,
             serde_json::to_string_pretty(&Value::Object(results.clone())).unwrap(),
