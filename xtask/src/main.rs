@@ -11,7 +11,7 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--cluster]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   a 2-node Pacemaker cluster with the lab guest: httpd killed in the guest, explained,
          failed over by Pacemaker, answering again (--native: agent and vesperd on this machine alone)
@@ -23,7 +23,8 @@ const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--re
          exec NODE -- CMD, kill|cut|heal|boot NODE
   bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
          overhead and footprint against bpftrace (--quick: short, native only; --render: the
-         report and plots again from the last results)";
+         report and plots again from the last results; --cluster: only the cluster part,
+         into target/bench/cluster.json and cluster.md)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -36,7 +37,9 @@ fn main() {
         Some("soak") => soak(&args[1..]),
         Some("bench") => {
             let quick = args.iter().any(|a| a == "--quick");
-            if args.iter().any(|a| a == "--render") {
+            if args.iter().any(|a| a == "--cluster") {
+                bench::run_cluster()
+            } else if args.iter().any(|a| a == "--render") {
                 bench::render(quick)
             } else {
                 bench::run(quick)

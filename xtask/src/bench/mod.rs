@@ -6,12 +6,17 @@
 //! monitor, throughput, overhead, footprint). Everything lands in one JSON file, rendered
 //! into Markdown tables and SVG plots.
 //!
+//! A full run then brings up a 2-node Pacemaker cluster (`crate::cluster`) and runs the
+//! evaluation's cluster section against it; `--cluster` runs only that section and writes
+//! `target/bench/cluster.json` and `cluster.md`.
+//!
 //! A full run writes `bench/results.json`, `bench/*.svg` and `docs/evaluation.md`, the
 //! published figures; `--quick` (native only, a few trials) writes the same under
 //! `target/bench/`, so a short run never replaces them.
 
 mod probe;
 mod report;
+mod report_cluster;
 mod svg;
 
 use std::path::{Path, PathBuf};
@@ -154,12 +159,98 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     if let Value::Object(m) = eval {
         results.extend(m);
     }
+    if !quick {
+        // After the lab VM is down: the cluster's guests need both cores.
+        results.insert("cluster".into(), cluster_section(&bin, &static_agent)?);
+    }
     let results = Value::Object(results);
     write(
         &out_dir.join("results.json"),
         &serde_json::to_string_pretty(&results)?,
     )?;
     publish(&results, quick, &out_dir)
+}
+
+/// Downs the cluster on every path out, failures included.
+struct Down(Option<vesper_tests::cluster::Cluster>);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.down();
+        }
+    }
+}
+
+/// One lab cluster per machine (fixed namespace names): waits for anyone else's to go
+/// (up to 10 minutes) rather than replacing it.
+fn wait_no_cluster() -> anyhow::Result<()> {
+    for i in 0..60 {
+        let out = Command::new("ip").args(["netns", "list"]).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !text.lines().any(|l| l.starts_with("vesper-")) {
+            return Ok(());
+        }
+        if i == 0 {
+            progress("another lab cluster is up: waiting for it to go down");
+        }
+        std::thread::sleep(std::time::Duration::from_secs(10));
+    }
+    bail!("a lab cluster (netns vesper-*) was still up after 10 minutes")
+}
+
+/// Brings a 2-node cluster up (two nodes without fencing lose a node cleanly), runs the
+/// evaluation's cluster section against it, and downs it.
+fn cluster_section(bin: &Path, static_agent: &Path) -> anyhow::Result<Value> {
+    wait_no_cluster()?;
+    progress("the evaluation on a 2-node cluster: use cases, node loss, live migration");
+    let c = Down(Some(crate::cluster::up(2, false)?));
+    let raw = util::target_dir()?.join("bench/evaluation-cluster.json");
+    let _ = std::fs::remove_file(&raw);
+    let dir = c.0.as_ref().context("cluster")?.dir().to_path_buf();
+    util::run(
+        Command::new(util::cargo_bin())
+            .args(["bench", "-p", "vesper-tests", "--bench", "evaluation", "--"])
+            .args(["--only", "cluster", "--out"])
+            .arg(&raw)
+            .env("VESPER_BIN_DIR", bin)
+            .env("VESPER_STATIC_AGENT", static_agent)
+            .env("VESPER_CLUSTER_DIR", &dir),
+    )?;
+    drop(c);
+    let eval: Value = serde_json::from_str(
+        &std::fs::read_to_string(&raw).with_context(|| raw.display().to_string())?,
+    )?;
+    Ok(eval["cluster"].clone())
+}
+
+/// `--cluster`: only the cluster section, into `target/bench/cluster.json` and
+/// `cluster.md` (the published results stay as they are).
+pub fn run_cluster() -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!(
+            "the cluster lab makes namespaces and mounts: run `cargo xtask bench --cluster` as root"
+        );
+    }
+    util::ensure_packages(&[("curl", "curl")])?;
+    progress("building the release binaries");
+    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin = util::target_dir()?.join("release");
+    let static_agent = lab::static_binaries()?.join("vesper-agent");
+    let out_dir = util::target_dir()?.join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let results = json!({
+        "machine": machine(),
+        "cluster": cluster_section(&bin, &static_agent)?,
+    });
+    write(
+        &out_dir.join("cluster.json"),
+        &serde_json::to_string_pretty(&results)?,
+    )?;
+    write(
+        &out_dir.join("cluster.md"),
+        &report_cluster::section(&results),
+    )
 }
 
 /// Plots and the report from `results`.

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-fn f(v: &Value, digits: usize) -> String {
+pub(super) fn f(v: &Value, digits: usize) -> String {
     v.as_f64().map_or("–".into(), |x| format!("{x:.digits$}"))
 }
 
@@ -14,7 +14,7 @@ fn mib(v: &Value) -> String {
         .map_or("–".into(), |k| format!("{:.1}", k / 1024.0))
 }
 
-fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
+pub(super) fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", head.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
     for r in rows {
@@ -581,6 +581,7 @@ Raw numbers: `{plots}/results.json`. Do not edit by hand: the analysis at the en
     overhead(&mut out, r, plots);
     footprint(&mut out, r);
     probe(&mut out, r);
+    out.push_str(&super::report_cluster::section(r));
     if !analysis.trim().is_empty() {
         out.push_str(analysis.trim());
         out.push('\n');
