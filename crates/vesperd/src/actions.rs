@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -42,7 +42,7 @@ pub struct VmActions {
     pub debounce: Duration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ActionOutcome {
     pub kind: String,
     pub ok: bool,
@@ -53,7 +53,7 @@ pub struct ActionOutcome {
 }
 
 /// One line of the why-log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WhyEntry {
     pub verdict: Verdict,
     /// Acted on an earlier verdict for the same resource within the debounce window.
@@ -81,15 +81,58 @@ impl WhyLog {
             stats: Default::default(),
         }
     }
-    /// Adds an entry, or replaces the pending one for the same verdict. Only finished
-    /// entries go to the file.
+    /// A why-log that starts with the latest entries of `file`: a verdict outlives the
+    /// vesperd that reached it (its node may have been fenced right after). A verdict whose
+    /// actions never finished is kept as such. Lines that do not parse are skipped; the
+    /// file is bounded by its rotation.
+    pub fn load(file: PathBuf) -> Self {
+        let mut log = Self::new(Some(file.clone()));
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let mut kept: Vec<WhyEntry> = Vec::new();
+        // Newest first: the first line seen for a verdict is its last word.
+        for mut e in text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<WhyEntry>(l).ok())
+        {
+            let same = |o: &WhyEntry| {
+                o.verdict.vm == e.verdict.vm
+                    && o.verdict.id == e.verdict.id
+                    && o.verdict.time_ms == e.verdict.time_ms
+            };
+            if kept.iter().any(same) {
+                continue;
+            }
+            if e.pending {
+                e.pending = false;
+                e.actions.push(ActionOutcome {
+                    kind: "vesperd".into(),
+                    ok: false,
+                    attempts: 0,
+                    ms: 0,
+                    detail: "vesperd stopped before this verdict's actions finished (its node may have been fenced or lost power)".into(),
+                });
+            }
+            kept.push(e);
+            if kept.len() == WHY_KEPT {
+                break;
+            }
+        }
+        kept.reverse();
+        if !kept.is_empty() {
+            tracing::info!(file = %file.display(), entries = kept.len(), "why-log: verdicts from before this start kept");
+        }
+        log.entries.extend(kept);
+        log
+    }
+    /// Adds an entry, or replaces the pending one for the same verdict. Every entry goes
+    /// to the file, pending ones too: a verdict must survive its node being powered off
+    /// before its actions finish.
     fn push(&mut self, e: WhyEntry) {
         if !e.pending {
             self.stats.observe(&e);
         }
-        if !e.pending
-            && let Some(path) = &self.file
-        {
+        if let Some(path) = &self.file {
             let line = serde_json::to_string(&e).unwrap_or_default();
             if std::fs::metadata(path).is_ok_and(|m| m.len() > WHY_FILE_MAX) {
                 let _ = std::fs::rename(path, path.with_extension("jsonl.1"));
@@ -629,7 +672,7 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_entry_replaces_its_pending_one_and_only_it_reaches_the_file() {
+    fn a_finished_entry_replaces_its_pending_one_and_both_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("why.jsonl");
         let mut log = WhyLog::new(Some(file.clone()));
@@ -644,7 +687,29 @@ mod tests {
         let all = log.about("web1", 10);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|e| !e.pending));
-        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 2);
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
         assert!(log.about("other", 10).is_empty());
+    }
+
+    #[test]
+    fn a_restart_keeps_the_verdicts_in_the_file_and_skips_broken_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("why.jsonl");
+        let mut log = WhyLog::new(Some(file.clone()));
+        log.push(entry(1, 100, true));
+        log.push(entry(1, 100, false));
+        // Its node lost power while this one's actions ran.
+        log.push(entry(2, 200, true));
+        drop(log);
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str("{\"half a line\n");
+        std::fs::write(&file, text).unwrap();
+        let log = WhyLog::load(file);
+        let kept = log.about("web1", 10);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(kept.iter().all(|e| !e.pending));
+        assert!(kept[0].actions.is_empty(), "finished, with no action");
+        assert_eq!(kept[1].verdict.time_ms, 200);
+        assert!(kept[1].actions[0].detail.contains("stopped before"));
     }
 }

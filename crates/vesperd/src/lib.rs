@@ -27,9 +27,9 @@ use crate::store::RecordStore;
 /// Starts the action task and one session per configured VM; returns what the control
 /// API reaches.
 pub fn start_sessions(cfg: &Config) -> Vms {
-    let why = Arc::new(Mutex::new(actions::WhyLog::new(Some(
+    let why = Arc::new(Mutex::new(actions::WhyLog::load(
         cfg.daemon.state_dir.join("why.jsonl"),
-    ))));
+    )));
     let configs = actions::ActionConfigs::default();
     let verdicts = actions::spawn(cfg.daemon.node.clone(), configs.clone(), why.clone());
     let daemon = Arc::new(Daemon::new(why, verdicts, configs));

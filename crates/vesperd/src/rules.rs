@@ -5,7 +5,7 @@
 //! `{field}` parts are filled from the record. Built-in rules cover what a VM with a
 //! `resource` needs by default; `[[rule]]` sections add more.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vesper_probe::compiler::ast::{BinOp, Expr, ExprKind, UnOp};
 
@@ -296,7 +296,7 @@ fn eval(e: &Expr, r: &Value) -> Result<HVal, String> {
 }
 
 /// What a rule concluded, with the evidence, as kept in the why-log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub id: u64,
     pub vm: String,
