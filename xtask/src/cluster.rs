@@ -56,16 +56,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             up(nodes, args.iter().any(|a| a == "--stonith")).map(|_| ())
         }
         (Some("exec"), Some(node)) => {
-            let cmd: Vec<&str> = args
-                .iter()
-                .skip_while(|a| *a != "--")
-                .skip(1)
-                .map(String::as_str)
-                .collect();
-            if cmd.is_empty() {
+            let Some(cmd) = util::command_after_dashes(args) else {
                 bail!("{USAGE}");
-            }
-            let (out, rc) = attach()?.exec(node, &cmd.join(" "), Duration::from_secs(120))?;
+            };
+            let (out, rc) = attach()?.exec(node, &cmd, Duration::from_secs(120))?;
             print!("{out}");
             std::process::exit(rc);
         }

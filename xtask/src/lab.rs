@@ -52,16 +52,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             up(name, port.unwrap_or(18080), kvm)
         }
         (Some("exec"), Some(name)) => {
-            let cmd: Vec<&str> = args
-                .iter()
-                .skip_while(|a| *a != "--")
-                .skip(1)
-                .map(String::as_str)
-                .collect();
-            if cmd.is_empty() {
+            let Some(cmd) = util::command_after_dashes(args) else {
                 bail!("{usage}");
-            }
-            let (out, rc) = exec(name, &cmd.join(" "), Duration::from_secs(120))?;
+            };
+            let (out, rc) = exec(name, &cmd, Duration::from_secs(120))?;
             print!("{out}");
             std::process::exit(rc);
         }

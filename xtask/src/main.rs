@@ -187,12 +187,7 @@ fn test() -> anyhow::Result<()> {
     if result.is_err() {
         let dir = lab::vm_dir(name)?;
         for log in ["console.log", "vesperd.log"] {
-            let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!(
-                "----- last lines of {log}\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            util::print_tail(log, &dir.join(log), 40);
         }
     }
     result?;
@@ -226,12 +221,7 @@ fn cluster_tests(bin_dir: &std::path::Path) -> anyhow::Result<()> {
         for node in c.node_names() {
             let dir = c.dir().join(&node);
             for log in ["vesperd.log", "pacemakerd.log", "node.log"] {
-                let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                eprintln!(
-                    "----- last lines of {node}/{log}\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
+                util::print_tail(&format!("{node}/{log}"), &dir.join(log), 30);
             }
         }
         if let Some(mon) = c.crm_mon() {

@@ -85,3 +85,24 @@ pub fn ensure_packages(wanted: &[(&str, &str)]) -> anyhow::Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
+
+/// The command line after `--` (`exec NAME -- CMD...`), joined for `sh -c`; None if empty.
+pub fn command_after_dashes(args: &[String]) -> Option<String> {
+    let cmd: Vec<&str> = args
+        .iter()
+        .skip_while(|a| *a != "--")
+        .skip(1)
+        .map(String::as_str)
+        .collect();
+    (!cmd.is_empty()).then(|| cmd.join(" "))
+}
+
+/// Prints the last `n` lines of a log file under a heading (a failed run's evidence).
+pub fn print_tail(label: &str, path: &Path, n: usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    eprintln!(
+        "----- last lines of {label}\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+}

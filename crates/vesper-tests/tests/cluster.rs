@@ -110,6 +110,19 @@ fn wait_watched_off(c: &Cluster, old: &str, what: &str) -> String {
     host.unwrap()
 }
 
+/// After `host` was lost at `t`: the VM watched on another node and its httpd answering
+/// there. That node, and the seconds until each.
+fn back_on_a_peer(c: &Cluster, host: &str, t: Instant) -> (String, f64, f64) {
+    let new_host = wait_watched_off(c, host, "the VM watched on another node");
+    let watched_s = t.elapsed().as_secs_f64();
+    wait_until(
+        Duration::from_secs(60),
+        || c.http_answers(&new_host),
+        "the guest's httpd to answer on the new host",
+    );
+    (new_host, watched_s, t.elapsed().as_secs_f64())
+}
+
 /// Every running node's fail-count of the VM's resource, as Pacemaker reports it.
 fn failcounts(c: &Cluster) -> BTreeMap<String, i64> {
     let at = running(c)[0].clone();
@@ -418,15 +431,7 @@ fn cluster_4_node_loss_the_vm_comes_back_on_a_peer_counted_nowhere() {
     let before = failcounts(&c);
     let t = Instant::now();
     c.kill(&host);
-    let new_host = wait_watched_off(&c, &host, "the VM watched on a surviving node");
-    let watched_s = t.elapsed().as_secs_f64();
-    assert_ne!(new_host, host);
-    wait_until(
-        Duration::from_secs(60),
-        || c.http_answers(&new_host),
-        "the guest's httpd to answer on the new host",
-    );
-    let answering_s = t.elapsed().as_secs_f64();
+    let (new_host, watched_s, answering_s) = back_on_a_peer(&c, &host, t);
     // A lost node is no failure of the resource: nothing counted, anywhere.
     assert_eq!(total(&failcounts(&c)), total(&before));
     let text = vesper(&c, &new_host, &["why", VM]);
@@ -467,17 +472,9 @@ fn cluster_5_a_cut_network_isolates_the_host_and_the_vm_comes_back_on_the_majori
     // A fault during the cut: the isolated host's vesperd reaches a verdict and acts as
     // far as its partition lets it before the majority fences it.
     let _ = c.guest(VM, "/bin/kill -TERM $(pidof httpd)", TOOL);
-    let new_host = wait_watched_off(&c, &host, "the VM watched on the majority side");
-    let watched_s = t.elapsed().as_secs_f64();
-    assert_ne!(new_host, host);
-    wait_until(
-        Duration::from_secs(60),
-        || c.http_answers(&new_host),
-        "the guest's httpd to answer on the new host",
-    );
+    let (new_host, watched_s, answering_s) = back_on_a_peer(&c, &host, t);
     eprintln!(
-        "{host} cut off: VM watched on {new_host} after {watched_s:.1} s, httpd answering after {:.1} s",
-        t.elapsed().as_secs_f64()
+        "{host} cut off: VM watched on {new_host} after {watched_s:.1} s, httpd answering after {answering_s:.1} s"
     );
     if c.fencing() {
         // The majority powered the cut node off before starting the VM again.
