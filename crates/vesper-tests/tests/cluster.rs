@@ -518,3 +518,78 @@ fn cluster_5_a_cut_network_isolates_the_host_and_the_vm_comes_back_on_the_majori
     );
     cleanup(&c);
 }
+
+#[test]
+fn cluster_6_a_copy_of_the_vm_outside_the_cluster_never_fails_the_resource() {
+    let Some(c) = cluster("cluster_6_stray_copy") else {
+        return;
+    };
+    let _restore = Restore(&c);
+    let host = wait_watched(&c, "the VM watched before the copy starts");
+    let other = running(&c).into_iter().find(|n| *n != host).unwrap();
+    let boot_id = in_guest(&c, "cat /proc/sys/kernel/random/boot_id");
+    let before = failcounts(&c);
+    // A second copy, started by hand on another node (as `virsh start` outside Pacemaker,
+    // or the other side of a split brain, would).
+    let xml = c.dir().join("shared").join(format!("{VM}.xml"));
+    on(&c, &other, &format!("virsh create {}", xml.display()));
+    let t0 = now_ms();
+    wait_until(
+        Duration::from_secs(120),
+        || {
+            vm_status(&c, &other).is_some_and(|st| {
+                st["state"] == "ready"
+                    && st["probes"]
+                        .as_array()
+                        .is_some_and(|p| p.len() == 2 && p.iter().all(|x| x["phase"] == "loaded"))
+            })
+        },
+        "the other node's vesperd to take the copy",
+    );
+    let copy = c
+        .dir()
+        .join(&other)
+        .join(format!("run-vesper/{VM}.lab.sock"));
+    let _ = vesper_tests::lab_port::exec(&copy, "/bin/kill -TERM $(pidof httpd)", TOOL);
+    let mut entry = Value::Null;
+    wait_until(
+        Duration::from_secs(60),
+        || {
+            entry = why(&c, &other)
+                .into_iter()
+                .rfind(|e| {
+                    e["verdict"]["rule"] == "service-killed"
+                        && e["verdict"]["time_ms"].as_u64() >= Some(t0)
+                        && e["pending"] == false
+                })
+                .unwrap_or(Value::Null);
+            !entry.is_null()
+        },
+        "the other node's verdict on its copy",
+    );
+    // The verdict stands, but the cluster's resource is not failed from there.
+    assert_eq!(entry["actions"][0]["ok"], false, "{entry}");
+    let detail = entry["actions"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "not failed: Pacemaker runs {VM_RESOURCE} on {host}"
+        )),
+        "{detail}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(failcounts(&c), before, "nothing counted");
+    assert_eq!(c.locate(VM_RESOURCE).as_deref(), Some(host.as_str()));
+    assert_eq!(
+        in_guest(&c, "cat /proc/sys/kernel/random/boot_id"),
+        boot_id,
+        "the cluster's VM kept running"
+    );
+    eprintln!("{other}'s copy: {detail}");
+    on(&c, &other, &format!("virsh destroy {VM}"));
+    wait_until(
+        Duration::from_secs(20),
+        || vm_status(&c, &other).is_some_and(|st| st["state"] == "elsewhere"),
+        "the copy gone from the other node's vesperd",
+    );
+    cleanup(&c);
+}
