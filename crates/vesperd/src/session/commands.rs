@@ -1,0 +1,104 @@
+//! Requests from the control API to a session: answered while disconnected (editing the
+//! desired probe set) and while connected (sent to the agent).
+
+use super::*;
+
+impl Session {
+    pub(super) fn command_offline(&mut self, cmd: SessionCmd) {
+        match cmd {
+            SessionCmd::Load { probe, reply } => {
+                if let Err(e) = probe.kernel_keys() {
+                    let _ = reply.send(Err(e.to_string()));
+                    return;
+                }
+                if self.desired.iter().any(|d| d.name() == probe.name()) {
+                    let _ = reply.send(Err(self.already_loaded(probe.name())));
+                    return;
+                }
+                self.desired.push(probe);
+                let _ = reply.send(Ok(LoadOutcome::Pending));
+            }
+            SessionCmd::Unload { probe, reply } => {
+                let r = if self.desired.iter().any(|d| d.name() == probe) {
+                    self.desired.retain(|d| d.name() != probe);
+                    Ok(())
+                } else {
+                    Err(format!("probe {probe:?} is not loaded in {}", self.name))
+                };
+                let _ = reply.send(r);
+            }
+            SessionCmd::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            SessionCmd::Host(ev) => self.on_host_event(ev),
+            SessionCmd::KernelInfo { reply, .. } => {
+                let _ = reply.send(Err(format!(
+                    "{} is not connected (state {:?}); its agent must be up to ask its kernel",
+                    self.name, self.state
+                )));
+            }
+        }
+    }
+
+    pub(super) async fn on_command(
+        &mut self,
+        cmd: SessionCmd,
+        wr: &mut WriteHalf<BoxStream>,
+    ) -> Result<(), End> {
+        if self.state == State::Handshake {
+            // Not ready to talk to the agent yet: loads wait for Hello (moments away),
+            // anything else is answered as if offline.
+            match cmd {
+                SessionCmd::Load { probe, reply } => self.waiting_hello.push((probe, reply)),
+                other => self.command_offline(other),
+            }
+            return Ok(());
+        }
+        match cmd {
+            SessionCmd::Load { probe, reply } => self.start_load(probe, Some(reply), wr).await,
+            SessionCmd::Unload { probe, reply } => {
+                self.desired.retain(|d| d.name() != probe);
+                let id = self
+                    .probes
+                    .iter()
+                    .find(|(_, p)| &*p.name == probe.as_str())
+                    .map(|(id, _)| *id);
+                match id {
+                    Some(probe_id) => {
+                        self.unload_replies.insert(probe_id, reply);
+                        self.send(wr, &Message::UnloadProbe { probe_id }).await
+                    }
+                    None => {
+                        let _ = reply.send(Err(format!(
+                            "probe {probe:?} is not loaded in {}",
+                            self.name
+                        )));
+                        Ok(())
+                    }
+                }
+            }
+            SessionCmd::Status { reply } => {
+                let _ = reply.send(self.status());
+                Ok(())
+            }
+            SessionCmd::Host(ev) => {
+                self.on_host_event(ev);
+                Ok(())
+            }
+            SessionCmd::KernelInfo { keys, reply } => {
+                if let Some(k) = self.kernel_subset(&keys) {
+                    let _ = reply.send(Ok(k));
+                    return Ok(());
+                }
+                let missing: Vec<String> = keys
+                    .iter()
+                    .filter(|k| !self.kernel.formats.contains_key(k.as_str()))
+                    .cloned()
+                    .collect();
+                self.info_waiters.push((keys, reply));
+                self.send(wr, &Message::KernelInfoRequest { events: missing })
+                    .await
+            }
+        }
+    }
+}

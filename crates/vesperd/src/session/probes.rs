@@ -1,0 +1,138 @@
+//! Probe loading: compiling a probe for this guest's kernel (fetching the kernel info it
+//! needs first) and shipping it.
+
+use super::*;
+
+impl Session {
+    /// The cached kernel info restricted to `keys`, if every key is known.
+    pub(super) fn kernel_subset(&self, keys: &[String]) -> Option<KernelInfo> {
+        let mut k = KernelInfo {
+            release: self.kernel.release.clone(),
+            btf: self.kernel.btf,
+            formats: Default::default(),
+        };
+        for key in keys {
+            k.formats
+                .insert(key.clone(), self.kernel.formats.get(key)?.clone());
+        }
+        Some(k)
+    }
+
+    /// Compiles `probe` for this guest's kernel and ships it, fetching the kernel's
+    /// tracepoint formats first if they are not known yet.
+    pub(super) async fn start_load(
+        &mut self,
+        probe: ProbeSource,
+        reply: Option<LoadReply>,
+        wr: &mut WriteHalf<BoxStream>,
+    ) -> Result<(), End> {
+        let fail = |reply: Option<oneshot::Sender<_>>, msg: String| {
+            if let Some(r) = reply {
+                let _ = r.send(Err(msg));
+            }
+        };
+        let events = match probe.kernel_keys() {
+            Ok(e) => e,
+            Err(e) => {
+                fail(reply, e.to_string());
+                return Ok(());
+            }
+        };
+        if self.probes.values().any(|p| &*p.name == probe.name()) {
+            fail(reply, self.already_loaded(probe.name()));
+            return Ok(());
+        }
+        let missing: Vec<String> = events
+            .iter()
+            .filter(|e| !self.kernel.formats.contains_key(e.as_str()))
+            .map(|e| e.to_string())
+            .collect();
+        if !missing.is_empty() {
+            let ask = !self.waiting_kernel_info.is_empty();
+            self.waiting_kernel_info.push((probe, reply));
+            if !ask {
+                self.send(wr, &Message::KernelInfoRequest { events: missing })
+                    .await?;
+            }
+            return Ok(());
+        }
+        let compiled = match probe.build(&self.kernel) {
+            Ok(c) => c,
+            Err(e) => {
+                let name = probe.name();
+                tracing::warn!(vm = %self.name, probe = %name, error = %e, "cannot build probe for this guest");
+                self.desired.retain(|d| d.name() != name);
+                fail(
+                    reply,
+                    format!(
+                        "cannot build {name} for {} (kernel {}):\n{e}",
+                        self.name, self.kernel.release
+                    ),
+                );
+                return Ok(());
+            }
+        };
+        let name = probe.name().to_string();
+        if !self.desired.iter().any(|d| d.name() == name) {
+            self.desired.push(probe);
+        }
+        let probe_id = self.next_probe_id;
+        self.next_probe_id += 1;
+        let m = &compiled.manifest;
+        let load = LoadProbe {
+            probe_id,
+            name: name.clone(),
+            object: compiled.object,
+            ring_map: m.ring_map.clone(),
+            drops_map: m.drops_map.clone(),
+            attach: m
+                .attach
+                .iter()
+                .map(|a| AttachPoint {
+                    program: a.program.clone(),
+                    kind: attach_kind(a.kind),
+                    target: a.target.clone(),
+                })
+                .collect(),
+        };
+        self.probes.insert(
+            probe_id,
+            ActiveProbe {
+                status: ProbeStatus {
+                    name: name.clone(),
+                    probe_id,
+                    phase: ProbePhase::Loading,
+                    received: 0,
+                    next_seq: 0,
+                    kernel_drops: 0,
+                    agent_drops: 0,
+                    transport_lost: 0,
+                    replayed: 0,
+                    malformed: 0,
+                    load_us: None,
+                },
+                manifest: compiled.manifest,
+                name: name.into(),
+            },
+        );
+        if let Some(r) = reply {
+            self.load_replies.insert(probe_id, r);
+        }
+        self.send(wr, &Message::LoadProbe(load)).await
+    }
+
+    pub(super) fn already_loaded(&self, probe: &str) -> String {
+        format!(
+            "probe {probe:?} is already loaded in {}; unload it first",
+            self.name
+        )
+    }
+}
+
+pub(super) fn attach_kind(k: vesper_probe::AttachKind) -> vesper_proto::AttachKind {
+    match k {
+        vesper_probe::AttachKind::Tracepoint => vesper_proto::AttachKind::Tracepoint,
+        vesper_probe::AttachKind::Kprobe => vesper_proto::AttachKind::Kprobe,
+        vesper_probe::AttachKind::Kretprobe => vesper_proto::AttachKind::Kretprobe,
+    }
+}
