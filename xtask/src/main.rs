@@ -166,22 +166,11 @@ fn test() -> anyhow::Result<()> {
     let port = 18181;
     lab::up(name, port, false)?;
     let result = util::run(
-        std::process::Command::new(util::cargo_bin())
-            .args([
-                "test",
-                "-p",
-                "vesper-tests",
-                "--test",
-                "lab",
-                "--",
-                "--test-threads=1",
-            ])
-            .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+        suite("lab", &bin_dir)
             .env("VESPER_REQUIRE_LAB", "1")
             .env("VESPER_LAB", name)
             .env("VESPER_LAB_DIR", lab::vm_dir(name)?)
-            .env("VESPER_LAB_PORT", port.to_string())
-            .env("VESPER_BIN_DIR", &bin_dir),
+            .env("VESPER_LAB_PORT", port.to_string()),
     );
     let _ = lab::down(name);
     if result.is_err() {
@@ -196,26 +185,26 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One of vesper-tests' suites that share a booted guest or cluster: in name order on one
+/// thread, root tests required.
+fn suite(test: &str, bin_dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(util::cargo_bin());
+    cmd.args(["test", "-p", "vesper-tests", "--test", test])
+        .args(["--", "--test-threads=1"])
+        .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+        .env("VESPER_BIN_DIR", bin_dir);
+    cmd
+}
+
 /// The cluster scenarios (`tests/cluster.rs`) on one three-node cluster with fencing,
 /// brought up once and torn down on every path.
 fn cluster_tests(bin_dir: &std::path::Path) -> anyhow::Result<()> {
     util::progress("cluster tests: three Pacemaker nodes with fencing and the lab guest, up once");
     let c = cluster::up(3, true)?;
     let result = util::run(
-        std::process::Command::new(util::cargo_bin())
-            .args([
-                "test",
-                "-p",
-                "vesper-tests",
-                "--test",
-                "cluster",
-                "--",
-                "--test-threads=1",
-            ])
-            .env("VESPER_REQUIRE_ROOT_TESTS", "1")
+        suite("cluster", bin_dir)
             .env("VESPER_REQUIRE_CLUSTER", "1")
-            .env("VESPER_CLUSTER_DIR", c.dir())
-            .env("VESPER_BIN_DIR", bin_dir),
+            .env("VESPER_CLUSTER_DIR", c.dir()),
     );
     if result.is_err() {
         for node in c.node_names() {
