@@ -294,6 +294,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             } else {
                 render::status(out, &vms)?;
+                if let Some(p) = v["pacemaker"].as_str() {
+                    writeln!(out, "pacemaker: {p}")?;
+                }
             }
         }
         Cmd::Top { interval, frames } => {

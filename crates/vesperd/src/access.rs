@@ -80,7 +80,7 @@ fn read(path: &str) -> Result<String, AccessError> {
 }
 
 /// The effective uid of this process, from /proc/self/status (`Uid: real effective …`).
-fn own_uid() -> u32 {
+pub fn own_uid() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -89,6 +89,14 @@ fn own_uid() -> u32 {
                 .and_then(|v| v.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// Whether `uid` is Pacemaker's own user (`hacluster`), which may fail resources.
+pub fn is_hacluster(uid: u32) -> bool {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| user_name(&p, uid))
+        .is_some_and(|n| n == "hacluster")
 }
 
 /// The control API's access policy.

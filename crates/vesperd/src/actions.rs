@@ -461,15 +461,7 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
             ),
         };
     }
-    let fail = with_retries("pacemaker", started, || async {
-        run_tool(
-            "crm_resource",
-            &["--fail", "--resource", resource, "--node", node],
-            None,
-        )
-        .await
-    })
-    .await;
+    let (fail, path) = fail_request(node, resource, started).await;
     if !fail.ok {
         if lowered {
             let _ = attr_set(&counter, node, before).await;
@@ -516,8 +508,74 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
         ""
     };
     ActionOutcome {
-        detail: format!("crm_resource --fail --resource {resource} --node {node}{how}{fixed}"),
+        detail: format!("{path}{how}{fixed}"),
         ..fail
+    }
+}
+
+/// Sends the fail: over the controller connection when it is there, else with
+/// `crm_resource --fail`. Returns the outcome and how it went, for the why-log.
+async fn fail_request(node: &str, resource: &str, started: Instant) -> (ActionOutcome, String) {
+    use crate::pacemaker::{Sent, Unavailable, controller};
+    let tool = format!("crm_resource --fail --resource {resource} --node {node}");
+    let fallback = match controller().fail(node, resource, None).await {
+        Ok(sent) => {
+            let how = match sent {
+                Sent::Accepted { us, reconnected } => format!(
+                    "failed over the controller's IPC ({}) in {:.2} ms{}",
+                    lib_label(),
+                    us as f64 / 1000.0,
+                    if reconnected {
+                        ", on a new connection"
+                    } else {
+                        ""
+                    }
+                ),
+                Sent::ReplyLost(why) => format!(
+                    "fail sent over the controller's IPC ({}); its reply was lost ({why}), so it was not sent again",
+                    lib_label()
+                ),
+            };
+            let out = ActionOutcome {
+                kind: "pacemaker".into(),
+                ok: true,
+                attempts: 1,
+                ms: started.elapsed().as_millis() as u64,
+                detail: how.clone(),
+            };
+            return (out, how);
+        }
+        // A refusal is the controller's answer: the tool would be refused the same way.
+        Err(e @ (Unavailable::Refused(_) | Unavailable::Unprivileged(_))) => {
+            tracing::error!(resource, node, "Pacemaker refused the fail: {e}");
+            let out = ActionOutcome {
+                kind: "pacemaker".into(),
+                ok: false,
+                attempts: 1,
+                ms: started.elapsed().as_millis() as u64,
+                detail: format!("not failed: {e}"),
+            };
+            return (out.clone(), out.detail);
+        }
+        Err(e) => e,
+    };
+    tracing::info!(resource, node, "fail with crm_resource: {fallback}");
+    let out = with_retries("pacemaker", started, || async {
+        run_tool(
+            "crm_resource",
+            &["--fail", "--resource", resource, "--node", node],
+            None,
+        )
+        .await
+    })
+    .await;
+    (out, format!("{tool} ({fallback})"))
+}
+
+fn lib_label() -> String {
+    match crate::pacemaker::controller().library() {
+        Ok((soname, series)) => format!("{soname}, Pacemaker {series}"),
+        Err(e) => e.to_string(),
     }
 }
 

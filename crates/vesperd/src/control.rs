@@ -6,7 +6,7 @@
 //!
 //! | request | response |
 //! |---------|----------|
-//! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…]}` |
+//! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…],"pacemaker":"…"}` |
 //! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
 //! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
 //! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true}` |
@@ -298,7 +298,7 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
                     Err(e) => return reply(&mut wr, Err(e)).await,
                 }
             }
-            Ok(json!({ "vms": all }))
+            Ok(json!({ "vms": all, "pacemaker": crate::pacemaker::controller().describe() }))
         }
         Request::Probes { vm } => match handle_of(&vm) {
             Ok(h) => ask(&h, |reply| SessionCmd::Status { reply })

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod pacemaker;
 pub mod qmp;
 pub mod rate;
 pub mod rules;
@@ -30,6 +31,8 @@ pub fn start_sessions(cfg: &Config) -> Vms {
     let why = Arc::new(Mutex::new(actions::WhyLog::load(
         cfg.daemon.state_dir.join("why.jsonl"),
     )));
+    // The Pacemaker thread loads its library now, so `vesper status` can say which.
+    let _ = pacemaker::controller();
     let configs = actions::ActionConfigs::default();
     let verdicts = actions::spawn(cfg.daemon.node.clone(), configs.clone(), why.clone());
     let daemon = Arc::new(Daemon::new(why, verdicts, configs));

@@ -108,6 +108,23 @@ const STATES: [(State, &str); 5] = [
 pub fn render(vms: &[VmStatus], stats: &ActionStats) -> String {
     let mut o = Out(String::new());
     o.family(
+        "vesper_pacemaker_library_info",
+        "gauge",
+        "How vesperd tells Pacemaker: path=\"ipc\" with the library's SONAME and series, or path=\"tools\" (crm_resource) with why.",
+    );
+    match crate::pacemaker::controller().library() {
+        Ok((soname, series)) => o.sample(
+            "vesper_pacemaker_library_info",
+            &[("path", "ipc"), ("library", soname), ("series", series)],
+            1,
+        ),
+        Err(e) => o.sample(
+            "vesper_pacemaker_library_info",
+            &[("path", "tools"), ("reason", &e.to_string())],
+            1,
+        ),
+    }
+    o.family(
         "vesper_vm_state",
         "gauge",
         "The VM's session state (1 for the current one).",
