@@ -242,12 +242,12 @@ fn fault_fails_once_and_recovers(
         "{entry}"
     );
     assert_eq!(entry["actions"][0]["ok"], true, "{entry}");
+    let detail = entry["actions"][0]["detail"].as_str().unwrap();
     assert!(
-        entry["actions"][0]["detail"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("--node {host}")),
-        "the fail is addressed to the VM's node: {entry}"
+        detail.contains(&format!(
+            "failed {VM_RESOURCE} on {host} over the controller's IPC"
+        )),
+        "the fail goes in-process to the controller, addressed to the VM's node: {entry}"
     );
     // The cause, on every node's crm_mon.
     for n in running(c) {
@@ -591,5 +591,57 @@ fn cluster_6_a_copy_of_the_vm_outside_the_cluster_never_fails_the_resource() {
         || vm_status(&c, &other).is_some_and(|st| st["state"] == "elsewhere"),
         "the copy gone from the other node's vesperd",
     );
+    cleanup(&c);
+}
+
+#[test]
+fn cluster_7_control_a_plain_crm_resource_fail_counts_twice_before_pacemaker_2_1_6() {
+    let Some(c) = cluster("cluster_7_control_double_count") else {
+        return;
+    };
+    let host = wait_watched(&c, "the VM watched on its host");
+    let version = on(&c, &host, "pacemakerd --version");
+    let version = version.lines().next().unwrap_or_default().to_string();
+    // The upstream bug: 2.1.5 counts a simulated failure for both history records it
+    // writes; fixed by a457eb83fe, first released in 2.1.6.
+    let buggy = version.contains("Pacemaker 2.1.5") || version.contains("Pacemaker 2.0.");
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let host = wait_watched(&c, "the VM watched on its host");
+        wait_until(
+            Duration::from_secs(60),
+            || c.http_answers(&host),
+            "httpd answering",
+        );
+        let before = total(&failcounts(&c));
+        on(
+            &c,
+            &host,
+            &format!("crm_resource --fail --resource {VM_RESOURCE} --node {host}"),
+        );
+        wait_until(
+            Duration::from_secs(20),
+            || total(&failcounts(&c)) > before,
+            "the fail-count to rise",
+        );
+        std::thread::sleep(Duration::from_secs(2));
+        seen.push(total(&failcounts(&c)) - before);
+        if buggy && seen.contains(&2) {
+            break;
+        }
+    }
+    eprintln!(
+        "{}: plain crm_resource --fail raised the fail-count by {seen:?}",
+        version.trim()
+    );
+    if buggy {
+        assert!(
+            seen.contains(&2),
+            "{version}: the double count did not show: {seen:?}"
+        );
+    } else {
+        assert!(seen.iter().all(|d| *d == 1), "{version}: {seen:?}");
+    }
+    wait_watched(&c, "the VM recovered");
     cleanup(&c);
 }

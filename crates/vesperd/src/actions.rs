@@ -522,7 +522,7 @@ async fn fail_request(node: &str, resource: &str, started: Instant) -> (ActionOu
         Ok(sent) => {
             let how = match sent {
                 Sent::Accepted { us, reconnected } => format!(
-                    "failed over the controller's IPC ({}) in {:.2} ms{}",
+                    "failed {resource} on {node} over the controller's IPC ({}) in {:.2} ms{}",
                     lib_label(),
                     us as f64 / 1000.0,
                     if reconnected {
@@ -532,7 +532,7 @@ async fn fail_request(node: &str, resource: &str, started: Instant) -> (ActionOu
                     }
                 ),
                 Sent::ReplyLost(why) => format!(
-                    "fail sent over the controller's IPC ({}); its reply was lost ({why}), so it was not sent again",
+                    "fail of {resource} on {node} sent over the controller's IPC ({}); its reply was lost ({why}), so it was not sent again",
                     lib_label()
                 ),
             };
