@@ -11,7 +11,8 @@ use vesper_tests::cluster::{Cluster, ClusterSpec, VM_DOMAIN, VM_HTTP_PORT, VM_RE
 use crate::lab;
 use crate::util::{self, progress};
 
-const USAGE: &str = "usage: cargo xtask cluster up [--nodes 2|3] [--stonith] | status | down
+const USAGE: &str =
+    "usage: cargo xtask cluster up [--nodes 2|3] [--stonith] [--debian 12|13] | status | down
        cargo xtask cluster exec NODE -- CMD... | kill|cut|heal|boot NODE";
 
 /// The one vesper.toml of every node: vesperd asks `crm_node -n` for its node name.
@@ -52,8 +53,18 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .transpose()
                 .context("--nodes takes 2 or 3")?
                 .unwrap_or(2);
+            let debian = args
+                .iter()
+                .position(|a| a == "--debian")
+                .map(|i| args.get(i + 1).context("--debian takes 12 or 13"))
+                .transpose()?;
             // The nodes outlive this process: the cluster is left running.
-            up(nodes, args.iter().any(|a| a == "--stonith")).map(|_| ())
+            up(
+                nodes,
+                args.iter().any(|a| a == "--stonith"),
+                debian.map(String::as_str),
+            )
+            .map(|_| ())
         }
         (Some("exec"), Some(node)) => {
             let Some(cmd) = util::command_after_dashes(args) else {
@@ -106,8 +117,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Builds what the nodes need and brings the cluster up; prints how to reach each
-/// node's vesperd.
-pub fn up(nodes: usize, stonith: bool) -> anyhow::Result<Cluster> {
+/// node's vesperd. `debian`: the nodes run in that Debian release's root file system
+/// (its Pacemaker, corosync, libvirt and QEMU) instead of the host's.
+pub fn up(nodes: usize, stonith: bool, debian: Option<&str>) -> anyhow::Result<Cluster> {
+    let root = debian.map(crate::rootfs::debian).transpose()?;
     util::ensure_packages(&[
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("busybox", "busybox-static"),
@@ -145,10 +158,14 @@ pub fn up(nodes: usize, stonith: bool) -> anyhow::Result<Cluster> {
         initrd,
         vesper_toml: VESPER_TOML.into(),
         stonith,
+        root,
     };
     progress(&format!(
-        "starting {nodes} nodes (corosync, pacemaker, libvirtd, vesperd each){}",
-        if stonith { ", with fencing" } else { "" }
+        "starting {nodes} nodes (corosync, pacemaker, libvirtd, vesperd each){}{}",
+        if stonith { ", with fencing" } else { "" },
+        debian
+            .map(|d| format!(", in Debian {d}"))
+            .unwrap_or_default()
     ));
     let t = Instant::now();
     let c = Cluster::up(&spec)?;

@@ -7,6 +7,7 @@ mod demo;
 mod lab;
 mod native;
 mod package;
+mod rootfs;
 mod util;
 
 use anyhow::bail;
@@ -180,7 +181,10 @@ fn test() -> anyhow::Result<()> {
         }
     }
     result?;
-    cluster_tests(&bin_dir)?;
+    cluster_tests(&bin_dir, None)?;
+    // The same scenarios on Debian 13's Pacemaker 3.0 (the nodes in a Debian 13 root
+    // file system): the in-process path is checked against both library versions.
+    cluster_tests(&bin_dir, Some("13"))?;
     util::progress("all tests passed");
     Ok(())
 }
@@ -198,9 +202,14 @@ fn suite(test: &str, bin_dir: &std::path::Path) -> std::process::Command {
 
 /// The cluster scenarios (`tests/cluster.rs`) on one three-node cluster with fencing,
 /// brought up once and torn down on every path.
-fn cluster_tests(bin_dir: &std::path::Path) -> anyhow::Result<()> {
-    util::progress("cluster tests: three Pacemaker nodes with fencing and the lab guest, up once");
-    let c = cluster::up(3, true)?;
+fn cluster_tests(bin_dir: &std::path::Path, debian: Option<&str>) -> anyhow::Result<()> {
+    util::progress(&format!(
+        "cluster tests: three Pacemaker nodes with fencing and the lab guest, up once{}",
+        debian
+            .map(|d| format!(", nodes in Debian {d}"))
+            .unwrap_or_else(|| ", nodes on the host's system".into())
+    ));
+    let c = cluster::up(3, true, debian)?;
     let result = util::run(
         suite("cluster", bin_dir)
             .env("VESPER_REQUIRE_CLUSTER", "1")

@@ -249,6 +249,29 @@ fn fault_fails_once_and_recovers(
         )),
         "the fail goes in-process to the controller, addressed to the VM's node: {entry}"
     );
+    // One fail and nothing corrected where the DC counts it once (2.1.6 and later); the
+    // 2.1.5 policy where it may count twice (docs/pacemaker.md).
+    let dc = on(
+        c,
+        &host,
+        "crm_attribute --type crm_config --name dc-version --query --quiet",
+    );
+    let dc = dc.trim().split('-').next().unwrap_or_default();
+    let once = dc
+        .split('.')
+        .map(|p| p.parse().unwrap_or(0))
+        .collect::<Vec<u32>>()
+        >= vec![2, 1, 6];
+    if once {
+        assert!(
+            detail.contains(&format!(
+                "the DC runs Pacemaker {dc}, which counts it once: nothing corrected"
+            )),
+            "{entry}"
+        );
+    } else {
+        assert!(detail.contains("which may count a fail twice"), "{entry}");
+    }
     // The cause, on every node's crm_mon.
     for n in running(c) {
         let mon = on(c, &n, "crm_mon -1 -A");

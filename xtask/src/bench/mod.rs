@@ -204,7 +204,7 @@ fn wait_no_cluster() -> anyhow::Result<()> {
 fn cluster_section(bin: &Path, static_agent: &Path) -> anyhow::Result<Value> {
     wait_no_cluster()?;
     progress("the evaluation on a 2-node cluster: use cases, node loss, live migration");
-    let c = Down(Some(crate::cluster::up(2, false)?));
+    let c = Down(Some(crate::cluster::up(2, false, None)?));
     let raw = util::target_dir()?.join("bench/evaluation-cluster.json");
     let _ = std::fs::remove_file(&raw);
     let dir = c.0.as_ref().context("cluster")?.dir().to_path_buf();

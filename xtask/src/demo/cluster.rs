@@ -29,7 +29,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     let t0 = Instant::now();
-    let c = crate::cluster::up(2, false)?;
+    let c = crate::cluster::up(2, false, None)?;
     let result = scenario(&c, t0);
     progress("tearing the cluster down");
     c.down();

@@ -89,6 +89,10 @@ pub struct ClusterSpec {
     pub vesper_toml: String,
     /// A fence device (`fence_vesperlab`) and stonith-enabled=true.
     pub stonith: bool,
+    /// A Debian root file system with the cluster stack (corosync, Pacemaker, libvirt,
+    /// QEMU) that the nodes run in instead of the host's: another Pacemaker version on
+    /// the same machine. `None`: the host's own.
+    pub root: Option<PathBuf>,
 }
 
 /// What another process needs to drive a running cluster (`DIR/state.json`). Node PIDs
@@ -99,6 +103,12 @@ struct State {
     bin_dir: PathBuf,
     nodes: Vec<String>,
     stonith: bool,
+    /// The nodes' root file system, when not the host's.
+    #[serde(default)]
+    root: Option<PathBuf>,
+    /// Host directories the nodes see at their own paths when they have their own root.
+    #[serde(default)]
+    host_dirs: Vec<PathBuf>,
     /// `/run/netns` did not exist before: `down` unmounts and removes it.
     made_netns_dir: bool,
 }
@@ -114,6 +124,11 @@ fn write(path: &Path, text: &str) -> Result<(), ClusterError> {
             .map_err(|e| ClusterError::io(format!("creating {}", parent.display()), e))?;
     }
     std::fs::write(path, text).map_err(|e| ClusterError::io(format!("{}", path.display()), e))
+}
+
+fn join_paths(dirs: &[PathBuf]) -> String {
+    let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    dirs.join(":")
 }
 
 fn is_root() -> bool {
@@ -159,13 +174,32 @@ impl Cluster {
                 .map_err(|e| ClusterError::io(format!("emptying {}", dir.display()), e))?;
         }
         let nodes: Vec<String> = (1..=spec.nodes).map(|n| format!("node{n}")).collect();
+        let bin_dir =
+            std::fs::canonicalize(&spec.bin_dir).map_err(|e| ClusterError::io("bin_dir", e))?;
+        let root = spec
+            .root
+            .as_ref()
+            .map(|r| {
+                std::fs::canonicalize(r)
+                    .map_err(|e| ClusterError::io(format!("root file system {}", r.display()), e))
+            })
+            .transpose()?;
+        let mut host_dirs = vec![dir.clone(), bin_dir.clone()];
+        for image in [&spec.kernel, &spec.initrd] {
+            let parent = std::fs::canonicalize(image)
+                .map_err(|e| ClusterError::io(format!("{}", image.display()), e))?
+                .parent()
+                .map(Path::to_path_buf);
+            host_dirs.extend(parent.filter(|p| !host_dirs.contains(p)));
+        }
         let c = Cluster {
             state: State {
                 dir: dir.clone(),
-                bin_dir: std::fs::canonicalize(&spec.bin_dir)
-                    .map_err(|e| ClusterError::io("bin_dir", e))?,
+                bin_dir,
                 nodes: nodes.clone(),
                 stonith: spec.stonith,
+                root,
+                host_dirs,
                 made_netns_dir: !Path::new(ns::NETNS_DIR).exists(),
             },
         };
@@ -262,10 +296,10 @@ impl Cluster {
             &read(&shared.join("cib.xml"))?,
         )?;
         write(&nd.join("hosts"), &read(&shared.join("hosts"))?)?;
-        let (passwd, group) = config::passwd_group(
-            &read(Path::new("/etc/passwd"))?,
-            &read(Path::new("/etc/group"))?,
-        );
+        // The users of the file system the node runs in (hacluster's uid differs).
+        let etc = self.root_dir().join("etc");
+        let (passwd, group) =
+            config::passwd_group(&read(&etc.join("passwd"))?, &read(&etc.join("group"))?);
         write(&nd.join("passwd"), &passwd)?;
         write(&nd.join("group"), &group)?;
         std::fs::create_dir_all(nd.join("run-vesper"))
@@ -289,6 +323,11 @@ impl Cluster {
             .parse()
             .ok()?;
         ns::is_node_init(pid).then_some(pid)
+    }
+
+    /// The root file system the nodes run in.
+    pub fn root_dir(&self) -> &Path {
+        self.state.root.as_deref().unwrap_or(Path::new("/"))
     }
 
     /// Whether the cluster has a fence device (stonith-enabled).
@@ -328,6 +367,15 @@ impl Cluster {
             ("SHARED", self.shared().display().to_string()),
             ("POWER", power),
             ("BIN_DIR", self.state.bin_dir.display().to_string()),
+            (
+                "ROOTFS",
+                self.state
+                    .root
+                    .as_ref()
+                    .map(|r| r.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("HOST_DIRS", join_paths(&self.state.host_dirs)),
         ];
         let pid = ns::spawn_node(
             node,

@@ -175,12 +175,24 @@ pub fn exec_in(pid: i32, cmd: &str, timeout: Duration) -> Result<(String, i32), 
         .map_err(|e| ClusterError::io("dup of a pipe", e))?;
     let secs = format!("{:.1}", timeout.as_secs_f64().max(0.1));
     let mut c = Command::new("nsenter");
-    c.args(["-t", &pid.to_string(), "-m", "-u", "-i", "-n", "-p"])
-        .args(["timeout", "-k", "2", &secs, "sh", "-c", cmd])
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(w)
-        .stderr(w2);
+    // `-r -w`: the node's root and working directory too (a node may run in its own
+    // root file system).
+    c.args([
+        "-t",
+        &pid.to_string(),
+        "-m",
+        "-u",
+        "-i",
+        "-n",
+        "-p",
+        "-r",
+        "-w",
+    ])
+    .args(["timeout", "-k", "2", &secs, "sh", "-c", cmd])
+    .current_dir("/")
+    .stdin(Stdio::null())
+    .stdout(w)
+    .stderr(w2);
     let mut child = c
         .spawn()
         .map_err(|e| ClusterError::io("starting nsenter", e))?;
