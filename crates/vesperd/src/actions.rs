@@ -16,6 +16,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::pacemaker::Agent;
+
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -185,6 +187,14 @@ pub fn spawn(
     why: Arc<Mutex<WhyLog>>,
 ) -> mpsc::Sender<Verdict> {
     let (tx, mut rx) = mpsc::channel::<Verdict>(256);
+    if node.is_none() {
+        // Learn the node name before the first fault needs it.
+        tokio::spawn(async {
+            while crm_node_name().await.is_none() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut last: HashMap<String, (Instant, u64)> = HashMap::new();
         while let Some(v) = rx.recv().await {
@@ -355,8 +365,9 @@ async fn pacemaker(
         };
     };
     let attr = crate::cluster::cause_attribute(resource);
-    // The cause and the failure go to the cluster side by side: the failure is what starts
-    // recovery, so it must not wait for the attribute.
+    // The failure first: it is what starts recovery, and the cause's write is a CIB change
+    // that would make the live copy the fail is checked against stale for a moment.
+    let mut out = fail_once(node, resource, started).await;
     let cause_step = with_retries("pacemaker", started, || async {
         run_tool(
             "crm_attribute",
@@ -374,7 +385,7 @@ async fn pacemaker(
         )
         .await
     });
-    let (cause_out, mut out) = tokio::join!(cause_step, fail_once(node, resource, started));
+    let cause_out = cause_step.await;
     out.attempts = out.attempts.max(cause_out.attempts);
     out.ms = started.elapsed().as_millis() as u64;
     if !cause_out.ok {
@@ -389,12 +400,13 @@ async fn pacemaker(
     out
 }
 
-/// `crm_resource --fail`, counted exactly once.
+/// A fail, counted exactly once.
 ///
-/// Pacemaker 2.1 counts a failure injected with `crm_resource --fail` twice, though not
-/// always: the controller handles both history entries of the synthetic operation
-/// (`_last_0` and `_last_failure_0`) as unexpected results. One fault must be one failure,
-/// so the count is corrected, in one of two ways:
+/// From Pacemaker 2.1.6 on, the DC counts a fail once: it is sent, and nothing is read
+/// or corrected around it. Pacemaker 2.1.5 and earlier count it twice, though not
+/// always: the DC handles both history entries of the synthetic operation (`_last_0`
+/// and `_last_failure_0`) as unexpected results. One fault must be one failure, so there
+/// the count is corrected, in one of two ways:
 ///
 /// - Where a finite `migration-threshold` is configured anywhere in the CIB, the scheduler
 ///   acts on the count (it moves the resource away at the threshold), so it must never see
@@ -403,7 +415,30 @@ async fn pacemaker(
 ///   calls before the failure.
 /// - Otherwise (the default, `INFINITY`) a count shows only to the operator: the failure
 ///   goes in at once, and a double count is taken back afterwards.
+///
+/// A DC whose version is not known yet is treated as one that may count twice.
 async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
+    use crate::pacemaker::version;
+    let dc = match version::dc_release() {
+        Some(r) => Some(r),
+        None => version::read_dc_release().await.ok(),
+    };
+    if let Some(dc) = dc.filter(|r| r.counts_once()) {
+        let (place, agent, from) = match where_it_runs(node, resource, started).await {
+            Ok(w) => w,
+            Err(refused) => return refused,
+        };
+        if let Some(refused) = not_ours(node, resource, &place, started) {
+            return refused;
+        }
+        let (fail, path) = fail_request(node, resource, agent, started).await;
+        return ActionOutcome {
+            detail: format!(
+                "{path}; where it runs from {from}; the DC runs Pacemaker {dc}, which counts it once: nothing corrected"
+            ),
+            ..fail
+        };
+    }
     // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
     let counter = format!("fail-count-{resource}#asyncmon_0");
     let prepare = with_retries("pacemaker", started, || async {
@@ -428,10 +463,14 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
         Ok(before.to_string())
     });
     // Where Pacemaker runs the resource is read beside the counter, at no extra latency.
-    let (prepared, place) = tokio::join!(prepare, crate::cluster::resource_nodes(resource));
+    let (prepared, place) = tokio::join!(prepare, where_it_runs(node, resource, started));
     if !prepared.ok {
         return prepared;
     }
+    let (place, agent, from) = match place {
+        Ok(w) => w,
+        Err(refused) => return refused,
+    };
     let lowered = prepared.detail.ends_with(" lowered");
     let before: i64 = prepared
         .detail
@@ -439,29 +478,13 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
         .next()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    // A copy of the VM on a node where Pacemaker does not run it (split brain, or started
-    // outside the cluster) must not fail the resource: Pacemaker would then see it active
-    // twice and stop both copies, the good one too.
-    if let Ok(nodes) = &place
-        && !nodes.is_empty()
-        && !nodes.iter().any(|n| n == node)
-    {
+    if let Some(refused) = not_ours(node, resource, &place, started) {
         if lowered {
             let _ = attr_set(&counter, node, before).await;
         }
-        tracing::error!(resource, node, runs_on = ?nodes, "not failing the resource: Pacemaker runs it on another node; this node's copy of the VM is not the cluster's");
-        return ActionOutcome {
-            kind: "pacemaker".into(),
-            ok: false,
-            attempts: 1,
-            ms: started.elapsed().as_millis() as u64,
-            detail: format!(
-                "not failed: Pacemaker runs {resource} on {}, not on {node}; the VM here is a copy the cluster does not manage (split brain, or started outside the cluster)",
-                nodes.join(", ")
-            ),
-        };
+        return refused;
     }
-    let (fail, path) = fail_request(node, resource, started).await;
+    let (fail, path) = fail_request(node, resource, agent, started).await;
     if !fail.ok {
         if lowered {
             let _ = attr_set(&counter, node, before).await;
@@ -502,29 +525,113 @@ async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcom
         },
         d => format!("; the fail-count counter moved by {d} (expected 1)"),
     };
+    let dc = dc.map_or("a Pacemaker of unknown version".into(), |r| {
+        format!("Pacemaker {r}")
+    });
     let how = if lowered {
-        "; counter lowered first (a migration-threshold is set)"
+        format!(
+            "; the DC runs {dc}, which may count a fail twice: counter lowered first (a migration-threshold is set)"
+        )
     } else {
-        ""
+        format!("; the DC runs {dc}, which may count a fail twice")
     };
     ActionOutcome {
-        detail: format!("{path}{how}{fixed}"),
+        detail: format!("{path}; where it runs from {from}{how}{fixed}"),
         ..fail
     }
 }
 
+type Placed = (Result<Vec<String>, String>, Option<Agent>, &'static str);
+
+/// Where Pacemaker runs `resource` and its agent, from the live CIB copy when it is
+/// current, else read now (`crm_resource --locate`); and where it says so. A resource or
+/// node the cluster does not have is refused with the fix (the verdict stays).
+async fn where_it_runs(
+    node: &str,
+    resource: &str,
+    started: Instant,
+) -> Result<Placed, ActionOutcome> {
+    use crate::pacemaker::live::{Known, lookup};
+    let refuse = |detail: String| {
+        tracing::error!(resource, node, "{detail}");
+        ActionOutcome {
+            kind: "pacemaker".into(),
+            ok: false,
+            attempts: 1,
+            ms: started.elapsed().as_millis() as u64,
+            detail,
+        }
+    };
+    match lookup(resource).await {
+        Some(Known::NoSuchResource { known }) => Err(refuse(format!(
+            "not failed: Pacemaker has no resource {resource} (it has {}): set `resource` of this VM in vesper.toml to its resource's id",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ))),
+        Some(Known::Resource(_, facts))
+            if !facts.nodes.is_empty() && !facts.nodes.contains(node) =>
+        {
+            Err(refuse(format!(
+                "not failed: Pacemaker has no node {node} (its nodes: {}): set [daemon] node in vesper.toml to this host's cluster node name (`crm_node -n`)",
+                facts.nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+            )))
+        }
+        Some(Known::Resource(p, _)) => Ok((Ok(p.nodes), p.agent, "the live CIB copy")),
+        None => Ok((
+            crate::cluster::resource_nodes(resource).await,
+            None,
+            "crm_resource --locate (no current CIB copy)",
+        )),
+    }
+}
+
+/// A copy of the VM on a node where Pacemaker does not run it (split brain, or started
+/// outside the cluster) must not fail the resource: Pacemaker would then see it active
+/// twice and stop both copies, the good one too. Returns the refusal, if so.
+fn not_ours(
+    node: &str,
+    resource: &str,
+    place: &Result<Vec<String>, String>,
+    started: Instant,
+) -> Option<ActionOutcome> {
+    let nodes = place.as_ref().ok()?;
+    if nodes.is_empty() || nodes.iter().any(|n| n == node) {
+        return None;
+    }
+    tracing::error!(resource, node, runs_on = ?nodes, "not failing the resource: Pacemaker runs it on another node; this node's copy of the VM is not the cluster's");
+    Some(ActionOutcome {
+        kind: "pacemaker".into(),
+        ok: false,
+        attempts: 1,
+        ms: started.elapsed().as_millis() as u64,
+        detail: format!(
+            "not failed: Pacemaker runs {resource} on {}, not on {node}; the VM here is a copy the cluster does not manage (split brain, or started outside the cluster)",
+            nodes.join(", ")
+        ),
+    })
+}
+
 /// Sends the fail: over the controller connection when it is there, else with
 /// `crm_resource --fail`. Returns the outcome and how it went, for the why-log.
-async fn fail_request(node: &str, resource: &str, started: Instant) -> (ActionOutcome, String) {
+async fn fail_request(
+    node: &str,
+    resource: &str,
+    agent: Option<Agent>,
+    started: Instant,
+) -> (ActionOutcome, String) {
     use crate::pacemaker::{Sent, Unavailable, controller};
     let tool = format!("crm_resource --fail --resource {resource} --node {node}");
-    let fallback = match controller().fail(node, resource, None).await {
+    let fallback = match controller().fail(node, resource, agent).await {
         Ok(sent) => {
             let how = match sent {
                 Sent::Accepted { us, reconnected } => format!(
-                    "failed {resource} on {node} over the controller's IPC ({}) in {:.2} ms{}",
+                    "failed {resource} on {node} over the controller's IPC ({}) in {:.2} ms, accepted {:.1} ms after the verdict{}",
                     lib_label(),
                     us as f64 / 1000.0,
+                    started.elapsed().as_secs_f64() * 1000.0,
                     if reconnected {
                         ", on a new connection"
                     } else {
@@ -666,11 +773,20 @@ async fn failcount(node: Option<&str>, resource: &str) -> Option<String> {
     Some(format!("Pacemaker: fail-count {n} on {node}"))
 }
 
+/// This host's cluster node name, asked of `crm_node -n` once (at start, or at the first
+/// fault if the cluster was not up then) and kept: a fault does not wait for it again.
 async fn crm_node_name() -> Option<String> {
-    run_tool("crm_node", &["-n"], None)
-        .await
-        .ok()
-        .filter(|n| !n.is_empty())
+    static NAME: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    NAME.get_or_try_init(|| async {
+        run_tool("crm_node", &["-n"], None)
+            .await
+            .ok()
+            .filter(|n| !n.is_empty())
+            .ok_or(())
+    })
+    .await
+    .ok()
+    .cloned()
 }
 
 async fn exec_hook(hook: &std::path::Path, v: &Verdict, started: Instant) -> ActionOutcome {

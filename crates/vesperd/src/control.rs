@@ -298,7 +298,9 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
                     Err(e) => return reply(&mut wr, Err(e)).await,
                 }
             }
-            Ok(json!({ "vms": all, "pacemaker": crate::pacemaker::controller().describe() }))
+            Ok(
+                json!({ "vms": all, "pacemaker": format!("{}; {}", crate::pacemaker::controller().describe(), crate::pacemaker::live::describe()) }),
+            )
         }
         Request::Probes { vm } => match handle_of(&vm) {
             Ok(h) => ask(&h, |reply| SessionCmd::Status { reply })

@@ -31,8 +31,14 @@ pub fn start_sessions(cfg: &Config) -> Vms {
     let why = Arc::new(Mutex::new(actions::WhyLog::load(
         cfg.daemon.state_dir.join("why.jsonl"),
     )));
-    // The Pacemaker thread loads its library now, so `vesper status` can say which.
-    let _ = pacemaker::controller();
+    // The Pacemaker thread loads its library now, so `vesper status` can say which; the
+    // copy of the cluster a fail is checked against follows the CIB's changes through the
+    // same library series.
+    if let Ok((soname, _)) = pacemaker::controller().library() {
+        pacemaker::live::start(soname);
+    }
+    // Whether the DC counts a fail once decides how a fail is sent: known before a fault.
+    pacemaker::version::spawn_watch();
     let configs = actions::ActionConfigs::default();
     let verdicts = actions::spawn(cfg.daemon.node.clone(), configs.clone(), why.clone());
     let daemon = Arc::new(Daemon::new(why, verdicts, configs));

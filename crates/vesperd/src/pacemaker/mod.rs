@@ -10,7 +10,10 @@
 //! sent again on a new connection; one that was sent but whose reply was lost is reported
 //! as sent ([`Sent::ReplyLost`]) and not repeated.
 
+mod cib_ffi;
 mod ffi;
+pub mod live;
+pub mod version;
 
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
