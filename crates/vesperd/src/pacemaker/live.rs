@@ -12,7 +12,7 @@
 //! current copy at once; during a read it waits for that read (bounded); without a CIB
 //! connection it reads Pacemaker itself, as before.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,6 +40,10 @@ pub struct Placement {
     /// The nodes it is active on (none: stopped).
     pub nodes: Vec<String>,
     pub agent: Option<Agent>,
+    /// Its fail-count per node (all operations together), where not zero.
+    pub fail_counts: BTreeMap<String, u64>,
+    /// As the scheduler applies it (INFINITY is 1000000).
+    pub migration_threshold: Option<u64>,
 }
 
 /// The cluster as last read.
@@ -222,7 +226,7 @@ async fn read_cluster() -> Result<(HashMap<String, Placement>, BTreeSet<String>)
 pub fn parse_cluster(xml: &str) -> Result<(HashMap<String, Placement>, BTreeSet<String>), String> {
     let xml = xml.find("<pacemaker-result").map_or(xml, |i| &xml[i..]);
     let doc = roxmltree::Document::parse(xml).map_err(|e| format!("crm_mon's XML: {e}"))?;
-    let mut resources = HashMap::new();
+    let mut resources: HashMap<String, Placement> = HashMap::new();
     let mut nodes = BTreeSet::new();
     for n in doc.descendants().filter(|n| n.is_element()) {
         match n.tag_name().name() {
@@ -230,15 +234,29 @@ pub fn parse_cluster(xml: &str) -> Result<(HashMap<String, Placement>, BTreeSet<
                 let Some(id) = n.attribute("id") else {
                     continue;
                 };
-                let placement = Placement {
-                    nodes: n
-                        .children()
-                        .filter(|c| c.has_tag_name("node"))
-                        .filter_map(|c| c.attribute("name").map(str::to_string))
-                        .collect(),
-                    agent: n.attribute("resource_agent").and_then(parse_agent),
+                let p = resources.entry(id.to_string()).or_default();
+                p.nodes = n
+                    .children()
+                    .filter(|c| c.has_tag_name("node"))
+                    .filter_map(|c| c.attribute("name").map(str::to_string))
+                    .collect();
+                p.agent = n.attribute("resource_agent").and_then(parse_agent);
+            }
+            // Per node, after the resources: its fail-count and migration-threshold.
+            "resource_history" => {
+                let (Some(id), Some(node)) = (
+                    n.attribute("id"),
+                    n.parent().and_then(|p| p.attribute("name")),
+                ) else {
+                    continue;
                 };
-                resources.insert(id.to_string(), placement);
+                let p = resources.entry(id.to_string()).or_default();
+                if let Some(t) = n.attribute("migration-threshold").and_then(count) {
+                    p.migration_threshold = Some(t);
+                }
+                if let Some(fc) = n.attribute("fail-count").and_then(count).filter(|c| *c > 0) {
+                    p.fail_counts.insert(node.to_string(), fc);
+                }
             }
             "node" if n.parent().is_some_and(|p| p.has_tag_name("nodes")) => {
                 if let Some(name) = n.attribute("name") {
@@ -249,6 +267,39 @@ pub fn parse_cluster(xml: &str) -> Result<(HashMap<String, Placement>, BTreeSet<
         }
     }
     Ok((resources, nodes))
+}
+
+/// A Pacemaker score as a count: "3", "INFINITY" (1000000).
+fn count(s: &str) -> Option<u64> {
+    let s = s.trim().trim_start_matches('+');
+    if s.eq_ignore_ascii_case("INFINITY") {
+        return Some(1_000_000);
+    }
+    s.parse().ok()
+}
+
+/// Waits (up to `within`) for a copy in which `resource`'s fail-count on `node` is above
+/// `before`; the new count, or `None` if it did not rise.
+pub async fn count_rises(resource: &str, node: &str, before: u64, within: Duration) -> Option<u64> {
+    let mut rx = COPY.get()?.subscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let copy = rx.borrow_and_update().clone();
+        let now = copy
+            .resources
+            .get(resource)
+            .and_then(|p| p.fail_counts.get(node).copied())
+            .unwrap_or(0);
+        if now > before {
+            return Some(now);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            return None;
+        }
+    }
 }
 
 /// "ocf:heartbeat:VirtualDomain", "stonith:fence_x", "systemd:httpd".
@@ -322,7 +373,14 @@ mod tests {
     </resource>
     <resource id="fence-lab" resource_agent="stonith:fence_vesperlab" role="Stopped" active="false" nodes_running_on="0"/>
   </resources>
-  <node_history><node name="node1"/></node_history>
+  <node_history>
+    <node name="node2">
+      <resource_history id="vm-web1" orphan="false" migration-threshold="3" fail-count="2" last-failure="Thu Dec  3 08:29:41 2026"/>
+    </node>
+    <node name="node1">
+      <resource_history id="vm-web1" orphan="false" migration-threshold="3"/>
+    </node>
+  </node_history>
 </pacemaker-result>"#;
 
     #[test]
@@ -334,6 +392,12 @@ mod tests {
             (a.class.as_str(), a.provider.as_deref(), a.kind.as_str()),
             ("ocf", Some("heartbeat"), "VirtualDomain")
         );
+        assert_eq!(r["vm-web1"].migration_threshold, Some(3));
+        assert_eq!(
+            r["vm-web1"].fail_counts.iter().collect::<Vec<_>>(),
+            vec![(&"node2".to_string(), &2)]
+        );
+        assert_eq!(count("INFINITY"), Some(1_000_000));
         assert!(r["fence-lab"].nodes.is_empty());
         assert_eq!(r["fence-lab"].agent.clone().unwrap().provider, None);
         assert_eq!(

@@ -11,6 +11,7 @@
 //! as sent ([`Sent::ReplyLost`]) and not repeated.
 
 mod cib_ffi;
+pub(crate) mod fail;
 mod ffi;
 pub mod live;
 pub mod version;

@@ -1,0 +1,456 @@
+//! A fail sent to Pacemaker, counted exactly once: where the resource runs and whether
+//! the DC counts a fail once decide what is done around it (docs/pacemaker.md, section 6).
+
+use std::time::{Duration, Instant};
+
+use super::Agent;
+use crate::actions::{ActionOutcome, run_tool, with_retries};
+
+/// A fail, counted exactly once.
+///
+/// From Pacemaker 2.1.6 on, the DC counts a fail once: it is sent, and nothing is read
+/// or corrected around it. Pacemaker 2.1.5 and earlier count it twice, though not
+/// always: the DC handles both history entries of the synthetic operation (`_last_0`
+/// and `_last_failure_0`) as unexpected results. One fault must be one failure, so there
+/// the count is corrected, in one of two ways:
+///
+/// - Where a finite `migration-threshold` is configured anywhere in the CIB, the scheduler
+///   acts on the count (it moves the resource away at the threshold), so it must never see
+///   one that is too high: the counter is set one lower first, and checked after; a
+///   Pacemaker that counts once gets the missing one back. This costs about 30 ms of tool
+///   calls before the failure.
+/// - Otherwise (the default, `INFINITY`) a count shows only to the operator: the failure
+///   goes in at once, and a double count is taken back afterwards.
+///
+/// A DC whose version is not known yet is treated as one that may count twice.
+pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
+    use crate::pacemaker::version;
+    let dc = match version::dc_release() {
+        Some(r) => Some(r),
+        None => version::read_dc_release().await.ok(),
+    };
+    if let Some(dc) = dc.filter(|r| r.counts_once()) {
+        let placed = match where_it_runs(node, resource, started).await {
+            Ok(w) => w,
+            Err(refused) => return refused,
+        };
+        if let Some(refused) = not_ours(node, resource, &placed.nodes, started) {
+            return refused;
+        }
+        let (fail, path) = fail_request(node, resource, placed.agent, started).await;
+        let from = placed.from;
+        let counted = match placed.fail_count {
+            Some(before) if fail.ok => count_kept(node, resource, before).await,
+            _ => String::new(),
+        };
+        let counted = if counted.is_empty() {
+            ": nothing corrected".to_string()
+        } else {
+            counted
+        };
+        return ActionOutcome {
+            detail: format!(
+                "{path}; where it runs from {from}; the DC runs Pacemaker {dc}, which counts it once{counted}"
+            ),
+            ..fail
+        };
+    }
+    // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
+    let counter = format!("fail-count-{resource}#asyncmon_0");
+    let prepare = with_retries("pacemaker", started, || async {
+        let (before, threshold) = tokio::join!(attr_value(&counter, node), migration_thresholds());
+        let before = before?;
+        // An unreadable CIB is treated as "a threshold is set": the careful way.
+        if !threshold.is_ok_and(|xml| !has_finite_threshold(&xml)) {
+            attr_set(&counter, node, before - 1).await?;
+            // attrd_updater returns before attrd applies the value; the controller's
+            // increments must come after it.
+            for _ in 0..50 {
+                if attr_value(&counter, node).await? == before - 1 {
+                    return Ok(format!("{before} lowered"));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            return Err(format!(
+                "attrd did not apply {counter}={} within 0.5 s",
+                before - 1
+            ));
+        }
+        Ok(before.to_string())
+    });
+    // Where Pacemaker runs the resource is read beside the counter, at no extra latency.
+    let (prepared, place) = tokio::join!(prepare, where_it_runs(node, resource, started));
+    if !prepared.ok {
+        return prepared;
+    }
+    let (place, agent, from) = match place {
+        Ok(w) => (w.nodes, w.agent, w.from),
+        Err(refused) => return refused,
+    };
+    let lowered = prepared.detail.ends_with(" lowered");
+    let before: i64 = prepared
+        .detail
+        .split(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if let Some(refused) = not_ours(node, resource, &place, started) {
+        if lowered {
+            let _ = attr_set(&counter, node, before).await;
+        }
+        return refused;
+    }
+    let (fail, path) = fail_request(node, resource, agent, started).await;
+    if !fail.ok {
+        if lowered {
+            let _ = attr_set(&counter, node, before).await;
+        }
+        return fail;
+    }
+    // Whether Pacemaker counts once or twice varies from call to call (both were seen on
+    // 2.1.5). Its increments come within milliseconds of each other: wait for the first,
+    // then briefly for a second.
+    let start_value = if lowered { before - 1 } else { before };
+    let mut after = start_value;
+    let mut first_seen: Option<Instant> = None;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        after = attr_value(&counter, node).await.unwrap_or(after);
+        if after >= start_value + 2 {
+            break;
+        }
+        if after == start_value + 1 {
+            let seen = *first_seen.get_or_insert_with(Instant::now);
+            if seen.elapsed() > Duration::from_millis(300) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let fixed = match after - before {
+        1 => String::new(),
+        0 if lowered => match attr_set(&counter, node, before + 1).await {
+            Ok(()) => {
+                "; Pacemaker counted the failure once, the lowered counter was restored".into()
+            }
+            Err(e) => format!("; the fail-count could not be restored: {e}"),
+        },
+        2 if !lowered => match attr_set(&counter, node, before + 1).await {
+            Ok(()) => "; Pacemaker counted the failure twice, one was taken back".into(),
+            Err(e) => format!("; the double count could not be taken back: {e}"),
+        },
+        // Not counted at all: the DC changed while the fail was sent (see count_kept).
+        0 if !lowered => match attr_set(&counter, node, before + 1).await {
+            Ok(()) => "; Pacemaker did not count the failure (the DC changed while it was sent?), so vesperd counted it".into(),
+            Err(e) => format!("; Pacemaker did not count the failure, and counting it failed: {e}"),
+        },
+        -1 if lowered => match attr_set(&counter, node, before + 1).await {
+            Ok(()) => "; Pacemaker did not count the failure (the DC changed while it was sent?), so vesperd counted it".into(),
+            Err(e) => format!("; Pacemaker did not count the failure, and counting it failed: {e}"),
+        },
+        d => format!("; the fail-count counter moved by {d} (expected 1)"),
+    };
+    let dc = dc.map_or("a Pacemaker of unknown version".into(), |r| {
+        format!("Pacemaker {r}")
+    });
+    let how = if lowered {
+        format!(
+            "; the DC runs {dc}, which may count a fail twice: counter lowered first (a migration-threshold is set)"
+        )
+    } else {
+        format!("; the DC runs {dc}, which may count a fail twice")
+    };
+    ActionOutcome {
+        detail: format!("{path}; where it runs from {from}{how}{fixed}"),
+        ..fail
+    }
+}
+
+/// Where a resource runs, as a fail is checked against it.
+struct Placed {
+    nodes: Result<Vec<String>, String>,
+    agent: Option<Agent>,
+    /// Where that came from, for the why-log.
+    from: &'static str,
+    /// Its fail-count on this node before the fail, when the live copy has it.
+    fail_count: Option<u64>,
+}
+
+/// How long a counted fail takes to show in the live copy before it is taken as lost.
+const COUNT_SHOWS: Duration = Duration::from_secs(5);
+
+/// After a fail the DC took: whether it was counted. A fail sent while the DC changes is
+/// acted on but not counted (seen on Pacemaker 2.1.5 and 3.0.0): an operator's
+/// migration-threshold would then never be reached, so vesperd counts it itself, once,
+/// with attrd's own increment (`value++`).
+async fn count_kept(node: &str, resource: &str, before: u64) -> String {
+    if crate::pacemaker::live::count_rises(resource, node, before, COUNT_SHOWS)
+        .await
+        .is_some()
+    {
+        return String::new();
+    }
+    let counter = format!("fail-count-{resource}#asyncmon_0");
+    tracing::warn!(
+        resource,
+        node,
+        "Pacemaker did not count the failure (a DC election?); counting it"
+    );
+    match run_tool(
+        "attrd_updater",
+        &["--name", &counter, "--update", "value++", "--node", node],
+        None,
+    )
+    .await
+    {
+        Ok(_) => format!(
+            "; Pacemaker had not counted it after {} s (the DC changed while it was sent?), so vesperd raised {counter} by one",
+            COUNT_SHOWS.as_secs()
+        ),
+        Err(e) => format!("; Pacemaker had not counted it, and raising {counter} failed: {e}"),
+    }
+}
+
+/// Where Pacemaker runs `resource` and its agent, from the live CIB copy when it is
+/// current, else read now (`crm_resource --locate`); and where it says so. A resource or
+/// node the cluster does not have is refused with the fix (the verdict stays).
+async fn where_it_runs(
+    node: &str,
+    resource: &str,
+    started: Instant,
+) -> Result<Placed, ActionOutcome> {
+    use crate::pacemaker::live::{Known, lookup};
+    let refuse = |detail: String| {
+        tracing::error!(resource, node, "{detail}");
+        ActionOutcome {
+            kind: "pacemaker".into(),
+            ok: false,
+            attempts: 1,
+            ms: started.elapsed().as_millis() as u64,
+            detail,
+        }
+    };
+    match lookup(resource).await {
+        Some(Known::NoSuchResource { known }) => Err(refuse(format!(
+            "not failed: Pacemaker has no resource {resource} (it has {}): set `resource` of this VM in vesper.toml to its resource's id",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ))),
+        Some(Known::Resource(_, facts))
+            if !facts.nodes.is_empty() && !facts.nodes.contains(node) =>
+        {
+            Err(refuse(format!(
+                "not failed: Pacemaker has no node {node} (its nodes: {}): set [daemon] node in vesper.toml to this host's cluster node name (`crm_node -n`)",
+                facts.nodes.iter().cloned().collect::<Vec<_>>().join(", ")
+            )))
+        }
+        Some(Known::Resource(p, _)) => Ok(Placed {
+            fail_count: Some(p.fail_counts.get(node).copied().unwrap_or(0)),
+            nodes: Ok(p.nodes),
+            agent: p.agent,
+            from: "the live CIB copy",
+        }),
+        None => Ok(Placed {
+            nodes: crate::cluster::resource_nodes(resource).await,
+            agent: None,
+            from: "crm_resource --locate (no current CIB copy)",
+            fail_count: None,
+        }),
+    }
+}
+
+/// A copy of the VM on a node where Pacemaker does not run it (split brain, or started
+/// outside the cluster) must not fail the resource: Pacemaker would then see it active
+/// twice and stop both copies, the good one too. Returns the refusal, if so.
+fn not_ours(
+    node: &str,
+    resource: &str,
+    place: &Result<Vec<String>, String>,
+    started: Instant,
+) -> Option<ActionOutcome> {
+    let nodes = place.as_ref().ok()?;
+    if nodes.is_empty() || nodes.iter().any(|n| n == node) {
+        return None;
+    }
+    tracing::error!(resource, node, runs_on = ?nodes, "not failing the resource: Pacemaker runs it on another node; this node's copy of the VM is not the cluster's");
+    Some(ActionOutcome {
+        kind: "pacemaker".into(),
+        ok: false,
+        attempts: 1,
+        ms: started.elapsed().as_millis() as u64,
+        detail: format!(
+            "not failed: Pacemaker runs {resource} on {}, not on {node}; the VM here is a copy the cluster does not manage (split brain, or started outside the cluster)",
+            nodes.join(", ")
+        ),
+    })
+}
+
+/// Sends the fail: over the controller connection when it is there, else with
+/// `crm_resource --fail`. Returns the outcome and how it went, for the why-log.
+async fn fail_request(
+    node: &str,
+    resource: &str,
+    agent: Option<Agent>,
+    started: Instant,
+) -> (ActionOutcome, String) {
+    use crate::pacemaker::{Sent, Unavailable, controller};
+    let tool = format!("crm_resource --fail --resource {resource} --node {node}");
+    let fallback = match controller().fail(node, resource, agent).await {
+        Ok(sent) => {
+            let how = match sent {
+                Sent::Accepted { us, reconnected } => format!(
+                    "failed {resource} on {node} over the controller's IPC ({}) in {:.2} ms, accepted {:.1} ms after the verdict{}",
+                    lib_label(),
+                    us as f64 / 1000.0,
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    if reconnected {
+                        ", on a new connection"
+                    } else {
+                        ""
+                    }
+                ),
+                Sent::ReplyLost(why) => format!(
+                    "fail of {resource} on {node} sent over the controller's IPC ({}); its reply was lost ({why}), so it was not sent again",
+                    lib_label()
+                ),
+            };
+            let out = ActionOutcome {
+                kind: "pacemaker".into(),
+                ok: true,
+                attempts: 1,
+                ms: started.elapsed().as_millis() as u64,
+                detail: how.clone(),
+            };
+            return (out, how);
+        }
+        // A refusal is the controller's answer: the tool would be refused the same way.
+        Err(e @ (Unavailable::Refused(_) | Unavailable::Unprivileged(_))) => {
+            tracing::error!(resource, node, "Pacemaker refused the fail: {e}");
+            let out = ActionOutcome {
+                kind: "pacemaker".into(),
+                ok: false,
+                attempts: 1,
+                ms: started.elapsed().as_millis() as u64,
+                detail: format!("not failed: {e}"),
+            };
+            return (out.clone(), out.detail);
+        }
+        Err(e) => e,
+    };
+    tracing::info!(resource, node, "fail with crm_resource: {fallback}");
+    let out = with_retries("pacemaker", started, || async {
+        run_tool(
+            "crm_resource",
+            &["--fail", "--resource", resource, "--node", node],
+            None,
+        )
+        .await
+    })
+    .await;
+    (out, format!("{tool} ({fallback})"))
+}
+
+fn lib_label() -> String {
+    match crate::pacemaker::controller().library() {
+        Ok((soname, series)) => format!("{soname}, Pacemaker {series}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every `migration-threshold` setting in the CIB (resources' meta attributes and
+/// `rsc_defaults`), as XML; empty when there is none.
+async fn migration_thresholds() -> Result<String, String> {
+    match run_tool(
+        "cibadmin",
+        &[
+            "--query",
+            "--xpath",
+            "//nvpair[@name='migration-threshold']",
+        ],
+        None,
+    )
+    .await
+    {
+        Ok(xml) => Ok(xml),
+        // cibadmin's answer to an XPath that matches nothing.
+        Err(e) if e.contains("No such device or address") => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether any `migration-threshold` in `xml` is finite (so the scheduler acts on counts).
+fn has_finite_threshold(xml: &str) -> bool {
+    xml.split("<nvpair")
+        .skip(1)
+        .filter_map(|el| el.split("value=\"").nth(1)?.split('"').next())
+        .any(|v| {
+            !v.trim()
+                .trim_start_matches('+')
+                .eq_ignore_ascii_case("INFINITY")
+        })
+}
+
+/// A numeric node attribute from attrd (absent or empty: 0).
+async fn attr_value(name: &str, node: &str) -> Result<i64, String> {
+    match run_tool(
+        "attrd_updater",
+        &["--query", "--name", name, "--node", node],
+        None,
+    )
+    .await
+    {
+        Ok(line) => {
+            let v = line
+                .split("value=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("");
+            Ok(v.trim().parse().unwrap_or(0))
+        }
+        Err(e) if e.contains("does not exist") => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+async fn attr_set(name: &str, node: &str, value: i64) -> Result<(), String> {
+    run_tool(
+        "attrd_updater",
+        &[
+            "--name",
+            name,
+            "--update",
+            &value.to_string(),
+            "--node",
+            node,
+        ],
+        None,
+    )
+    .await
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_finite_migration_threshold_makes_the_count_matter() {
+        assert!(!has_finite_threshold(""));
+        assert!(!has_finite_threshold(
+            r#"<nvpair id="a" name="migration-threshold" value="INFINITY"/>"#
+        ));
+        assert!(!has_finite_threshold(
+            r#"<xpath-query><nvpair id="a" name="migration-threshold" value="+infinity"/></xpath-query>"#
+        ));
+        assert!(has_finite_threshold(
+            r#"<xpath-query><nvpair id="a" name="migration-threshold" value="INFINITY"/>
+<nvpair id="b" name="migration-threshold" value="3"/></xpath-query>"#
+        ));
+        assert!(has_finite_threshold(
+            r#"<nvpair name="migration-threshold" id="c" value="0"/>"#
+        ));
+    }
+}
