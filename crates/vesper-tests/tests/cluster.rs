@@ -9,6 +9,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
+// Named `faults::cluster_N_…`: they run after the scenarios above.
+#[path = "cluster/faults.rs"]
+mod faults;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
