@@ -20,7 +20,8 @@ use crate::actions::{ActionOutcome, run_tool, with_retries};
 ///   Pacemaker that counts once gets the missing one back. This costs about 30 ms of tool
 ///   calls before the failure.
 /// - Otherwise (the default, `INFINITY`) a count shows only to the operator: the failure
-///   goes in at once, and a double count is taken back afterwards.
+///   goes in at once, and a double count is taken back afterwards. With a current live
+///   copy nothing is read before the fail and the count is watched in the copy.
 ///
 /// A DC whose version is not known yet is treated as one that may count twice.
 pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
@@ -55,6 +56,33 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
             ..fail
         };
     }
+    let dc_is = dc.map_or("a Pacemaker of unknown version".into(), |r| {
+        format!("Pacemaker {r}")
+    });
+    let placed = match where_it_runs(node, resource, started).await {
+        Ok(w) => w,
+        Err(refused) => return refused,
+    };
+    // No threshold: the count moves nothing, so the fail goes at once and a double count
+    // is taken back afterwards, all from the live copy (nothing read on the fail's path).
+    if let (Some(before), Some(INFINITY)) = (placed.fail_count, placed.migration_threshold) {
+        if let Some(refused) = not_ours(node, resource, &placed.nodes, started) {
+            return refused;
+        }
+        let from = placed.from;
+        let (fail, path) = fail_request(node, resource, placed.agent, started).await;
+        let fixed = if fail.ok {
+            settle(node, resource, before).await
+        } else {
+            String::new()
+        };
+        return ActionOutcome {
+            detail: format!(
+                "{path}; where it runs from {from}; the DC runs {dc_is}, which may count a fail twice; migration-threshold is INFINITY, so it was sent at once{fixed}"
+            ),
+            ..fail
+        };
+    }
     // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
     let counter = format!("fail-count-{resource}#asyncmon_0");
     let prepare = with_retries("pacemaker", started, || async {
@@ -78,15 +106,11 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
         }
         Ok(before.to_string())
     });
-    // Where Pacemaker runs the resource is read beside the counter, at no extra latency.
-    let (prepared, place) = tokio::join!(prepare, where_it_runs(node, resource, started));
+    let prepared = prepare.await;
     if !prepared.ok {
         return prepared;
     }
-    let (place, agent, from) = match place {
-        Ok(w) => (w.nodes, w.agent, w.from),
-        Err(refused) => return refused,
-    };
+    let (place, agent, from) = (placed.nodes, placed.agent, placed.from);
     let lowered = prepared.detail.ends_with(" lowered");
     let before: i64 = prepared
         .detail
@@ -150,9 +174,7 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
         },
         d => format!("; the fail-count counter moved by {d} (expected 1)"),
     };
-    let dc = dc.map_or("a Pacemaker of unknown version".into(), |r| {
-        format!("Pacemaker {r}")
-    });
+    let dc = dc_is;
     let how = if lowered {
         format!(
             "; the DC runs {dc}, which may count a fail twice: counter lowered first (a migration-threshold is set)"
@@ -174,10 +196,66 @@ struct Placed {
     from: &'static str,
     /// Its fail-count on this node before the fail, when the live copy has it.
     fail_count: Option<u64>,
+    /// Its migration-threshold, when the live copy has it.
+    migration_threshold: Option<u64>,
 }
 
 /// How long a counted fail takes to show in the live copy before it is taken as lost.
 const COUNT_SHOWS: Duration = Duration::from_secs(5);
+/// After the first increment shows, how long a second one (2.1.5's double count) may take.
+const SECOND_SHOWS: Duration = Duration::from_millis(500);
+/// `migration-threshold=INFINITY` as the scheduler reports it.
+const INFINITY: u64 = 1_000_000;
+
+/// After a fail to a DC that may count it twice, with no threshold the count could move:
+/// takes back what Pacemaker counted beyond one, or counts it if Pacemaker did not, with
+/// attrd's own arithmetic (`value+=N`, applied by attrd against its current value).
+async fn settle(node: &str, resource: &str, before: u64) -> String {
+    use crate::pacemaker::live::count_rises;
+    let Some(first) = count_rises(resource, node, before, COUNT_SHOWS).await else {
+        return count_lost(node, resource).await;
+    };
+    let last = if first > before + 1 {
+        first
+    } else {
+        count_rises(resource, node, first, SECOND_SHOWS)
+            .await
+            .unwrap_or(first)
+    };
+    match correction(before, last) {
+        0 => String::new(),
+        n => {
+            let counter = format!("fail-count-{resource}#asyncmon_0");
+            match run_tool(
+                "attrd_updater",
+                &[
+                    "--name",
+                    &counter,
+                    "--update",
+                    &format!("value+={n}"),
+                    "--node",
+                    node,
+                ],
+                None,
+            )
+            .await
+            {
+                Ok(_) => format!(
+                    "; Pacemaker counted the failure {} times, {} taken back",
+                    last - before,
+                    -n
+                ),
+                Err(e) => format!("; the double count could not be taken back: {e}"),
+            }
+        }
+    }
+}
+
+/// What to add to the counter so that a fault that moved the count from `before` to
+/// `after` counts once.
+fn correction(before: u64, after: u64) -> i64 {
+    1 - (after as i64 - before as i64)
+}
 
 /// After a fail the DC took: whether it was counted. A fail sent while the DC changes is
 /// acted on but not counted (seen on Pacemaker 2.1.5 and 3.0.0): an operator's
@@ -190,6 +268,11 @@ async fn count_kept(node: &str, resource: &str, before: u64) -> String {
     {
         return String::new();
     }
+    count_lost(node, resource).await
+}
+
+/// Counts a failure Pacemaker acted on but did not count.
+async fn count_lost(node: &str, resource: &str) -> String {
     let counter = format!("fail-count-{resource}#asyncmon_0");
     tracing::warn!(
         resource,
@@ -249,6 +332,7 @@ async fn where_it_runs(
         }
         Some(Known::Resource(p, _)) => Ok(Placed {
             fail_count: Some(p.fail_counts.get(node).copied().unwrap_or(0)),
+            migration_threshold: p.migration_threshold,
             nodes: Ok(p.nodes),
             agent: p.agent,
             from: "the live CIB copy",
@@ -258,6 +342,7 @@ async fn where_it_runs(
             agent: None,
             from: "crm_resource --locate (no current CIB copy)",
             fail_count: None,
+            migration_threshold: None,
         }),
     }
 }
@@ -435,6 +520,14 @@ async fn attr_set(name: &str, node: &str, value: i64) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_is_settled_at_one_count() {
+        assert_eq!(correction(0, 1), 0);
+        assert_eq!(correction(0, 2), -1, "2.1.5's double count: one taken back");
+        assert_eq!(correction(3, 5), -1);
+        assert_eq!(correction(2, 2), 1, "not counted (an election): counted");
+    }
 
     #[test]
     fn only_a_finite_migration_threshold_makes_the_count_matter() {
