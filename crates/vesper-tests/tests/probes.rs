@@ -245,6 +245,8 @@ fn kernel_info_from_a_vm_builds_an_object_for_that_kernel() {
         return;
     }
     let h = Harness::single(&[]);
+    // The control socket is up before the agent's handshake is done.
+    h.wait_ready("host1");
     let src = h.dir.path().join("ki.vsp");
     std::fs::write(&src, DESIGN_EXAMPLE).unwrap();
     let json = h.vesper_ok(&["kernel-info", "host1", "--for", src.to_str().unwrap()]);
