@@ -12,7 +12,7 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--cluster]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   a 2-node Pacemaker cluster with the lab guest: httpd killed in the guest, explained,
          failed over by Pacemaker, answering again (--native: agent and vesperd on this machine alone)
@@ -20,12 +20,13 @@ const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--re
   soak   floods and restarts for SECONDS (default 300, at most 600), checking vesperd's invariants
   lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
   cluster  a Pacemaker cluster of 2 or 3 nodes on this machine (namespaces) with the lab guest
-         as the VirtualDomain resource vm-web1: up [--nodes 2|3] [--stonith], status, down,
+         as the VirtualDomain resource vm-web1: up [--nodes 2|3] [--stonith] [--debian 13], status, down,
          exec NODE -- CMD, kill|cut|heal|boot NODE
   bench  the evaluation: failure-notification latency against Pacemaker polling, throughput,
          overhead and footprint against bpftrace (--quick: short, native only; --render: the
          report and plots again from the last results; --cluster: only the cluster part,
-         into target/bench/cluster.json and cluster.md)";
+         into target/bench/cluster.json and cluster.md, on Debian 13's Pacemaker with
+         --debian 13, and into the published results with --publish)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -39,7 +40,12 @@ fn main() {
         Some("bench") => {
             let quick = args.iter().any(|a| a == "--quick");
             if args.iter().any(|a| a == "--cluster") {
-                bench::run_cluster()
+                let debian = args
+                    .iter()
+                    .position(|a| a == "--debian")
+                    .and_then(|i| args.get(i + 1))
+                    .map(String::as_str);
+                bench::run_cluster(debian, args.iter().any(|a| a == "--publish"))
             } else if args.iter().any(|a| a == "--render") {
                 bench::render(quick)
             } else {

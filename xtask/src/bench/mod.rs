@@ -21,6 +21,7 @@ mod svg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -161,7 +162,12 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     }
     if !quick {
         // After the lab VM is down: the cluster's guests need both cores.
-        results.insert("cluster".into(), cluster_section(&bin, &static_agent)?);
+        for debian in [None, Some("13")] {
+            results.insert(
+                cluster_key(debian),
+                cluster_section(&bin, &static_agent, debian)?,
+            );
+        }
     }
     let results = Value::Object(results);
     write(
@@ -199,12 +205,35 @@ fn wait_no_cluster() -> anyhow::Result<()> {
     bail!("a lab cluster (netns vesper-*) was still up after 10 minutes")
 }
 
-/// Brings a 2-node cluster up (two nodes without fencing lose a node cleanly), runs the
-/// evaluation's cluster section against it, and downs it.
-fn cluster_section(bin: &Path, static_agent: &Path) -> anyhow::Result<Value> {
+/// Where a cluster section lands in the results: the host's Pacemaker, or a Debian
+/// release's (`--debian`).
+fn cluster_key(debian: Option<&str>) -> String {
+    match debian {
+        None => "cluster".into(),
+        Some(d) => format!("cluster_debian{d}"),
+    }
+}
+
+/// Brings a 2-node cluster up (two nodes without fencing lose a node cleanly), on the
+/// host's system or in `debian`'s, runs the evaluation's cluster section against it, and
+/// downs it.
+fn cluster_section(bin: &Path, static_agent: &Path, debian: Option<&str>) -> anyhow::Result<Value> {
     wait_no_cluster()?;
-    progress("the evaluation on a 2-node cluster: use cases, node loss, live migration");
-    let c = Down(Some(crate::cluster::up(2, false, None)?));
+    progress(&format!(
+        "the evaluation on a 2-node cluster{}: use cases, node loss, live migration",
+        debian
+            .map(|d| format!(" in Debian {d}"))
+            .unwrap_or_default()
+    ));
+    let c = Down(Some(crate::cluster::up(2, false, debian)?));
+    let pacemaker =
+        c.0.as_ref()
+            .and_then(|c| {
+                c.exec("node1", "pacemakerd --version", Duration::from_secs(20))
+                    .ok()
+            })
+            .and_then(|(out, _)| out.lines().next().map(str::to_string))
+            .unwrap_or_default();
     let raw = util::target_dir()?.join("bench/evaluation-cluster.json");
     let _ = std::fs::remove_file(&raw);
     let dir = c.0.as_ref().context("cluster")?.dir().to_path_buf();
@@ -221,12 +250,20 @@ fn cluster_section(bin: &Path, static_agent: &Path) -> anyhow::Result<Value> {
     let eval: Value = serde_json::from_str(
         &std::fs::read_to_string(&raw).with_context(|| raw.display().to_string())?,
     )?;
-    Ok(eval["cluster"].clone())
+    let mut section = eval["cluster"].clone();
+    section["pacemaker"] = json!(pacemaker);
+    section["system"] = json!(
+        debian.map_or("the host's (Debian 12)".to_string(), |d| format!(
+            "Debian {d} (a root file system from Debian's archive)"
+        ))
+    );
+    Ok(section)
 }
 
-/// `--cluster`: only the cluster section, into `target/bench/cluster.json` and
-/// `cluster.md` (the published results stay as they are).
-pub fn run_cluster() -> anyhow::Result<()> {
+/// `--cluster [--debian 13]`: only that cluster section, into `target/bench/cluster.json`
+/// and `cluster.md`; with `--publish`, also into the published results (`bench/`) and the
+/// report.
+pub fn run_cluster(debian: Option<&str>, publish_it: bool) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!(
             "the cluster lab makes namespaces and mounts: run `cargo xtask bench --cluster` as root"
@@ -239,10 +276,9 @@ pub fn run_cluster() -> anyhow::Result<()> {
     let static_agent = lab::static_binaries()?.join("vesper-agent");
     let out_dir = util::target_dir()?.join("bench");
     std::fs::create_dir_all(&out_dir)?;
-    let results = json!({
-        "machine": machine(),
-        "cluster": cluster_section(&bin, &static_agent)?,
-    });
+    let key = cluster_key(debian);
+    let section = cluster_section(&bin, &static_agent, debian)?;
+    let results = json!({ "machine": machine(), key.clone(): section.clone() });
     write(
         &out_dir.join("cluster.json"),
         &serde_json::to_string_pretty(&results)?,
@@ -250,7 +286,18 @@ pub fn run_cluster() -> anyhow::Result<()> {
     write(
         &out_dir.join("cluster.md"),
         &report_cluster::section(&results),
-    )
+    )?;
+    if !publish_it {
+        return Ok(());
+    }
+    let published = self::out_dir(false)?;
+    let file = published.join("results.json");
+    let mut all: Value = serde_json::from_str(
+        &std::fs::read_to_string(&file).with_context(|| file.display().to_string())?,
+    )?;
+    all[key] = section;
+    write(&file, &serde_json::to_string_pretty(&all)?)?;
+    publish(&all, false, &published)
 }
 
 /// Plots and the report from `results`.

@@ -20,15 +20,31 @@ fn stat_cells(s: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Section 6: the host's Pacemaker (`cluster`), then Debian 13's (`cluster_debian13`)
+/// when it was measured.
 pub fn section(r: &Value) -> String {
-    let c = &r["cluster"];
     let mut out = String::new();
-    if c.is_null() {
-        return out;
+    let host = &r["cluster"];
+    if !host.is_null() {
+        out.push_str("## 6. On a Pacemaker cluster\n\n");
+        out.push_str(&one(host));
+    }
+    let d13 = &r["cluster_debian13"];
+    if !d13.is_null() {
+        out.push_str("### 6.1 The same on Debian 13\n\n");
+        out.push_str(&one(d13));
+    }
+    out
+}
+
+fn one(c: &Value) -> String {
+    let mut out = String::new();
+    if let Some(p) = c["pacemaker"].as_str().filter(|p| !p.is_empty()) {
+        let _ = writeln!(out, "{p}, {}.\n", c["system"].as_str().unwrap_or("?"));
     }
     let _ = writeln!(
         out,
-        "## 6. On a Pacemaker cluster\n\n\
+        "\
 {} nodes on this machine (namespaces; corosync, Pacemaker, libvirtd and vesperd each; {}), \
 the lab guest (TCG, 256 MiB) as the VirtualDomain resource `vm-web1`. {} trials per use-case \
 row, each fault at a random moment of the 10 s monitor's cycle, after a cleanup and the VM \

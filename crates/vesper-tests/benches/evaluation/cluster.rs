@@ -173,7 +173,9 @@ struct Alert {
 impl Alerts {
     fn install(lab: &Lab) -> Alerts {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        // Under the lab's directory: every node sees it at the same path, including nodes in
+        // a root file system of their own (with a private /tmp).
+        let dir = tempfile::tempdir_in(lab.c.dir()).unwrap();
         let mode = |p: &Path, m| std::fs::set_permissions(p, PermissionsExt::from_mode(m));
         // Pacemaker runs alert agents as hacluster.
         mode(dir.path(), 0o777).unwrap();
@@ -392,7 +394,13 @@ pub fn run(_setup: &Setup) -> Value {
     let mut rng = Rng::seeded(seed);
     let alerts = Alerts::install(&lab);
     let mut out = serde_json::Map::new();
-    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/evaluation/guest-http-check");
+    // Copied into the lab's directory, which every node sees at its own path.
+    let check = lab.c.dir().join("guest-http-check");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/evaluation/guest-http-check"),
+        &check,
+    )
+    .unwrap();
     let mut rows = Vec::new();
     for vesper in [true, false] {
         if !vesper {
