@@ -268,4 +268,70 @@ fn guest_faults_become_one_explained_pacemaker_failure_each() {
         Some(0),
         "a dead monitor never fails a healthy VM"
     );
+    drop(h);
+
+    // Mistakes: a resource, and a node name, that the cluster does not have. Each is
+    // refused with the fix, the verdict is kept, and nothing is failed.
+    for (daemon, vm_extra, says) in [
+        (
+            format!("node = \"{NODE}\""),
+            "resource = \"no-such-rsc\"",
+            "Pacemaker has no resource no-such-rsc",
+        ),
+        (
+            "node = \"no-such-node\"".to_string(),
+            "resource = \"web1\"",
+            "Pacemaker has no node no-such-node",
+        ),
+    ] {
+        let h = Harness::start_with(
+            &[VmSpec {
+                name: VM,
+                agent: true,
+                probes: &["signal"],
+            }],
+            &daemon,
+            &format!("{vm_extra}\nwatch = [\"httpd\"]"),
+        );
+        h.wait_loaded(VM, "signal");
+        let mark = cluster.mark(RSC);
+        let (_victim, pid) = mortal_victim("httpd");
+        send_signals("pkill", pid, libc::SIGTERM, 1);
+        common::wait_until(
+            Duration::from_secs(20),
+            || {
+                h.vesper_ok(&["why", VM, "--json"])
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .any(|e| {
+                        e["pending"] == false
+                            && e["actions"].as_array().is_some_and(|a| !a.is_empty())
+                    })
+            },
+            "the verdict's actions",
+        );
+        let entry: Value =
+            serde_json::from_str(h.vesper_ok(&["why", VM, "--json"]).lines().last().unwrap())
+                .unwrap();
+        assert!(
+            entry["verdict"]["cause"]
+                .as_str()
+                .unwrap()
+                .contains("killed by SIGTERM"),
+            "the verdict is kept: {entry}"
+        );
+        let pm = &entry["actions"][0];
+        let detail = pm["detail"].as_str().unwrap();
+        assert!(
+            pm["ok"] == false && detail.contains(says) && detail.contains("vesper.toml"),
+            "{says}, with the fix: {pm}"
+        );
+        assert!(h.vesperd_log().contains(says), "one line in the log too");
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            cluster.mark(RSC).failcount,
+            mark.failcount,
+            "nothing was failed"
+        );
+    }
 }
