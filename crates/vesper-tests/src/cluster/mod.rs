@@ -162,6 +162,17 @@ impl Cluster {
             .map_err(|e| ClusterError::io(format!("creating {}", spec.dir.display()), e))?;
         let dir = std::fs::canonicalize(&spec.dir)
             .map_err(|e| ClusterError::io(format!("{}", spec.dir.display()), e))?;
+        // Each node lays an overlay over /etc and /var and a tmpfs over /run: a lab
+        // directory under them would be the node's private copy, unseen by the host.
+        if let Some(top) = ["/etc", "/var", "/run", "/dev/shm"]
+            .into_iter()
+            .find(|t| dir.starts_with(t))
+        {
+            return Err(ClusterError::Spec(format!(
+                "the cluster lab's directory {} is under {top}, which every node covers with a private copy: use a checkout (or CARGO_TARGET_DIR) outside /etc, /var and /run",
+                dir.display()
+            )));
+        }
         // A cluster left running from before is replaced.
         if let Ok(old) = Cluster::attach(&dir) {
             old.down();
