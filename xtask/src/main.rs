@@ -86,7 +86,7 @@ fn soak(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The fuzz targets (`fuzz/`), each for `seconds`, from the checked-in seeds: a guest's
-/// frames and records, the configuration, the probe compiler. cargo-fuzz needs nightly
+/// frames, records and BTF, the configuration, the probe compiler. cargo-fuzz needs nightly
 /// features: RUSTC_BOOTSTRAP lets the stable toolchain use them.
 fn fuzz(seconds: u32) -> anyhow::Result<()> {
     let has_cargo_fuzz = std::process::Command::new(util::cargo_bin())
@@ -112,7 +112,13 @@ fn fuzz(seconds: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: [&str; 4] = ["frame_decoder", "record_decoder", "config", "compiler"];
+const FUZZ_TARGETS: [&str; 5] = [
+    "frame_decoder",
+    "record_decoder",
+    "config",
+    "compiler",
+    "kernel_types",
+];
 
 fn test() -> anyhow::Result<()> {
     if !util::is_root() {

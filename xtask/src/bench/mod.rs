@@ -161,12 +161,27 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
         results.extend(m);
     }
     if !quick {
-        // After the lab VM is down: the cluster's guests need both cores.
+        // After the lab VM is down: the cluster's guests need both cores. A cluster section
+        // that fails keeps what ran before it (written, not published), so that section can
+        // be run alone with `--cluster --publish` instead of the whole evaluation again.
         for debian in [None, Some("13")] {
-            results.insert(
-                cluster_key(debian),
-                cluster_section(&bin, &static_agent, debian)?,
-            );
+            match cluster_section(&bin, &static_agent, debian) {
+                Ok(section) => {
+                    results.insert(cluster_key(debian), section);
+                }
+                Err(e) => {
+                    write(
+                        &out_dir.join("results.json"),
+                        &serde_json::to_string_pretty(&Value::Object(results))?,
+                    )?;
+                    return Err(e.context(format!(
+                        "the cluster section {}; the rest is in results.json: run \
+                         `cargo xtask bench --cluster{} --publish` for this section",
+                        cluster_key(debian),
+                        debian.map(|d| format!(" --debian {d}")).unwrap_or_default()
+                    )));
+                }
+            }
         }
     }
     let results = Value::Object(results);
