@@ -3,6 +3,7 @@
 
 mod channel;
 mod kernel;
+mod kernel_files;
 mod probes;
 mod session;
 mod sys;

@@ -12,6 +12,7 @@ use vesper_proto::{DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, Message, Records, e
 
 use crate::channel::{Conn, raw_fd};
 use crate::kernel;
+use crate::kernel_files::KernelFiles;
 use crate::probes::ProbeSet;
 use crate::sys;
 
@@ -41,6 +42,7 @@ pub struct Session<'a> {
     out: Vec<u8>,
     out_seq: u64,
     probes: ProbeSet,
+    kernel_files: KernelFiles,
     started: Instant,
 }
 
@@ -61,6 +63,7 @@ impl<'a> Session<'a> {
             out: Vec::new(),
             out_seq: 0,
             probes: ProbeSet::default(),
+            kernel_files: KernelFiles::default(),
             started,
         }
     }
@@ -191,6 +194,21 @@ impl<'a> Session<'a> {
                 let probes = self.probes.stats();
                 self.send(&Message::ProbeList { probes });
             }
+            Message::KernelFileRequest {
+                file,
+                offset,
+                max_len,
+            } => match self.kernel_files.piece(file, offset, max_len) {
+                Ok(piece) => self.send(&Message::KernelFile(piece)),
+                Err(message) => {
+                    log::warn!("kernel file {file:?}: {message}");
+                    self.send(&Message::Error {
+                        probe_id: 0,
+                        code: error_code::KERNEL_FILE,
+                        message,
+                    });
+                }
+            },
             Message::Heartbeat { .. } => {}
             other => {
                 let message = format!("the agent does not accept {:?} messages", other.kind());

@@ -283,6 +283,37 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
                 s(&vm["rate_limits"]["bytes_per_sec"])
             )?;
         }
+        let k = &vm["kernel_types"];
+        match k["state"].as_str() {
+            Some("known") => {
+                let how = k["fetched_ms"]
+                    .as_u64()
+                    .map_or("from the cache".to_string(), |ms| {
+                        format!("fetched in {:.2}s", ms as f64 / 1000.0)
+                    });
+                writeln!(
+                    out,
+                    "{:<12} kernel types: {} types ({:.1} MiB BTF), {} symbols, {how}",
+                    "",
+                    s(&k["types"]),
+                    k["btf_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
+                    s(&k["symbols"]),
+                )?;
+            }
+            Some("failed") => writeln!(
+                out,
+                "{:<12} kernel types unavailable: {}",
+                "",
+                clean(&s(&k["error"]))
+            )?,
+            Some("receiving") => writeln!(
+                out,
+                "{:<12} kernel types: receiving ({} KiB so far)",
+                "",
+                k["received_bytes"].as_u64().unwrap_or(0) / 1024
+            )?,
+            _ => {}
+        }
         if let Some(ms) = vm["unobserved_ms"].as_u64().filter(|&ms| ms > 0) {
             writeln!(
                 out,

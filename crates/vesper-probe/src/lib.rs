@@ -11,6 +11,7 @@ pub mod disasm;
 pub mod elf;
 pub mod format;
 pub mod insn;
+pub mod kernel_symbols;
 pub mod kernel_types;
 pub mod manifest;
 

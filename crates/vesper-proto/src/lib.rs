@@ -29,6 +29,6 @@ pub use frame::{
     PROTOCOL_VERSION, encode_frame,
 };
 pub use message::{
-    AttachKind, AttachPoint, EventFormat, Hello, KernelInfo, LoadProbe, Message, MessageKind,
-    ProbeStat, Records,
+    AttachKind, AttachPoint, EventFormat, Hello, KernelFileKind, KernelFilePiece, KernelInfo,
+    LoadProbe, Message, MessageKind, ProbeStat, Records,
 };

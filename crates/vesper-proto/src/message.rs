@@ -16,12 +16,20 @@
 //! | 10   | Records            | A→H | probe_id u32, first_seq u64, kernel_drops u64, agent_drops u64, count u32, (len u16, bytes) × count |
 //! | 11   | Heartbeat          | both| uptime_ms u64, probes u32 |
 //! | 12   | Error              | both| probe_id u32 (0: none), code u16, message str |
+//! | 13   | KernelFileRequest  | H→A | file u8 (1 BTF, 2 symbols), offset u64, max_len u32 |
+//! | 14   | KernelFile         | A→H | file u8, kernel_id str, total u64 (0: not known), offset u64, eof u8, data bytes |
 //!
 //! `Records` carries per-probe sequence numbers: record *i* of the batch has
 //! `first_seq + i`. `kernel_drops` counts records the BPF program could not reserve
 //! ring-buffer space for; `agent_drops` counts records the agent read but could not
 //! send. Both are cumulative since the probe was loaded, so the host can prove
 //! `produced == received + kernel_drops + agent_drops` or say exactly what is missing.
+//!
+//! `KernelFileRequest`/`KernelFile` move the guest kernel's BTF and symbol table to the host
+//! in pieces, one request per piece, so records keep flowing between them. `kernel_id` (the
+//! kernel's GNU build id, or its release and version) lets the host answer from its cache
+//! after the first piece; `max_len` 0 asks for the id and size only. Only an agent that
+//! announces [`caps::KERNEL_FILES`] is asked.
 
 use crate::codec::{Reader, Writer};
 use crate::frame::DecodeError;
@@ -41,6 +49,8 @@ pub enum MessageKind {
     Records = 10,
     Heartbeat = 11,
     Error = 12,
+    KernelFileRequest = 13,
+    KernelFile = 14,
 }
 
 impl TryFrom<u8> for MessageKind {
@@ -60,6 +70,8 @@ impl TryFrom<u8> for MessageKind {
             10 => Records,
             11 => Heartbeat,
             12 => Error,
+            13 => KernelFileRequest,
+            14 => KernelFile,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -71,6 +83,8 @@ pub mod caps {
     pub const TRACEPOINT: u32 = 1 << 1;
     pub const KPROBE: u32 = 1 << 2;
     pub const BTF: u32 = 1 << 3;
+    /// Answers [`super::Message::KernelFileRequest`].
+    pub const KERNEL_FILES: u32 = 1 << 4;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +109,43 @@ pub struct KernelInfo {
     pub release: String,
     pub btf: bool,
     pub formats: Vec<EventFormat>,
+}
+
+/// Which of the guest kernel's files a [`Message::KernelFileRequest`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum KernelFileKind {
+    /// `/sys/kernel/btf/vmlinux`.
+    Btf = 1,
+    /// The text symbols of `/proc/kallsyms` ("address type name [module]" lines).
+    Symbols = 2,
+}
+
+impl TryFrom<u8> for KernelFileKind {
+    type Error = DecodeError;
+    fn try_from(v: u8) -> Result<Self, DecodeError> {
+        match v {
+            1 => Ok(Self::Btf),
+            2 => Ok(Self::Symbols),
+            other => Err(DecodeError::BadValue {
+                field: "kernel file",
+                value: other.into(),
+            }),
+        }
+    }
+}
+
+/// One piece of a guest kernel file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFilePiece {
+    pub file: KernelFileKind,
+    pub kernel_id: String,
+    /// The file's size, or 0 when the agent cannot know it before the end (symbols).
+    pub total: u64,
+    pub offset: u64,
+    /// No more data after this piece.
+    pub eof: bool,
+    pub data: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +250,12 @@ pub enum Message {
         code: u16,
         message: String,
     },
+    KernelFileRequest {
+        file: KernelFileKind,
+        offset: u64,
+        max_len: u32,
+    },
+    KernelFile(KernelFilePiece),
 }
 
 /// Error codes carried by [`Message::Error`].
@@ -208,6 +265,8 @@ pub mod error_code {
     pub const UNKNOWN_PROBE: u16 = 3;
     pub const BAD_REQUEST: u16 = 4;
     pub const INTERNAL: u16 = 5;
+    /// A kernel file (BTF, symbols) could not be read or was asked for out of order.
+    pub const KERNEL_FILE: u16 = 6;
 }
 
 /// Longest record the wire can carry (u16 length).
@@ -228,6 +287,8 @@ impl Message {
             Message::Records(_) => MessageKind::Records,
             Message::Heartbeat { .. } => MessageKind::Heartbeat,
             Message::Error { .. } => MessageKind::Error,
+            Message::KernelFileRequest { .. } => MessageKind::KernelFileRequest,
+            Message::KernelFile(_) => MessageKind::KernelFile,
         }
     }
 
@@ -304,6 +365,21 @@ impl Message {
                 message,
             } => {
                 w.u32(*probe_id).u16(*code).str(message);
+            }
+            Message::KernelFileRequest {
+                file,
+                offset,
+                max_len,
+            } => {
+                w.u8(*file as u8).u64(*offset).u32(*max_len);
+            }
+            Message::KernelFile(p) => {
+                w.u8(p.file as u8)
+                    .str(&p.kernel_id)
+                    .u64(p.total)
+                    .u64(p.offset)
+                    .u8(p.eof as u8)
+                    .bytes(&p.data);
             }
         }
         w.into_inner()
@@ -422,6 +498,19 @@ impl Message {
                 code: r.u16()?,
                 message: r.string()?,
             },
+            MessageKind::KernelFileRequest => Message::KernelFileRequest {
+                file: KernelFileKind::try_from(r.u8()?)?,
+                offset: r.u64()?,
+                max_len: r.u32()?,
+            },
+            MessageKind::KernelFile => Message::KernelFile(KernelFilePiece {
+                file: KernelFileKind::try_from(r.u8()?)?,
+                kernel_id: r.string()?,
+                total: r.u64()?,
+                offset: r.u64()?,
+                eof: r.u8()? != 0,
+                data: r.bytes()?.to_vec(),
+            }),
         };
         r.finish()?;
         Ok(msg)

@@ -98,6 +98,39 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 message,
             }
         }),
+        (any::<bool>(), any::<u64>(), any::<u32>()).prop_map(|(btf, offset, max_len)| {
+            Message::KernelFileRequest {
+                file: if btf {
+                    KernelFileKind::Btf
+                } else {
+                    KernelFileKind::Symbols
+                },
+                offset,
+                max_len,
+            }
+        }),
+        (
+            any::<bool>(),
+            arb_string(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..256)
+        )
+            .prop_map(|(btf, kernel_id, total, offset, eof, data)| {
+                Message::KernelFile(KernelFilePiece {
+                    file: if btf {
+                        KernelFileKind::Btf
+                    } else {
+                        KernelFileKind::Symbols
+                    },
+                    kernel_id,
+                    total,
+                    offset,
+                    eof,
+                    data,
+                })
+            }),
     ]
 }
 

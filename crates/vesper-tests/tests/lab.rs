@@ -1,5 +1,6 @@
 //! Vesper in a real QEMU guest over virtio-serial: both use cases of the original system,
-//! a kprobe, a broken guest userspace, a guest panic and a silent agent.
+//! a kprobe, a broken guest userspace, a guest panic and a silent agent, and the guest
+//! kernel's own types reaching the host.
 //!
 //! The VM is booted once by `cargo xtask test` (`lab up`), which sets VESPER_LAB to its
 //! name; tests run in name order on one thread, the destructive ones last.
@@ -131,6 +132,43 @@ impl Lab {
         let _ = s.read_to_string(&mut body);
         body
     }
+}
+
+/// The guest kernel's BTF and text symbols reach the host and parse there: what the compiler
+/// reads struct layouts from. Runs first (name order); lab_8's reboot checks the cache.
+#[test]
+fn lab_0_the_guest_kernels_types_reach_the_host() {
+    let Some(lab) = lab("lab_0_guest_kernel_types") else {
+        return;
+    };
+    let mut k = Value::Null;
+    wait_until(
+        Duration::from_secs(120),
+        || {
+            k = lab.status()["kernel_types"].clone();
+            k["state"] == "known" || k["state"] == "failed"
+        },
+        "the guest kernel's types",
+    );
+    assert_eq!(k["state"], "known", "{k}");
+    let id = k["kernel_id"].as_str().unwrap();
+    eprintln!(
+        "guest kernel {id}: {} types from {} bytes of BTF, {} text symbols from {} bytes, fetched in {} ms",
+        k["types"], k["btf_bytes"], k["symbols"], k["symbol_bytes"], k["fetched_ms"]
+    );
+    // A Debian kernel: a GNU build id, tens of thousands of types and symbols.
+    assert_eq!(id.len(), 40, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert!(k["types"].as_u64().unwrap() > 20_000, "{k}");
+    assert!(k["symbols"].as_u64().unwrap() > 10_000, "{k}");
+    // Cached on disk as the guest sent it: the size the agent announced.
+    let btf = lab.dir.join("state/kernels").join(id).join("btf");
+    let len = std::fs::metadata(&btf)
+        .unwrap_or_else(|e| panic!("{}: {e}", btf.display()))
+        .len();
+    assert_eq!(Some(len), k["btf_bytes"].as_u64());
+    let human = lab.vesper_ok(&["status"]);
+    assert!(human.contains("kernel types: "), "{human}");
 }
 
 #[test]
@@ -452,6 +490,17 @@ fn lab_8_a_rebooted_guest_gets_its_probes_again() {
     );
     let took = t.elapsed();
     eprintln!("reboot: probes attached in the new boot {took:?} after `reboot -f`");
+    // The same kernel booted again: its types come from the cache, not the wire.
+    wait_until(
+        Duration::from_secs(30),
+        || lab.status()["kernel_types"]["state"] == "known",
+        "the new boot's kernel types",
+    );
+    let k = lab.status()["kernel_types"].clone();
+    assert!(
+        k["fetched_ms"].is_null(),
+        "fetched again after a reboot: {k}"
+    );
     assert_eq!(after["gaps"].as_u64().unwrap(), gaps + 1, "{after}");
     let host = lab.events("vesper");
     assert!(host.iter().any(|r| r["event"] == "guest_reset"), "{host:?}");

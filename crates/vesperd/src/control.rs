@@ -99,6 +99,8 @@ pub struct Daemon {
     pub why: Arc<Mutex<crate::actions::WhyLog>>,
     pub(crate) verdicts: mpsc::Sender<crate::rules::Verdict>,
     pub(crate) actions: crate::actions::ActionConfigs,
+    /// Guest kernels' types, shared by every VM on the same kernel build.
+    pub(crate) kernels: Arc<crate::kernels::KernelCache>,
 }
 
 impl Daemon {
@@ -106,12 +108,14 @@ impl Daemon {
         why: Arc<Mutex<crate::actions::WhyLog>>,
         verdicts: mpsc::Sender<crate::rules::Verdict>,
         actions: crate::actions::ActionConfigs,
+        kernels: Arc<crate::kernels::KernelCache>,
     ) -> Self {
         Self {
             vms: Default::default(),
             why,
             verdicts,
             actions,
+            kernels,
         }
     }
 

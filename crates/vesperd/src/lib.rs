@@ -7,6 +7,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod kernels;
 pub mod metrics;
 pub mod pacemaker;
 pub mod qmp;
@@ -41,7 +42,8 @@ pub fn start_sessions(cfg: &Config) -> Vms {
     pacemaker::version::spawn_watch();
     let configs = actions::ActionConfigs::default();
     let verdicts = actions::spawn(cfg.daemon.node.clone(), configs.clone(), why.clone());
-    let daemon = Arc::new(Daemon::new(why, verdicts, configs));
+    let kernels = kernels::KernelCache::new(Some(cfg.daemon.state_dir.join("kernels")));
+    let daemon = Arc::new(Daemon::new(why, verdicts, configs, kernels));
     reload(&daemon, cfg);
     daemon
 }
@@ -154,7 +156,8 @@ fn start_vm(
     })
     .with_rate_limits(vm.rate_limits(&cfg.daemon))
     .with_boot_timeout(std::time::Duration::from_millis(vm.boot_timeout_ms))
-    .with_seen_file(records.join(format!("{}.seen", vm.name)));
+    .with_seen_file(records.join(format!("{}.seen", vm.name)))
+    .with_kernel_cache(daemon.kernels.clone());
     let mut tasks = vec![tokio::spawn(session.run()).abort_handle()];
     if let Some(path) = vm.qmp.as_deref().and_then(|q| q.strip_prefix("unix:")) {
         tasks.push(

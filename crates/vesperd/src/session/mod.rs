@@ -26,6 +26,8 @@
 //! - **Ready**: Hello seen. Kernel info is fetched for the probes' events, every probe
 //!   in the desired set is compiled for *this* guest's kernel and loaded; records are
 //!   decoded with the host's manifest, accounted by sequence number and stored.
+//!   The guest kernel's BTF and symbols are fetched once per kernel build
+//!   (`kernel_fetch.rs`, its own small state machine) while records flow.
 //! - **Unresponsive**: Ready, but the agent has been silent for longer than the VM's
 //!   deadtime. Any frame brings it back to Ready.
 //!
@@ -53,11 +55,13 @@ use crate::store::{RecordStore, StoredRecord};
 mod commands;
 mod gaps;
 mod ingest;
+mod kernel_fetch;
 mod probes;
 mod status;
 
 use ingest::read_frames;
 pub use ingest::{record_json, record_value};
+pub use kernel_fetch::{KernelFetch, KernelTypesStatus};
 pub use status::{AgentInfo, LastVerdict, ProbeStatus, VmStatus};
 
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,6 +214,20 @@ pub struct Session {
     /// agent is gone, and the new boot's has `boot_timeout` to connect.
     reset_at: Option<Instant>,
     boot_timeout: Duration,
+    /// The guest kernel's types: where their transfer is, and the cache shared by all VMs.
+    kernel_fetch: KernelFetch,
+    kernels: Arc<crate::kernels::KernelCache>,
+    /// Where blocking-pool work for this connection (cache lookups, parsing) reports back.
+    kernel_done: Option<mpsc::Sender<KernelDone>>,
+    /// "guest kernel types known" was logged on this connection.
+    kernel_logged: bool,
+}
+
+/// Work done off the runtime for [`KernelFetch`].
+#[derive(Debug)]
+enum KernelDone {
+    Looked(Result<Option<Arc<crate::kernels::GuestKernel>>, String>),
+    Stored(Result<Arc<crate::kernels::GuestKernel>, String>),
 }
 
 impl std::fmt::Debug for Session {
@@ -275,12 +293,22 @@ impl Session {
             unobserved_ms: 0,
             reset_at: None,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            kernel_fetch: KernelFetch::Idle,
+            kernels: crate::kernels::KernelCache::new(None),
+            kernel_done: None,
+            kernel_logged: false,
         }
     }
 
     /// How long a rebooting guest's agent may take to connect before it counts as silent.
     pub fn with_boot_timeout(mut self, t: Duration) -> Self {
         self.boot_timeout = t;
+        self
+    }
+
+    /// Shares guest kernels' types with other sessions (and a disk cache).
+    pub fn with_kernel_cache(mut self, kernels: Arc<crate::kernels::KernelCache>) -> Self {
+        self.kernels = kernels;
         self
     }
 
@@ -420,6 +448,10 @@ impl Session {
         self.probes.clear();
         self.agent = None;
         self.kernel = KernelInfo::default();
+        // The next agent may run another kernel: asked again (one round trip when cached).
+        self.kernel_fetch = KernelFetch::Idle;
+        self.kernel_done = None;
+        self.kernel_logged = false;
     }
 
     /// Records what the host saw, as a record of the `vesper` pseudo-probe, and judges it.
@@ -484,6 +516,8 @@ impl Session {
     async fn serve(&mut self, stream: BoxStream) -> End {
         let (rd, mut wr) = tokio::io::split(stream);
         let (ftx, mut frx) = mpsc::channel(64);
+        let (ktx, mut krx) = mpsc::channel(2);
+        self.kernel_done = Some(ktx);
         let reader = tokio::spawn(read_frames(
             rd,
             ftx,
@@ -506,7 +540,20 @@ impl Session {
                     Some(cmd) => self.on_command(cmd, &mut wr).await,
                     None => Err("daemon shutting down".to_string()),
                 },
-                _ = tick.tick() => self.on_tick(connected_at),
+                _ = tick.tick() => {
+                    let step = self.kernel_fetch.check_timeout();
+                    match self.kernel_step(step, &mut wr).await {
+                        Ok(()) => self.on_tick(connected_at),
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(done) = krx.recv() => {
+                    let step = match done {
+                        KernelDone::Looked(r) => self.kernel_fetch.looked_up(r),
+                        KernelDone::Stored(r) => self.kernel_fetch.stored(r),
+                    };
+                    self.kernel_step(step, &mut wr).await
+                }
             };
             if let Err(e) = step {
                 break e;
@@ -621,6 +668,17 @@ impl Session {
             (
                 _,
                 Message::Error {
+                    probe_id: 0,
+                    code,
+                    message,
+                },
+            ) if code == vesper_proto::message::error_code::KERNEL_FILE => {
+                let step = self.kernel_fetch.refused(&truncate(&message, 4096));
+                self.kernel_step(step, wr).await
+            }
+            (
+                _,
+                Message::Error {
                     probe_id,
                     code,
                     message,
@@ -652,6 +710,13 @@ impl Session {
                 self.on_records(batch);
                 Ok(())
             }
+            (_, Message::KernelFile(piece)) => {
+                let kernels = &self.kernels;
+                let step = self
+                    .kernel_fetch
+                    .on_piece(piece, |id| kernels.in_memory(id));
+                self.kernel_step(step, wr).await
+            }
             (_, Message::Heartbeat { .. } | Message::ProbeList { .. }) => Ok(()),
             (_, other) => Err(format!(
                 "agent sent a host-only message ({:?})",
@@ -682,6 +747,10 @@ impl Session {
         self.reset_at = None;
         self.connected_since_ms = Some(now_ms());
         self.set_state(State::Ready);
+        if h.capabilities & vesper_proto::message::caps::KERNEL_FILES != 0 {
+            let step = self.kernel_fetch.start();
+            self.kernel_step(step, wr).await?;
+        }
         for probe in self.desired.clone() {
             self.start_load(probe, None, wr).await?;
         }

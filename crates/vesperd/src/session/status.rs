@@ -69,6 +69,8 @@ pub struct VmStatus {
     /// restarts), and the milliseconds in between, when nothing was observed.
     pub gaps: u64,
     pub unobserved_ms: u64,
+    /// The guest kernel's BTF and symbols (fetched once per kernel build).
+    pub kernel_types: KernelTypesStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +111,7 @@ impl Session {
             rate_limited_pauses: self.counters.pauses(),
             gaps: self.gaps,
             unobserved_ms: self.unobserved_ms,
+            kernel_types: self.kernel_fetch.status(),
         }
     }
 }
