@@ -33,6 +33,10 @@ pub struct KernelInfo {
     /// Tracepoint layouts by "category:name"; an event missing here was not asked for,
     /// one mapped to `None` does not exist on that kernel.
     pub formats: BTreeMap<String, Option<TracepointFormat>>,
+    /// The kernel's own type information (its BTF), for struct members, casts and typed
+    /// kprobe arguments; `None` when the guest did not send it.
+    #[serde(skip)]
+    pub types: Option<std::sync::Arc<kernel_types::KernelTypes>>,
 }
 
 impl KernelInfo {
@@ -59,6 +63,7 @@ impl KernelInfo {
             release: release.to_string(),
             btf: false,
             formats: BTreeMap::new(),
+            types: None,
         };
         let functions = std::fs::read_to_string(root.join("available_filter_functions")).ok();
         for key in keys {

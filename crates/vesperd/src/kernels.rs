@@ -18,7 +18,7 @@ use vesper_probe::kernel_types::{KernelTypes, TypesError};
 pub struct GuestKernel {
     /// The kernel's GNU build id (or release and version), as its agent reported it.
     pub id: String,
-    pub types: KernelTypes,
+    pub types: Arc<KernelTypes>,
     pub symbols: KernelSymbols,
     pub btf_bytes: usize,
     pub symbol_bytes: usize,
@@ -104,7 +104,7 @@ impl KernelCache {
     ) -> Result<Arc<GuestKernel>, KernelCacheError> {
         let k = Arc::new(GuestKernel {
             id: id.to_string(),
-            types: KernelTypes::parse(btf)?,
+            types: Arc::new(KernelTypes::parse(btf)?),
             symbols: KernelSymbols::parse(symbols),
             btf_bytes: btf.len(),
             symbol_bytes: symbols.len(),

@@ -65,6 +65,8 @@ impl Rule {
                     items.iter().for_each(|i| walk(i, out));
                 }
                 ExprKind::Call(_, args) => args.iter().for_each(|a| walk(a, out)),
+                ExprKind::Cast(_, x) => walk(x, out),
+                ExprKind::Member { base, .. } => walk(base, out),
                 ExprKind::Int(_) | ExprKind::Str(_) => {}
             }
         }
@@ -292,6 +294,11 @@ fn eval(e: &Expr, r: &Value) -> Result<HVal, String> {
             }
         }
         ExprKind::Call(f, _) => return Err(format!("unknown function {f}")),
+        ExprKind::Cast(..) | ExprKind::Member { .. } => {
+            return Err(
+                "casts and members read kernel memory, which a rule cannot: emit the member as a field of the probe and test that field".into(),
+            );
+        }
     })
 }
 

@@ -136,4 +136,20 @@ pub enum ExprKind {
     In(Box<Expr>, Vec<Expr>),
     /// `name(args…)`: `starts_with(s, "lit")`, `signal(n)`.
     Call(String, Vec<Expr>),
+    /// `(struct NAME *)expr`: an integer seen as a pointer to a kernel struct (bpftrace's cast).
+    Cast(CastType, Box<Expr>),
+    /// `base->name` (through a pointer) or `base.name` (of a struct value).
+    Member {
+        base: Box<Expr>,
+        name: String,
+        arrow: bool,
+    },
+}
+
+/// What a cast names: `struct task_struct *`, `union u *`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CastType {
+    pub union: bool,
+    pub name: String,
+    pub span: Span,
 }

@@ -70,8 +70,12 @@ pub fn record_fields(source: &str, file: &str) -> Result<Vec<String>, Diagnostic
     Ok(fields)
 }
 
+/// The kernel-info key of the kernel's type information (BTF).
+pub const TYPES_KEY: &str = "btf";
+
 /// Parses only: the kernel-info keys the script needs ("cat:name" for tracepoints,
-/// "kprobe:func" for functions), so the host can ask the guest for exactly those.
+/// "kprobe:func" for functions, [`TYPES_KEY`] for struct members), so the host can ask the
+/// guest for exactly those.
 pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Diagnostics> {
     let script = front_end(source, file)?;
     let mut keys: Vec<String> = script
@@ -79,6 +83,20 @@ pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Dia
         .iter()
         .flat_map(|p| p.attach.iter().map(|a| a.spec.kernel_key()))
         .collect();
+    let needs_types = script.probes.iter().any(|p| {
+        let kprobe = p
+            .attach
+            .iter()
+            .any(|a| matches!(a.spec, ast::AttachSpec::Kprobe { .. }));
+        let uses = |e: &ast::Expr| passes::check::uses_types(e, kprobe);
+        p.predicate.as_ref().is_some_and(uses)
+            || p.emit
+                .as_ref()
+                .is_some_and(|e| e.fields.iter().any(|f| uses(&f.value)))
+    });
+    if needs_types {
+        keys.push(TYPES_KEY.to_string());
+    }
     keys.sort();
     keys.dedup();
     Ok(keys)

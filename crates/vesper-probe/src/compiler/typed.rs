@@ -13,6 +13,8 @@ pub enum StrSrc {
     CtxArray { off: u32, len: u32 },
     /// A `__data_loc char[]` tracepoint field (a u32 locator at `off`).
     CtxDataLoc { off: u32, cap: u32 },
+    /// A `char name[len]` in kernel memory at `addr` (a struct member reached through BTF).
+    Kernel { addr: Box<TExpr>, len: u32 },
 }
 
 impl StrSrc {
@@ -21,6 +23,7 @@ impl StrSrc {
             StrSrc::Comm => 16,
             StrSrc::CtxArray { len, .. } => *len,
             StrSrc::CtxDataLoc { cap, .. } => *cap,
+            StrSrc::Kernel { len, .. } => *len,
         }
     }
 }
@@ -37,6 +40,8 @@ pub enum Builtin {
     Arg(u8),
     /// kretprobe return value.
     Retval,
+    /// The current `struct task_struct *`.
+    CurTask,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,19 @@ pub enum TExpr {
     Builtin(Builtin),
     CtxInt {
         off: u32,
+        size: u32,
+        signed: bool,
+    },
+    /// `size` bytes of kernel memory at `addr` (bpf_probe_read_kernel; 0 if unreadable).
+    Read {
+        addr: Box<TExpr>,
+        size: u32,
+        signed: bool,
+    },
+    /// The low `size` bytes of a value, sign- or zero-extended (an `int` argument in a
+    /// 64-bit register).
+    Narrow {
+        x: Box<TExpr>,
         size: u32,
         signed: bool,
     },

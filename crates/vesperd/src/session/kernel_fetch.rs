@@ -411,13 +411,14 @@ impl super::Session {
                     tracing::info!(vm = %self.name, kernel = %kernel.id, types = kernel.types.len(),
                         symbols = kernel.symbols.len(), btf_bytes = kernel.btf_bytes, fetched_ms = ?fetched_ms,
                         "guest kernel types known");
+                    self.kernel.types = Some(kernel.types.clone());
                 }
-                return Ok(());
+                return self.resume_type_waiters(wr).await;
             }
             FetchStep::Send(m) => return self.send(wr, &m).await,
             FetchStep::Failed(why) => {
                 tracing::warn!(vm = %self.name, error = %why, "guest kernel types unavailable (probes that need them are refused)");
-                return Ok(());
+                return self.resume_type_waiters(wr).await;
             }
             FetchStep::Lookup(id) => {
                 let kernels = self.kernels.clone();
@@ -447,6 +448,31 @@ impl super::Session {
             // The connection may be gone by now: its answer is then moot.
             let _ = done.blocking_send(job());
         });
+        Ok(())
+    }
+
+    /// Whether a load that needs the kernel's types must wait for them (a transfer is under
+    /// way); once known or failed, [`Self::resume_type_waiters`] starts it again.
+    pub(super) fn types_pending(&self) -> bool {
+        matches!(
+            self.kernel_fetch,
+            KernelFetch::Identifying { .. }
+                | KernelFetch::Looking { .. }
+                | KernelFetch::Receiving { .. }
+                | KernelFetch::Storing { .. }
+        )
+    }
+
+    async fn resume_type_waiters(
+        &mut self,
+        wr: &mut tokio::io::WriteHalf<crate::channel::BoxStream>,
+    ) -> Result<(), super::End> {
+        if self.types_pending() {
+            return Ok(());
+        }
+        for (probe, reply) in std::mem::take(&mut self.waiting_kernel_types) {
+            self.start_load(probe, reply, wr).await?;
+        }
         Ok(())
     }
 }

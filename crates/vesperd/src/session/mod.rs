@@ -175,6 +175,8 @@ pub struct Session {
     next_probe_id: u32,
     /// Loads waiting for kernel info.
     waiting_kernel_info: Vec<(ProbeSource, Option<LoadReply>)>,
+    /// Loads waiting for the guest kernel's types (a transfer under way).
+    waiting_kernel_types: Vec<(ProbeSource, Option<LoadReply>)>,
     /// `vesper kernel-info` requests waiting for the agent's answer.
     info_waiters: Vec<(Vec<String>, KernelInfoReply)>,
     /// Loads asked for during the handshake: started once the agent said Hello.
@@ -263,6 +265,7 @@ impl Session {
             probes: BTreeMap::new(),
             next_probe_id: 1,
             waiting_kernel_info: Vec::new(),
+            waiting_kernel_types: Vec::new(),
             waiting_hello: Vec::new(),
             info_waiters: Vec::new(),
             load_replies: HashMap::new(),
@@ -428,7 +431,11 @@ impl Session {
             now_ms().saturating_sub(t.elapsed().as_millis() as u64)
         });
         self.begin_gap(last_alive, "the agent's connection ended");
-        for (_, reply) in self.waiting_kernel_info.drain(..) {
+        for (_, reply) in self
+            .waiting_kernel_info
+            .drain(..)
+            .chain(self.waiting_kernel_types.drain(..))
+        {
             if let Some(r) = reply {
                 let _ = r.send(Ok(LoadOutcome::Pending));
             }

@@ -10,8 +10,12 @@ impl Session {
             release: self.kernel.release.clone(),
             btf: self.kernel.btf,
             formats: Default::default(),
+            types: self.kernel.types.clone(),
         };
-        for key in keys {
+        for key in keys
+            .iter()
+            .filter(|k| *k != vesper_probe::compiler::TYPES_KEY)
+        {
             k.formats
                 .insert(key.clone(), self.kernel.formats.get(key)?.clone());
         }
@@ -42,9 +46,20 @@ impl Session {
             fail(reply, self.already_loaded(probe.name()));
             return Ok(());
         }
+        if events
+            .iter()
+            .any(|e| e == vesper_probe::compiler::TYPES_KEY)
+            && self.types_pending()
+        {
+            self.waiting_kernel_types.push((probe, reply));
+            return Ok(());
+        }
         let missing: Vec<String> = events
             .iter()
-            .filter(|e| !self.kernel.formats.contains_key(e.as_str()))
+            .filter(|e| {
+                *e != vesper_probe::compiler::TYPES_KEY
+                    && !self.kernel.formats.contains_key(e.as_str())
+            })
             .map(|e| e.to_string())
             .collect();
         if !missing.is_empty() {

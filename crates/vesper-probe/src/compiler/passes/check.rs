@@ -16,20 +16,45 @@ pub const DATA_LOC_CAP: u32 = 64;
 const RESERVED: &[&str] = &["vm", "probe", "seq", "ts_ns", "host_ms"];
 pub const BUILTINS: &[&str] = &[
     "pid", "tid", "uid", "cpu", "nsecs", "comm", "arg0", "arg1", "arg2", "arg3", "arg4", "arg5",
-    "retval",
+    "retval", "curtask",
 ];
+
+mod members;
+pub use members::uses_types;
 const FUNCTIONS: &[&str] = &["starts_with", "signal"];
 
 enum Ctx<'k> {
     Tracepoint(&'k TracepointFormat),
-    Kprobe,
+    /// A kprobe on this function.
+    Kprobe(String),
     Kretprobe,
 }
 
 enum Checked {
     Int(TExpr),
+    /// A kernel pointer to a value of this BTF type (it is also an integer, its address).
+    Ptr(TExpr, crate::kernel_types::TypeId),
+    /// Kernel memory holding a value of this BTF type, not read yet: a struct member.
+    Place(Place),
     Str(StrSrc),
     Lit(Vec<u8>),
+}
+
+/// Where a member lives: its address, its type, and for a bitfield its position in the
+/// byte at `addr` and its width.
+struct Place {
+    addr: TExpr,
+    ty: crate::kernel_types::TypeId,
+    bit_shift: u32,
+    bit_size: u32,
+}
+
+/// A pointer used where an integer is wanted is its address.
+fn decay(c: Checked) -> Checked {
+    match c {
+        Checked::Ptr(x, _) => Checked::Int(x),
+        other => other,
+    }
 }
 
 struct Checker<'a> {
@@ -160,7 +185,7 @@ impl<'a> Checker<'a> {
                 let (ctx, kind, prefix) = if ret {
                     (Ctx::Kretprobe, AttachKind::Kretprobe, "kretprobe")
                 } else {
-                    (Ctx::Kprobe, AttachKind::Kprobe, "kprobe")
+                    (Ctx::Kprobe(function.clone()), AttachKind::Kprobe, "kprobe")
                 };
                 Some((ctx, kind, function.clone(), format!("{prefix}/{function}")))
             }
@@ -201,7 +226,7 @@ impl<'a> Checker<'a> {
             }
             let (value, kind) = match &f.value.kind {
                 ExprKind::Call(name, args) if name == "signal" => match args.as_slice() {
-                    [a] => match self.value(a, ctx) {
+                    [a] => match self.value(a, ctx).map(decay) {
                         Some(Checked::Int(e)) => (TValue::Int(e), FieldKind::Signal),
                         Some(_) => {
                             self.err(a.span, "signal() takes a signal number".into());
@@ -222,7 +247,7 @@ impl<'a> Checker<'a> {
                         continue;
                     }
                 },
-                _ => match self.value(&f.value, ctx) {
+                _ => match self.value(&f.value, ctx).map(decay) {
                     Some(Checked::Int(e)) => {
                         let kind = match &e {
                             TExpr::CtxInt { signed: false, .. } | TExpr::Builtin(_) => {
@@ -235,6 +260,10 @@ impl<'a> Checker<'a> {
                     Some(Checked::Str(s)) => {
                         let len = s.capacity();
                         (TValue::Str(s), FieldKind::Str { len })
+                    }
+                    Some(Checked::Ptr(..) | Checked::Place(_)) => {
+                        ok = false;
+                        continue;
                     }
                     Some(Checked::Lit(_)) => {
                         self.err(f.value.span, "a constant string cannot be emitted".into())
@@ -262,7 +291,7 @@ impl<'a> Checker<'a> {
 
     /// An expression used as a condition (predicate): must be an integer.
     fn condition(&mut self, e: &Expr, ctx: &Ctx) -> Option<TExpr> {
-        match self.value(e, ctx)? {
+        match decay(self.value(e, ctx)?) {
             Checked::Int(t) => Some(t),
             _ => {
                 self.err(e.span, "a string is not a condition".into())
@@ -274,7 +303,7 @@ impl<'a> Checker<'a> {
     }
 
     fn int(&mut self, e: &Expr, ctx: &Ctx, what: &str) -> Option<TExpr> {
-        match self.value(e, ctx)? {
+        match decay(self.value(e, ctx)?) {
             Checked::Int(t) => Some(t),
             _ => {
                 self.err(e.span, format!("{what} needs an integer, this is a string"))
@@ -288,8 +317,19 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// An expression's value: a struct member is read here.
     fn value(&mut self, e: &Expr, ctx: &Ctx) -> Option<Checked> {
+        match self.operand(e, ctx)? {
+            Checked::Place(p) => self.load(p, e.span),
+            other => Some(other),
+        }
+    }
+
+    /// An expression, a member left unread (the base of `.`).
+    fn operand(&mut self, e: &Expr, ctx: &Ctx) -> Option<Checked> {
         match &e.kind {
+            ExprKind::Cast(ty, inner) => self.cast(ty, inner, ctx),
+            ExprKind::Member { base, name, arrow } => self.member(base, name, *arrow, e.span, ctx),
             ExprKind::Int(v) => Some(Checked::Int(TExpr::Int(*v))),
             ExprKind::Str(s) => Some(Checked::Lit(s.as_bytes().to_vec())),
             ExprKind::Ident(name) => self.builtin(name, e.span, ctx),
@@ -382,8 +422,8 @@ impl<'a> Checker<'a> {
     }
 
     fn binary(&mut self, op: BinOp, l: &Expr, r: &Expr, span: Span, ctx: &Ctx) -> Option<Checked> {
-        let lv = self.value(l, ctx);
-        let rv = self.value(r, ctx);
+        let lv = self.value(l, ctx).map(decay);
+        let rv = self.value(r, ctx).map(decay);
         let (lv, rv) = (lv?, rv?);
         match (lv, rv) {
             (Checked::Int(a), Checked::Int(b)) => {
@@ -396,7 +436,8 @@ impl<'a> Checker<'a> {
             }
             (a, b) => {
                 let ty = |c: &Checked| match c {
-                    Checked::Int(_) => "an integer",
+                    Checked::Int(_) | Checked::Ptr(..) => "an integer",
+                    Checked::Place(_) => "a struct",
                     Checked::Str(_) => "a string",
                     Checked::Lit(_) => "a string literal",
                 };
@@ -423,6 +464,7 @@ impl<'a> Checker<'a> {
             "cpu" => Builtin::Cpu,
             "nsecs" => Builtin::Nsecs,
             "comm" => return Some(Checked::Str(StrSrc::Comm)),
+            "curtask" => return self.curtask(span),
             "retval" => {
                 if !matches!(ctx, Ctx::Kretprobe) {
                     self.err(span, "`retval` exists only in kretprobe probes".into());
@@ -434,7 +476,7 @@ impl<'a> Checker<'a> {
                 && a.starts_with("arg")
                 && (b'0'..=b'5').contains(&a.as_bytes()[3]) =>
             {
-                if !matches!(ctx, Ctx::Kprobe) {
+                if !matches!(ctx, Ctx::Kprobe(_)) {
                     let d = self.err(span, format!("`{a}` exists only in kprobe probes"));
                     if matches!(ctx, Ctx::Tracepoint(_)) {
                         d.hints.push("tracepoint fields are args.NAME".into());
@@ -459,13 +501,16 @@ impl<'a> Checker<'a> {
     }
 
     fn field(&mut self, name: &str, span: Span, ctx: &Ctx) -> Option<Checked> {
+        if let Ctx::Kprobe(function) = ctx {
+            return self.kprobe_arg(function, name, span);
+        }
         let Ctx::Tracepoint(fmt) = ctx else {
             self.err(
                 span,
                 format!("args.{name} exists only in tracepoint probes"),
             )
             .hints
-            .push("kprobes read their arguments as arg0..arg5".into());
+            .push("a kretprobe has `retval`; its function's arguments are the kprobe's".into());
             return None;
         };
         let Some(f) = fmt.field(name) else {

@@ -9,7 +9,7 @@ use crate::compiler::ast::{BinOp, UnOp};
 use crate::compiler::diag::Diagnostic;
 use crate::compiler::typed::*;
 use crate::elf::ProgramCode;
-use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R6, R7, R10, Size, helper};
+use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R6, R7, R10, Reg, Size, helper};
 
 pub const RING_MAP: &str = "events";
 pub const DROPS_MAP: &str = "drops";
@@ -67,10 +67,7 @@ pub fn codegen(p: &TProgram, diags: &mut Vec<Diagnostic>) -> Option<ProgramCode>
                 g.eval(e);
                 g.a.store(Size::DW, R7, off, R0);
             }
-            TValue::Str(src) => {
-                g.a.mov(R1, R7).alu64_imm(Alu::Add, R1, off.into());
-                g.read_str(src);
-            }
+            TValue::Str(src) => g.read_str(src, R7, off),
         }
     }
     g.a.mov(R1, R7).mov_imm(R2, 0).call(helper::RINGBUF_SUBMIT);
@@ -145,9 +142,22 @@ impl Gen {
         self.pop_bytes(8)
     }
 
-    /// Copies a string into the buffer r1 points at (its full length; NUL padded).
-    fn read_str(&mut self, src: &StrSrc) {
+    /// Copies a string into the buffer at `base + off` (its full length; NUL padded).
+    fn read_str(&mut self, src: &StrSrc, base: Reg, off: i16) {
+        if let StrSrc::Kernel { addr, len } = src {
+            // The address first: evaluating it uses r0–r5.
+            self.eval(addr);
+            self.a
+                .mov(R3, R0)
+                .mov(R1, base)
+                .alu64_imm(Alu::Add, R1, off.into())
+                .mov_imm(R2, *len as i32)
+                .call(helper::PROBE_READ_KERNEL);
+            return;
+        }
+        self.a.mov(R1, base).alu64_imm(Alu::Add, R1, off.into());
         match src {
+            StrSrc::Kernel { .. } => {}
             StrSrc::Comm => {
                 self.a.mov_imm(R2, 16).call(helper::GET_CURRENT_COMM);
             }
@@ -209,16 +219,40 @@ impl Gen {
                 Builtin::Retval => {
                     self.a.load(Size::DW, R0, R6, RET_REG);
                 }
+                Builtin::CurTask => {
+                    self.a.call(helper::GET_CURRENT_TASK);
+                }
             },
+            TExpr::Read { addr, size, signed } => {
+                self.eval(addr);
+                let slot = self.push_slot();
+                // Zeroed first: an unreadable address reads as 0.
+                self.a.store_imm(Size::DW, R10, slot, 0);
+                self.a
+                    .mov(R3, R0)
+                    .mov(R1, R10)
+                    .alu64_imm(Alu::Add, R1, slot.into())
+                    .mov_imm(R2, *size as i32)
+                    .call(helper::PROBE_READ_KERNEL);
+                let sz = Size::from_bytes(*size as usize).unwrap_or(Size::DW);
+                self.a.load(sz, R0, R10, slot);
+                self.pop_slot();
+                self.extend(*size, *signed);
+            }
+            TExpr::Narrow { x, size, signed } => {
+                self.eval(x);
+                if *size < 8 {
+                    let shift = 64 - 8 * *size as i32;
+                    let right = if *signed { Alu::Arsh } else { Alu::Rsh };
+                    self.a
+                        .alu64_imm(Alu::Lsh, R0, shift)
+                        .alu64_imm(right, R0, shift);
+                }
+            }
             TExpr::CtxInt { off, size, signed } => {
                 let sz = Size::from_bytes(*size as usize).unwrap_or(Size::DW);
                 self.a.load(sz, R0, R6, *off as i16);
-                if *signed && *size < 8 {
-                    let shift = 64 - 8 * *size as i32;
-                    self.a
-                        .alu64_imm(Alu::Lsh, R0, shift)
-                        .alu64_imm(Alu::Arsh, R0, shift);
-                }
+                self.extend(*size, *signed);
             }
             TExpr::Unary(UnOp::Neg, x) => {
                 self.eval(x);
@@ -239,6 +273,15 @@ impl Gen {
                     BinOp::Shl => Alu::Lsh,
                     _ => Alu::Rsh,
                 };
+                // A constant right operand (a member offset, a mask) needs no stack slot.
+                if let TExpr::Int(v) = **r
+                    && let Ok(v) = i32::try_from(v)
+                    && !(v == 0 && matches!(op, BinOp::Div | BinOp::Mod))
+                {
+                    self.eval(l);
+                    self.a.alu64_imm(alu, R0, v);
+                    return;
+                }
                 self.binary_operands(l, r);
                 self.a.alu64_reg(alu, R1, R0).mov(R0, R1);
             }
@@ -251,6 +294,16 @@ impl Gen {
                 self.a.bind(f).mov_imm(R0, 0);
                 self.a.bind(end);
             }
+        }
+    }
+
+    /// Sign-extends a `size`-byte value loaded into r0 (loads already zero-extend).
+    fn extend(&mut self, size: u32, signed: bool) {
+        if signed && size < 8 {
+            let shift = 64 - 8 * size as i32;
+            self.a
+                .alu64_imm(Alu::Lsh, R0, shift)
+                .alu64_imm(Alu::Arsh, R0, shift);
         }
     }
 
@@ -313,8 +366,7 @@ impl Gen {
             } => {
                 let len = src.capacity() as i32;
                 let buf = self.push_bytes(len);
-                self.a.mov(R1, R10).alu64_imm(Alu::Add, R1, buf.into());
-                self.read_str(src);
+                self.read_str(src, R10, buf);
                 let (mismatch, matched) = (self.a.label(), self.a.label());
                 for (i, &c) in lit.iter().enumerate() {
                     self.a.load(Size::B, R0, R10, buf + i as i16).jmp_imm(

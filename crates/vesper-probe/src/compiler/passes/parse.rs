@@ -417,7 +417,77 @@ impl Parser<'_> {
                 span,
             });
         }
-        self.primary()
+        let e = self.primary()?;
+        self.postfix(e)
+    }
+
+    /// `e->name` and `e.name`, chained.
+    fn postfix(&mut self, mut e: Expr) -> PResult<Expr> {
+        loop {
+            let arrow = if self.is_punct("->") {
+                true
+            } else if self.is_punct(".") {
+                false
+            } else {
+                return Ok(e);
+            };
+            self.bump();
+            let (name, span) = self.expect_ident(if arrow {
+                "a member name after `->`"
+            } else {
+                "a member name after `.`"
+            })?;
+            let span = e.span.to(span);
+            e = Expr {
+                kind: ExprKind::Member {
+                    base: Box::new(e),
+                    name,
+                    arrow,
+                },
+                span,
+            };
+        }
+    }
+
+    /// After `(`: `struct NAME *)` or `union NAME *)`, when the parenthesis is a cast.
+    fn cast_type(&mut self) -> PResult<Option<CastType>> {
+        let union = self.is_ident("union");
+        if !union && !self.is_ident("struct") {
+            return Ok(None);
+        }
+        let kw = self.bump().span;
+        let (name, nspan) = self.expect_ident("a struct name, as in (struct task_struct *)")?;
+        self.expect_punct(
+            "*",
+            Some("casts are to pointers: (struct task_struct *)arg0"),
+        )?;
+        self.expect_punct(")", Some("close the cast: (struct task_struct *)"))?;
+        Ok(Some(CastType {
+            union,
+            name,
+            span: kw.to(nspan),
+        }))
+    }
+
+    /// The operand of a cast: `(struct task_struct *)arg0`.
+    fn cast(&mut self, open: Span, ty: CastType) -> PResult<Expr> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            self.depth -= 1;
+            return self.error(
+                open,
+                format!("expression nested deeper than {MAX_DEPTH} levels"),
+                None,
+            );
+        }
+        let e = self.unary();
+        self.depth -= 1;
+        let e = e?;
+        let span = open.to(e.span);
+        Ok(Expr {
+            kind: ExprKind::Cast(ty, Box::new(e)),
+            span,
+        })
     }
 
     fn primary(&mut self) -> PResult<Expr> {
@@ -432,6 +502,9 @@ impl Parser<'_> {
                 span: t.span,
             }),
             Tok::Punct("(") => {
+                if let Some(ty) = self.cast_type()? {
+                    return self.cast(t.span, ty);
+                }
                 let saved = self.in_predicate;
                 self.in_predicate = false;
                 let e = self.expr();
@@ -442,7 +515,9 @@ impl Parser<'_> {
                 Ok(e)
             }
             Tok::Ident(name) if name == "args" => {
-                self.expect_punct(".", Some("tracepoint fields are `args.NAME`"))?;
+                if !self.eat_punct("->") {
+                    self.expect_punct(".", Some("probe arguments are `args.NAME`"))?;
+                }
                 let (field, fspan) = self.expect_ident("a field name after `args.`")?;
                 Ok(Expr {
                     kind: ExprKind::Field(field),
