@@ -142,6 +142,8 @@ pub enum TypesError {
 /// A parsed kernel BTF.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelTypes {
+    /// The blob as the kernel wrote it, for kernel-info files and the host's cache.
+    raw: Vec<u8>,
     strings: Vec<u8>,
     types: Vec<Type>,
     members: Vec<RawMember>,
@@ -212,6 +214,7 @@ impl KernelTypes {
         let type_sec = section(8, "the type section")?;
         let strings = section(16, "the string section")?.to_vec();
         let mut t = KernelTypes {
+            raw: blob.to_vec(),
             strings,
             types: vec![Type::Void],
             members: Vec::new(),
@@ -418,6 +421,11 @@ impl KernelTypes {
         let rest = self.strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or_default()
+    }
+
+    /// The BTF as parsed (what `parse` was given).
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 
     /// How many types (void included).
@@ -646,6 +654,75 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     d[a.len() * w + b.len()]
+}
+
+/// `KernelInfo.types` in JSON: the raw BTF in base64 (a kernel-info file carries it for
+/// offline builds), parsed and checked again when read.
+pub mod serde_base64 {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::KernelTypes;
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn serialize<S: Serializer>(t: &Option<Arc<KernelTypes>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&encode(t.raw())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<KernelTypes>>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let blob = decode(&text)
+            .ok_or_else(|| serde::de::Error::custom("types: not base64-encoded BTF"))?;
+        KernelTypes::parse(&blob)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| serde::de::Error::custom(format!("types: {e}")))
+    }
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.trim_end_matches('=').as_bytes();
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut acc, mut bits) = (0u32, 0u32);
+        for &c in text {
+            let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+            acc = (acc << 6) | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((acc >> bits) as u8);
+                acc &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
 }
 
 #[cfg(test)]

@@ -34,8 +34,12 @@ pub struct KernelInfo {
     /// one mapped to `None` does not exist on that kernel.
     pub formats: BTreeMap<String, Option<TracepointFormat>>,
     /// The kernel's own type information (its BTF), for struct members, casts and typed
-    /// kprobe arguments; `None` when the guest did not send it.
-    #[serde(skip)]
+    /// kprobe arguments; `None` when the guest did not send it. In JSON, base64 BTF.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "kernel_types::serde_base64"
+    )]
     pub types: Option<std::sync::Arc<kernel_types::KernelTypes>>,
 }
 

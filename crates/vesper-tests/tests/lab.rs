@@ -169,6 +169,28 @@ fn lab_0_the_guest_kernels_types_reach_the_host() {
     assert_eq!(Some(len), k["btf_bytes"].as_u64());
     let human = lab.vesper_ok(&["status"]);
     assert!(human.contains("kernel types: "), "{human}");
+
+    // Offline: a kernel-info file carries the BTF, and a script with casts builds from it.
+    let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools/oomkill.vsp");
+    let info = lab.vesper_ok(&["kernel-info", &lab.name, "--for", tool.to_str().unwrap()]);
+    assert!(info.contains("\"types\""), "no BTF in the kernel-info file");
+    let dir = tempfile::tempdir().unwrap();
+    let k = dir.path().join("k.json");
+    std::fs::write(&k, &info).unwrap();
+    let obj = dir.path().join("oomkill.o");
+    let built = Command::new(bin("vesper"))
+        .args(["build", tool.to_str().unwrap(), "--kernel-info"])
+        .arg(&k)
+        .arg("-o")
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    assert!(std::fs::metadata(&obj).unwrap().len() > 0);
 }
 
 #[test]
@@ -245,8 +267,19 @@ fn lab_3_use_case_ii_oom_killer_victim_and_memory() {
         return;
     };
     lab.load("oom");
+    // The oomkill.bt port reads the same victim through struct oom_control (the guest's BTF).
+    let tool = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools/oomkill.vsp");
+    lab.load(tool.to_str().unwrap());
     let _ = lab.exec("memhog 1024", Duration::from_secs(120));
     let r = lab.wait_record("oom", "OOM victim", |r| r["victim_comm"] == "memhog");
+    let port = lab.wait_record("oomkill", "oomkill.vsp's victim", |p| {
+        p["victim_comm"] == "memhog"
+    });
+    eprintln!("oomkill.vsp: {port}");
+    assert_eq!(port["victim_pid"], r["victim_pid"], "{port} vs {r}");
+    // The guest has 256 MiB: the kernel's page count for the OOM decision is of that order.
+    let pages = port["pages"].as_u64().unwrap();
+    assert!((16_384..=131_072).contains(&pages), "{port}");
     let anon = r["anon_rss_kb"].as_u64().unwrap();
     eprintln!("use case II: {r}");
     assert!(

@@ -243,3 +243,25 @@ fn this_machines_kernel_btf() {
     assert_eq!(k.describe(params[0].ty), "struct oom_control *");
     assert!(closest("pdi", k.field_names(task).into_iter(), 3).contains(&"pid"));
 }
+
+#[test]
+fn base64_round_trips_and_refuses_junk() {
+    use super::serde_base64::{decode, encode};
+    for n in 0..10 {
+        let bytes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+        assert_eq!(decode(&encode(&bytes)).unwrap(), bytes);
+    }
+    assert_eq!(encode(b"Man"), "TWFu");
+    assert_eq!(encode(b"Ma"), "TWE=");
+    assert_eq!(decode("TWE=").unwrap(), b"Ma");
+    assert_eq!(decode("T!E="), None);
+    let k = crate::KernelInfo {
+        types: Some(std::sync::Arc::new(KernelTypes::parse(&sample()).unwrap())),
+        ..Default::default()
+    };
+    let json = serde_json::to_string(&k).unwrap();
+    let back: crate::KernelInfo = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.types.unwrap().len(), 10);
+    let bad = json.replace("\"types\":\"", "\"types\":\"AAAA");
+    assert!(serde_json::from_str::<crate::KernelInfo>(&bad).is_err());
+}

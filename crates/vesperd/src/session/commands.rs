@@ -86,13 +86,34 @@ impl Session {
                 Ok(())
             }
             SessionCmd::KernelInfo { keys, reply } => {
+                if keys.iter().any(|k| k == vesper_probe::compiler::TYPES_KEY)
+                    && self.kernel.types.is_none()
+                {
+                    let why = match self.kernel_fetch.status() {
+                        s if self.types_pending() => format!(
+                            "the guest kernel's types are still arriving ({} KiB so far): try again in a moment",
+                            s.received_bytes / 1024
+                        ),
+                        s => format!(
+                            "the guest kernel's types are unavailable: {}",
+                            s.error.unwrap_or_else(|| {
+                                "its agent does not send them (an older agent, or a kernel without /sys/kernel/btf/vmlinux)".into()
+                            })
+                        ),
+                    };
+                    let _ = reply.send(Err(why));
+                    return Ok(());
+                }
                 if let Some(k) = self.kernel_subset(&keys) {
                     let _ = reply.send(Ok(k));
                     return Ok(());
                 }
                 let missing: Vec<String> = keys
                     .iter()
-                    .filter(|k| !self.kernel.formats.contains_key(k.as_str()))
+                    .filter(|k| {
+                        *k != vesper_probe::compiler::TYPES_KEY
+                            && !self.kernel.formats.contains_key(k.as_str())
+                    })
                     .cloned()
                     .collect();
                 self.info_waiters.push((keys, reply));

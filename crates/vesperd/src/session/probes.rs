@@ -10,7 +10,12 @@ impl Session {
             release: self.kernel.release.clone(),
             btf: self.kernel.btf,
             formats: Default::default(),
-            types: self.kernel.types.clone(),
+            // 5+ MiB of BTF only for a script that reads kernel types.
+            types: keys
+                .iter()
+                .any(|k| k == vesper_probe::compiler::TYPES_KEY)
+                .then(|| self.kernel.types.clone())
+                .flatten(),
         };
         for key in keys
             .iter()

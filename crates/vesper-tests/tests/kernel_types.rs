@@ -1,0 +1,69 @@
+//! The kernel's own types on the real kernel: the agent sends this machine's BTF, vesperd
+//! compiles member reads against it, the verifier accepts them and the values are the
+//! kernel's (checked against what /proc says of the same processes).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const FAMILY: &str = "tracepoint:signal:signal_generate / comm == \"stopper\" / {
+    emit {
+        target = args.pid,
+        sender = curtask->tgid,
+        sender_comm = curtask->comm,
+        parent = curtask->real_parent->tgid,
+        parent_comm = curtask->real_parent->comm,
+        grandparent = curtask->real_parent->real_parent->tgid,
+    }
+}
+";
+
+fn status(h: &Harness) -> Value {
+    serde_json::from_str(h.vesper_ok(&["status", "--json"]).lines().next().unwrap()).unwrap()
+}
+
+fn ppid_of(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // After the ")" that ends the comm: state, then ppid.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn members_read_through_curtask_are_the_kernels_values() {
+    if !need_root("members_read_through_curtask") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let file = h.dir.path().join("family.vsp");
+    std::fs::write(&file, FAMILY).unwrap();
+    // The load waits for the kernel's types if they are still on their way.
+    let out = h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    assert!(out.starts_with("family loaded in host1"), "{out}");
+    let k = status(&h)["kernel_types"].clone();
+    eprintln!(
+        "this kernel: {} types from {} bytes of BTF, {} symbols, fetched in {} ms",
+        k["types"], k["btf_bytes"], k["symbols"], k["fetched_ms"]
+    );
+    assert_eq!(k["state"], "known", "{k}");
+    assert!(k["types"].as_u64().unwrap() > 20_000, "{k}");
+
+    let (_v, victim_pid) = victim("victim");
+    let stopper = send_signals("stopper", victim_pid, 10, 1);
+    let r = common::wait_record(
+        "the stopper's signal",
+        || h.events_json("host1", "family"),
+        |r| r["target"] == victim_pid,
+    );
+    let me = std::process::id();
+    assert_eq!(r["sender"], stopper, "{r}");
+    assert_eq!(r["sender_comm"], "stopper", "{r}");
+    // The stopper is this test's child: its parent is us, and ours is our parent.
+    assert_eq!(r["parent"], me, "{r}");
+    let my_comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    assert_eq!(r["parent_comm"], my_comm.trim(), "{r}");
+    assert_eq!(r["grandparent"], ppid_of(me), "{r}");
+}
