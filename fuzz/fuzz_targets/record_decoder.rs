@@ -18,6 +18,7 @@ fn manifest() -> Manifest {
         FieldKind::I64,
         FieldKind::Signal,
         FieldKind::Str { len: 16 },
+        FieldKind::Stack { depth: 4 },
     ];
     let mut offset = 12;
     let mut fields = vec![FieldSpec {

@@ -63,6 +63,8 @@ struct SymbolStream {
     lines: BufReader<File>,
     /// Bytes handed out so far.
     pos: u64,
+    /// A line read that did not fit in the last piece: the next one starts with it.
+    carry: Vec<u8>,
     done: bool,
 }
 
@@ -110,17 +112,21 @@ impl KernelFiles {
             }
             KernelFileKind::Symbols => {
                 let stream = self.symbol_stream(offset)?;
-                let mut data = Vec::with_capacity(max.min(64 * 1024));
+                // Whole lines only, and never more than asked for: a line that does not fit
+                // waits for the next piece.
+                let mut data = std::mem::take(&mut stream.carry);
                 let mut line = Vec::new();
-                while !stream.done && data.len() < max {
+                while !stream.done {
                     line.clear();
                     match stream.lines.read_until(b'\n', &mut line) {
                         Ok(0) => stream.done = true,
                         Ok(_) if is_text_symbol(&line) => {
-                            // A line never splits across pieces: one is at most a few hundred
-                            // bytes, and the host parses whole lines.
                             if !line.ends_with(b"\n") {
                                 line.push(b'\n');
+                            }
+                            if data.len() + line.len() > max {
+                                stream.carry = line.clone();
+                                break;
                             }
                             data.extend_from_slice(&line);
                         }
@@ -133,7 +139,7 @@ impl KernelFiles {
                     kernel_id,
                     total: 0,
                     offset,
-                    eof: stream.done,
+                    eof: stream.done && stream.carry.is_empty(),
                     data,
                 };
                 stream.pos += piece.data.len() as u64;
@@ -149,6 +155,7 @@ impl KernelFiles {
             self.symbols = Some(SymbolStream {
                 lines: BufReader::new(f),
                 pos: 0,
+                carry: Vec::new(),
                 done: false,
             });
         } else if at != Some(offset) {

@@ -38,6 +38,11 @@ pub enum FieldKind {
     },
     /// An i32 signal number; shown as the number and, in `<name>_name`, its name.
     Signal,
+    /// A kernel stack: a u64 byte count (bpf_get_stack's result) and then `depth` return
+    /// addresses, innermost first.
+    Stack {
+        depth: u32,
+    },
 }
 
 impl FieldKind {
@@ -48,6 +53,7 @@ impl FieldKind {
             FieldKind::U32 | FieldKind::I32 | FieldKind::Signal => 4,
             FieldKind::U64 | FieldKind::I64 => 8,
             FieldKind::Str { len } => len,
+            FieldKind::Stack { depth } => 8 + 8 * depth,
         }
     }
 }
@@ -104,6 +110,8 @@ pub enum Value {
     Int(i64),
     UInt(u64),
     Str(String),
+    /// Return addresses, innermost first (the host names them with the guest's symbols).
+    Stack(Vec<u64>),
 }
 
 impl std::fmt::Display for Value {
@@ -112,6 +120,10 @@ impl std::fmt::Display for Value {
             Value::Int(v) => write!(f, "{v}"),
             Value::UInt(v) => write!(f, "{v}"),
             Value::Str(s) => write!(f, "{s}"),
+            Value::Stack(frames) => {
+                let hex: Vec<String> = frames.iter().map(|a| format!("{a:#x}")).collect();
+                write!(f, "{}", hex.join(" <- "))
+            }
         }
     }
 }
@@ -168,6 +180,19 @@ impl Schema {
                 FieldKind::I32 => Value::Int(le(4) as u32 as i32 as i64),
                 FieldKind::I64 => Value::Int(le(8) as i64),
                 FieldKind::Str { .. } => Value::Str(c_string(bytes)),
+                FieldKind::Stack { depth } => {
+                    // The count is the guest's: a negative (an error) or oversized one is
+                    // bounded by the field's own size.
+                    let written = le(8) as i64;
+                    let frames = (written.max(0) as u64 / 8).min(u64::from(depth)) as usize;
+                    Value::Stack(
+                        bytes[8..]
+                            .chunks_exact(8)
+                            .take(frames)
+                            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                            .collect(),
+                    )
+                }
                 FieldKind::Signal => {
                     let sig = le(4) as u32 as i32;
                     out.push((f.name.clone(), Value::Int(sig.into())));

@@ -19,6 +19,7 @@ fn kind() -> impl Strategy<Value = FieldKind> {
         Just(FieldKind::I64),
         Just(FieldKind::Signal),
         (1u32..32).prop_map(|len| FieldKind::Str { len }),
+        (1u32..8).prop_map(|depth| FieldKind::Stack { depth }),
     ]
 }
 
@@ -49,6 +50,16 @@ fn encode(kind: FieldKind, raw: u64, text: &str) -> (Value, Vec<u8>) {
             let mut b = s.as_bytes().to_vec();
             b.resize(len as usize, 0);
             (Value::Str(s), b)
+        }
+        FieldKind::Stack { depth } => {
+            // `raw % (depth + 1)` frames written, each a distinct address.
+            let n = raw % (u64::from(depth) + 1);
+            let frames: Vec<u64> = (0..n).map(|i| raw.wrapping_add(i)).collect();
+            let mut b = (n * 8).to_le_bytes().to_vec();
+            for i in 0..u64::from(depth) {
+                b.extend(frames.get(i as usize).copied().unwrap_or(0).to_le_bytes());
+            }
+            (Value::Stack(frames), b)
         }
     }
 }

@@ -63,7 +63,41 @@ fn members_read_through_curtask_are_the_kernels_values() {
     assert_eq!(r["sender_comm"], "stopper", "{r}");
     // The stopper is this test's child: its parent is us, and ours is our parent.
     assert_eq!(r["parent"], me, "{r}");
-    let my_comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    // real_parent is the thread that forked: this test's thread, named after the test.
+    let my_comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
     assert_eq!(r["parent_comm"], my_comm.trim(), "{r}");
     assert_eq!(r["grandparent"], ppid_of(me), "{r}");
+}
+
+#[test]
+fn kstack_is_named_with_the_kernels_own_symbols() {
+    if !need_root("kstack_is_named") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let file = h.dir.path().join("stacks.vsp");
+    std::fs::write(
+        &file,
+        "tracepoint:signal:signal_generate / comm == \"stopper\" / { emit { target = args.pid, stack = kstack(8) } }\n",
+    )
+    .unwrap();
+    // A probe with kstack waits for the kernel's symbols, like one with kernel types.
+    h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    assert_eq!(status(&h)["kernel_types"]["state"], "known");
+    let (_v, victim_pid) = victim("victim");
+    send_signals("stopper", victim_pid, 10, 1);
+    let r = common::wait_record(
+        "the stopper's signal with its stack",
+        || h.events_json("host1", "stacks"),
+        |r| r["target"] == victim_pid,
+    );
+    let stack = r["stack"].as_str().unwrap();
+    eprintln!("kstack: {stack}");
+    let frames: Vec<&str> = stack.split(" <- ").collect();
+    assert!(frames.len() >= 3, "{stack}");
+    // The tracepoint fires inside the kernel's signal code, entered from kill(2): named, not
+    // hex, when the host has the kernel's symbols.
+    assert!(!frames[0].starts_with("0x"), "{stack}");
+    assert!(frames.iter().any(|f| f.contains("signal")), "{stack}");
+    assert!(frames.iter().any(|f| f.contains("kill")), "{stack}");
 }

@@ -85,6 +85,10 @@ pub enum TExpr {
 pub enum TValue {
     Int(TExpr),
     Str(StrSrc),
+    /// `kstack`: up to `depth` return addresses of the kernel stack.
+    Stack {
+        depth: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

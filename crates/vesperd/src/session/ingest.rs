@@ -6,6 +6,7 @@ use super::*;
 
 impl Session {
     pub(super) fn on_records(&mut self, batch: Records) {
+        let kernel = self.kernel_fetch.kernel().cloned();
         let Some(p) = self.probes.get_mut(&batch.probe_id) else {
             self.unknown_probe_records += batch.records.len() as u64;
             if !self.unknown_probe_logged {
@@ -37,7 +38,8 @@ impl Session {
             }
             st.next_seq = seq.saturating_add(1);
             match p.manifest.decode(rec) {
-                Ok(fields) => {
+                Ok(mut fields) => {
+                    name_stacks(&mut fields, kernel.as_deref());
                     st.received += 1;
                     let json = record_json(&self.name, &p.name, seq, &fields, host_ms);
                     if judged {
@@ -65,6 +67,22 @@ impl Session {
     }
 }
 
+/// A stack's return addresses as `function+offset` with the guest kernel's symbols,
+/// innermost first, joined by ` <- ` (addresses stay hex where no symbol is known).
+fn name_stacks(
+    fields: &mut [(String, vesper_probe::Value)],
+    kernel: Option<&crate::kernels::GuestKernel>,
+) {
+    for (_, v) in fields.iter_mut() {
+        if let vesper_probe::Value::Stack(frames) = v
+            && let Some(k) = kernel
+        {
+            let named: Vec<String> = frames.iter().map(|&a| k.symbols.describe(a)).collect();
+            *v = vesper_probe::Value::Str(named.join(" <- "));
+        }
+    }
+}
+
 /// The record as JSON: `vm`, `probe`, `seq`, then the schema's fields (ts_ns first), plus
 /// `host_ms`, the host's wall clock at receipt. For rules; the store takes [`record_json`].
 pub fn record_value(
@@ -83,6 +101,7 @@ pub fn record_value(
             vesper_probe::Value::Int(i) => i.into(),
             vesper_probe::Value::UInt(u) => u.into(),
             vesper_probe::Value::Str(s) => s.into(),
+            stack @ vesper_probe::Value::Stack(_) => stack.to_string().into(),
         };
         m.insert(k, v);
     }
@@ -118,6 +137,7 @@ pub fn record_json(
                 let _ = write!(out, "{u}");
             }
             vesper_probe::Value::Str(s) => push_json_str(&mut out, s),
+            stack @ vesper_probe::Value::Stack(_) => push_json_str(&mut out, &stack.to_string()),
         }
     }
     let _ = write!(out, ",\"host_ms\":{host_ms}}}");

@@ -16,12 +16,15 @@ pub const DATA_LOC_CAP: u32 = 64;
 const RESERVED: &[&str] = &["vm", "probe", "seq", "ts_ns", "host_ms"];
 pub const BUILTINS: &[&str] = &[
     "pid", "tid", "uid", "cpu", "nsecs", "comm", "arg0", "arg1", "arg2", "arg3", "arg4", "arg5",
-    "retval", "curtask",
+    "retval", "curtask", "kstack",
 ];
 
 mod members;
 pub use members::uses_types;
-const FUNCTIONS: &[&str] = &["starts_with", "signal"];
+const FUNCTIONS: &[&str] = &["starts_with", "signal", "kstack"];
+/// Frames `kstack` keeps, and the most `kstack(N)` may ask for (a record is at most 4 KiB).
+pub const KSTACK_DEPTH: u32 = 16;
+pub const MAX_KSTACK: u32 = 127;
 
 enum Ctx<'k> {
     Tracepoint(&'k TracepointFormat),
@@ -136,6 +139,7 @@ pub fn check(
 fn slot(kind: FieldKind) -> u32 {
     match kind {
         FieldKind::Str { len } => len.div_ceil(8) * 8,
+        FieldKind::Stack { depth } => 8 + 8 * depth,
         _ => 8,
     }
 }
@@ -225,6 +229,31 @@ impl<'a> Checker<'a> {
                 continue;
             }
             let (value, kind) = match &f.value.kind {
+                ExprKind::Ident(name) if name == "kstack" => {
+                    let depth = KSTACK_DEPTH;
+                    (TValue::Stack { depth }, FieldKind::Stack { depth })
+                }
+                ExprKind::Call(name, args) if name == "kstack" => match args.as_slice() {
+                    [
+                        Expr {
+                            kind: ExprKind::Int(n),
+                            ..
+                        },
+                    ] if (1..=i64::from(MAX_KSTACK)).contains(n) => {
+                        let depth = *n as u32;
+                        (TValue::Stack { depth }, FieldKind::Stack { depth })
+                    }
+                    _ => {
+                        self.err(
+                            f.value.span,
+                            format!("kstack(N) takes a frame count from 1 to {MAX_KSTACK}"),
+                        )
+                        .hints
+                        .push(format!("kstack alone keeps {KSTACK_DEPTH} frames"));
+                        ok = false;
+                        continue;
+                    }
+                },
                 ExprKind::Call(name, args) if name == "signal" => match args.as_slice() {
                     [a] => match self.value(a, ctx).map(decay) {
                         Some(Checked::Int(e)) => (TValue::Int(e), FieldKind::Signal),
@@ -371,6 +400,13 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
+            ExprKind::Call(name, _) if name == "kstack" => {
+                self.err(
+                    e.span,
+                    "a stack can only be emitted: emit { stack = kstack(8) }".into(),
+                );
+                None
+            }
             ExprKind::Call(name, _) if name == "signal" => {
                 self.err(
                     e.span,
@@ -465,6 +501,13 @@ impl<'a> Checker<'a> {
             "nsecs" => Builtin::Nsecs,
             "comm" => return Some(Checked::Str(StrSrc::Comm)),
             "curtask" => return self.curtask(span),
+            "kstack" => {
+                self.err(
+                    span,
+                    "a stack can only be emitted: emit { stack = kstack }".into(),
+                );
+                return None;
+            }
             "retval" => {
                 if !matches!(ctx, Ctx::Kretprobe) {
                     self.err(span, "`retval` exists only in kretprobe probes".into());

@@ -9,7 +9,7 @@ use crate::compiler::ast::{BinOp, UnOp};
 use crate::compiler::diag::Diagnostic;
 use crate::compiler::typed::*;
 use crate::elf::ProgramCode;
-use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R6, R7, R10, Reg, Size, helper};
+use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R4, R6, R7, R10, Reg, Size, helper};
 
 pub const RING_MAP: &str = "events";
 pub const DROPS_MAP: &str = "drops";
@@ -68,6 +68,17 @@ pub fn codegen(p: &TProgram, diags: &mut Vec<Diagnostic>) -> Option<ProgramCode>
                 g.a.store(Size::DW, R7, off, R0);
             }
             TValue::Str(src) => g.read_str(src, R7, off),
+            TValue::Stack { depth } => {
+                // bpf_get_stack writes the frames after the count, and returns the bytes
+                // written (or a negative error), stored as the count.
+                g.a.mov(R1, R6)
+                    .mov(R2, R7)
+                    .alu64_imm(Alu::Add, R2, i32::from(off) + 8)
+                    .mov_imm(R3, (*depth * 8) as i32)
+                    .mov_imm(R4, 0)
+                    .call(helper::GET_STACK);
+                g.a.store(Size::DW, R7, off, R0);
+            }
         }
     }
     g.a.mov(R1, R7).mov_imm(R2, 0).call(helper::RINGBUF_SUBMIT);

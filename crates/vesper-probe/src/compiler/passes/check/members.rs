@@ -313,14 +313,17 @@ fn int_layout(types: &KernelTypes, id: TypeId) -> Option<(u32, bool)> {
     }
 }
 
-/// Whether an expression needs the kernel's types: a cast, a member access, `curtask`, or
-/// (in a kprobe, `kprobe` true) an `args.NAME` typed from the function's prototype.
+/// Whether an expression needs the kernel's types: a cast, a member access, `curtask`,
+/// `kstack` (named with the symbols that come with them), or (in a kprobe, `kprobe` true) an
+/// `args.NAME` typed from the function's prototype.
 pub fn uses_types(e: &Expr, kprobe: bool) -> bool {
     use crate::compiler::ast::ExprKind::*;
     let any = |e: &Expr| uses_types(e, kprobe);
     match &e.kind {
         Cast(..) | Member { .. } => true,
-        Ident(n) => n == "curtask",
+        // A stack is named with the kernel's symbols, which come with its types.
+        Ident(n) => n == "curtask" || n == "kstack",
+        Call(f, _) if f == "kstack" => true,
         Field(_) => kprobe,
         Unary(_, x) => any(x),
         Binary(_, l, r) => any(l) || any(r),
