@@ -133,6 +133,7 @@ pub mod helper {
     pub const GET_CURRENT_TASK: i32 = 35;
     pub const GET_STACK: i32 = 67;
     pub const PROBE_READ_KERNEL: i32 = 113;
+    pub const PROBE_READ_USER_STR: i32 = 114;
     pub const PROBE_READ_KERNEL_STR: i32 = 115;
     pub const RINGBUF_RESERVE: i32 = 131;
     pub const RINGBUF_SUBMIT: i32 = 132;

@@ -101,3 +101,24 @@ fn kstack_is_named_with_the_kernels_own_symbols() {
     assert!(frames.iter().any(|f| f.contains("signal")), "{stack}");
     assert!(frames.iter().any(|f| f.contains("kill")), "{stack}");
 }
+
+#[test]
+fn opensnoop_reads_the_path_from_the_process_memory() {
+    if !need_root("opensnoop_reads_the_path") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let tool =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools/opensnoop.vsp");
+    h.vesper_ok(&["load", "host1", tool.to_str().unwrap()]);
+    let path = format!("/tmp/vesper-opensnoop-{}-no-such-file", std::process::id());
+    let _ = std::fs::File::open(&path);
+    let r = common::wait_record(
+        "the openat of the test's path",
+        || h.events_json("host1", "opensnoop"),
+        |r| r["path"] == path.as_str(),
+    );
+    assert_eq!(r["pid"], std::process::id(), "{r}");
+    // O_RDONLY | O_CLOEXEC, as std opens files.
+    assert_eq!(r["flags"].as_u64().unwrap() & 0o2000000, 0o2000000, "{r}");
+}

@@ -15,6 +15,13 @@ pub enum StrSrc {
     CtxDataLoc { off: u32, cap: u32 },
     /// A `char name[len]` in kernel memory at `addr` (a struct member reached through BTF).
     Kernel { addr: Box<TExpr>, len: u32 },
+    /// `str(ptr)`: a NUL-terminated string at `addr`, at most `len` bytes, in user memory
+    /// (`user`) or the kernel's.
+    Ptr {
+        addr: Box<TExpr>,
+        len: u32,
+        user: bool,
+    },
 }
 
 impl StrSrc {
@@ -23,7 +30,7 @@ impl StrSrc {
             StrSrc::Comm => 16,
             StrSrc::CtxArray { len, .. } => *len,
             StrSrc::CtxDataLoc { cap, .. } => *cap,
-            StrSrc::Kernel { len, .. } => *len,
+            StrSrc::Kernel { len, .. } | StrSrc::Ptr { len, .. } => *len,
         }
     }
 }

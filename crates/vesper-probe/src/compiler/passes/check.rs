@@ -21,7 +21,11 @@ pub const BUILTINS: &[&str] = &[
 
 mod members;
 pub use members::uses_types;
-const FUNCTIONS: &[&str] = &["starts_with", "signal", "kstack"];
+const FUNCTIONS: &[&str] = &["starts_with", "signal", "kstack", "str"];
+/// `str(p)` reads at most this many bytes unless told (bpftrace's default too), and at most
+/// [`MAX_STR`].
+pub const STR_DEFAULT: u32 = 64;
+pub const MAX_STR: u32 = 256;
 /// Frames `kstack` keeps, and the most `kstack(N)` may ask for (a record is at most 4 KiB).
 pub const KSTACK_DEPTH: u32 = 16;
 pub const MAX_KSTACK: u32 = 127;
@@ -377,6 +381,7 @@ impl<'a> Checker<'a> {
                 let items: Option<Vec<TExpr>> = items.into_iter().collect();
                 Some(Checked::Int(TExpr::In(Box::new(x?), items?)))
             }
+            ExprKind::Call(name, args) if name == "str" => self.str_of(args, e.span, ctx),
             ExprKind::Call(name, args) if name == "starts_with" => {
                 let [s, p] = args.as_slice() else {
                     self.err(
@@ -420,6 +425,35 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// `str(ptr)` / `str(ptr, len)`: a string from memory. User memory in a syscall
+    /// tracepoint (its pointer arguments are the process's), kernel memory elsewhere.
+    fn str_of(&mut self, args: &[Expr], span: Span, ctx: &Ctx) -> Option<Checked> {
+        let (ptr, len) = match args {
+            [p] => (p, STR_DEFAULT),
+            [
+                p,
+                Expr {
+                    kind: ExprKind::Int(n),
+                    ..
+                },
+            ] if (1..=i64::from(MAX_STR)).contains(n) => (p, *n as u32),
+            _ => {
+                self.err(
+                    span,
+                    format!("str() takes a pointer and an optional length from 1 to {MAX_STR}: str(args.filename), str(args.filename, 128)"),
+                );
+                return None;
+            }
+        };
+        let addr = self.int(ptr, ctx, "str()")?;
+        let user = matches!(ctx, Ctx::Tracepoint(f) if f.event.starts_with("syscalls:"));
+        Some(Checked::Str(StrSrc::Ptr {
+            addr: Box::new(addr),
+            len,
+            user,
+        }))
     }
 
     fn str_match(

@@ -155,7 +155,20 @@ impl Gen {
 
     /// Copies a string into the buffer at `base + off` (its full length; NUL padded).
     fn read_str(&mut self, src: &StrSrc, base: Reg, off: i16) {
-        if let StrSrc::Kernel { addr, len } = src {
+        let from_memory = match src {
+            StrSrc::Kernel { addr, len } => Some((addr, len, helper::PROBE_READ_KERNEL)),
+            StrSrc::Ptr { addr, len, user } => Some((
+                addr,
+                len,
+                if *user {
+                    helper::PROBE_READ_USER_STR
+                } else {
+                    helper::PROBE_READ_KERNEL_STR
+                },
+            )),
+            _ => None,
+        };
+        if let Some((addr, len, read)) = from_memory {
             // The address first: evaluating it uses r0–r5.
             self.eval(addr);
             self.a
@@ -163,12 +176,12 @@ impl Gen {
                 .mov(R1, base)
                 .alu64_imm(Alu::Add, R1, off.into())
                 .mov_imm(R2, *len as i32)
-                .call(helper::PROBE_READ_KERNEL);
+                .call(read);
             return;
         }
         self.a.mov(R1, base).alu64_imm(Alu::Add, R1, off.into());
         match src {
-            StrSrc::Kernel { .. } => {}
+            StrSrc::Kernel { .. } | StrSrc::Ptr { .. } => {}
             StrSrc::Comm => {
                 self.a.mov_imm(R2, 16).call(helper::GET_CURRENT_COMM);
             }
