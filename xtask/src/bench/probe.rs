@@ -1,6 +1,8 @@
 //! The probe measurements of `cargo xtask bench`, printed as tables (never asserted on):
 //!
 //! - compile: each built-in probe compiled against this machine's kernel, in process.
+//! - compile with kernel types: this kernel's BTF parsed (cold), and each `examples/tools`
+//!   script compiled with the parsed types (cached).
 //! - start-to-first-event: from the command that loads a probe (`vesper load`, or starting
 //!   `bpftrace -e`) to the first record of an event that fires every 2 ms, seen by the user.
 
@@ -37,6 +39,7 @@ pub fn stats(mut xs: Vec<f64>) -> Stats {
 pub fn run(bin: &Path, quick: bool) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::json!({
         "compile": compile_times(if quick { 50 } else { 500 })?,
+        "compile_with_types": compile_with_types(if quick { 5 } else { 20 }, if quick { 50 } else { 500 })?,
         "start_to_first_event": start_to_first_event(bin, if quick { 3 } else { 10 })?,
     }))
 }
@@ -81,6 +84,90 @@ fn compile_times(n: usize) -> anyhow::Result<serde_json::Value> {
         rows.push(serde_json::json!({"probe": name, "programs": p.manifest.attach.len(), "insns": insns, "object_bytes": p.object.len(), "mean_us": s.mean, "p50_us": s.p50, "max_us": s.max}));
     }
     Ok(serde_json::Value::Array(rows))
+}
+
+/// The examples that read kernel types, compiled against this machine's own BTF: the BTF's
+/// parse (what a new kernel build costs once, "cold") and each compile with the parsed types
+/// in hand (what every later load costs, "cached").
+fn compile_with_types(parses: usize, n: usize) -> anyhow::Result<serde_json::Value> {
+    let path = "/sys/kernel/btf/vmlinux";
+    let blob = std::fs::read(path).with_context(|| format!("{path} (this kernel's BTF)"))?;
+    let mut parse_ms = Vec::new();
+    let mut types = None;
+    for _ in 0..parses {
+        let t = Instant::now();
+        let parsed = vesper_probe::kernel_types::KernelTypes::parse(&blob)?;
+        parse_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        types = Some(std::sync::Arc::new(parsed));
+    }
+    let types = types.context("no parse")?;
+    let p = stats(parse_ms);
+    println!(
+        "
+kernel types: this kernel's BTF ({} bytes, {} types) parsed in {:.1} ms mean ({:.1}–{:.1}), {parses} runs
+",
+        blob.len(),
+        types.len(),
+        p.mean,
+        p.min,
+        p.max
+    );
+    println!("| script | BPF insns | mean µs | p50 µs | max µs |");
+    println!("|---|---|---|---|---|");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut rows = Vec::new();
+    let dir = crate::util::workspace_root().join("examples/tools");
+    let mut scripts: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "vsp"))
+        .collect();
+    scripts.sort();
+    for script in scripts {
+        let file = script.display().to_string();
+        let text = std::fs::read_to_string(&script)?;
+        let keys =
+            vesper_probe::required_kernel_keys(&text, &file).map_err(|d| anyhow::anyhow!("{d}"))?;
+        let mut kernel =
+            KernelInfo::read_tracefs(Path::new("/sys/kernel/tracing"), release.trim(), &keys);
+        kernel.types = Some(types.clone());
+        // This host has no kprobes: its functions count as present, as a guest's would.
+        for k in keys.iter().filter(|k| k.starts_with("kprobe:")) {
+            kernel.formats.entry(k.clone()).or_insert_with(|| {
+                Some(vesper_probe::TracepointFormat {
+                    event: k.clone(),
+                    id: None,
+                    fields: vec![],
+                })
+            });
+        }
+        let name = vesper_probe::probe_name_from_path(&file).context("script name")?;
+        let mut times = Vec::with_capacity(n);
+        let mut last = None;
+        for _ in 0..n {
+            let t = Instant::now();
+            let c = vesper_probe::compile(&text, &file, &name, &kernel)
+                .map_err(|d| anyhow::anyhow!("{d}"))?;
+            times.push(t.elapsed().as_secs_f64() * 1e6);
+            last = Some(c);
+        }
+        let c = last.context("no runs")?;
+        let insns = vesper_probe::disasm::disasm_object(&c.object, &c.manifest)
+            .lines()
+            .filter(|l| l.starts_with(' '))
+            .count();
+        let s = stats(times);
+        println!(
+            "| {name} | {insns} | {:.0} | {:.0} | {:.0} |",
+            s.mean, s.p50, s.max
+        );
+        rows.push(serde_json::json!({"script": name, "insns": insns, "mean_us": s.mean, "p50_us": s.p50, "max_us": s.max}));
+    }
+    Ok(serde_json::json!({
+        "btf_bytes": blob.len(),
+        "types": types.len(),
+        "parse_ms": {"mean": p.mean, "min": p.min, "max": p.max, "runs": parses},
+        "scripts": rows,
+    }))
 }
 
 /// Reads lines from a child's stdout on a thread.

@@ -490,6 +490,42 @@ fn probe(out: &mut String, r: &Value) {
         ],
         &rows,
     );
+    let t = &p["compile_with_types"];
+    if !t.is_null() {
+        let _ = writeln!(
+            out,
+            "Scripts that read kernel types, against this kernel's BTF ({} bytes, {} types): \
+             its parse, once per kernel build, took {} ms mean ({} runs); each compile then \
+             uses the parsed types (target: under 20 ms).\n",
+            t["btf_bytes"],
+            t["types"],
+            f(&t["parse_ms"]["mean"], 1),
+            t["parse_ms"]["runs"]
+        );
+        let rows: Vec<Vec<String>> = t["scripts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                vec![
+                    c["script"].as_str().unwrap_or("").into(),
+                    c["insns"].to_string(),
+                    f(&c["mean_us"], 0),
+                    f(&c["max_us"], 0),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                "script (examples/tools)",
+                "BPF insns",
+                "compile mean µs",
+                "max µs",
+            ],
+            &rows,
+        );
+    }
     let s = &p["start_to_first_event"];
     let mean = |k: &str| {
         let xs: Vec<f64> = s[k]
