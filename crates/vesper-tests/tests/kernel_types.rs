@@ -10,12 +10,13 @@ use common::*;
 use serde_json::Value;
 
 const FAMILY: &str = "tracepoint:signal:signal_generate / comm == \"stopper\" / {
+    $parent = curtask->real_parent;
     emit {
         target = args.pid,
         sender = curtask->tgid,
         sender_comm = curtask->comm,
-        parent = curtask->real_parent->tgid,
-        parent_comm = curtask->real_parent->comm,
+        parent = $parent->tgid,
+        parent_comm = $parent->comm,
         grandparent = curtask->real_parent->real_parent->tgid,
     }
 }

@@ -45,8 +45,18 @@ pub struct Attach {
 pub struct Probe {
     pub attach: Vec<Attach>,
     pub predicate: Option<Expr>,
+    /// `$name = expr;` statements, in order, before the emit.
+    pub lets: Vec<Let>,
     pub emit: Option<Emit>,
     pub span: Span,
+}
+
+/// `$name = value;`: a local variable (bpftrace's scratch variable), evaluated once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Let {
+    pub name: String,
+    pub name_span: Span,
+    pub value: Expr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

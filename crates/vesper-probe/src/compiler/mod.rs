@@ -90,6 +90,7 @@ pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Dia
             .any(|a| matches!(a.spec, ast::AttachSpec::Kprobe { .. }));
         let uses = |e: &ast::Expr| passes::check::uses_types(e, kprobe);
         p.predicate.as_ref().is_some_and(uses)
+            || p.lets.iter().any(|l| uses(&l.value))
             || p.emit
                 .as_ref()
                 .is_some_and(|e| e.fields.iter().any(|f| uses(&f.value)))

@@ -73,6 +73,8 @@ pub enum TExpr {
         size: u32,
         signed: bool,
     },
+    /// Local variable `n`, evaluated once into its stack slot before the record.
+    Local(u32),
     Unary(UnOp, Box<TExpr>),
     /// Arithmetic, bitwise, comparison or logical operator on integers.
     Binary(BinOp, Box<TExpr>, Box<TExpr>),
@@ -114,6 +116,8 @@ pub struct TProgram {
     pub section: String,
     pub attach: crate::manifest::Attach,
     pub predicate: Option<TExpr>,
+    /// Local variables in order: each evaluated once, after the predicate.
+    pub locals: Vec<TExpr>,
     /// Index of this program's record schema in the manifest.
     pub schema: u32,
     pub record_size: u32,

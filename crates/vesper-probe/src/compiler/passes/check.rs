@@ -67,7 +67,12 @@ fn decay(c: Checked) -> Checked {
 struct Checker<'a> {
     kernel: &'a KernelInfo,
     diags: &'a mut Vec<Diagnostic>,
+    /// The program's local variables so far: name, and the pointee type when a pointer.
+    locals: Vec<(String, Option<crate::kernel_types::TypeId>)>,
 }
+
+/// Most local variables in one probe (each takes an 8-byte stack slot of 512).
+pub const MAX_LOCALS: usize = 16;
 
 /// Returns the programs and the per-schema field lists (index = schema id).
 pub fn check(
@@ -75,7 +80,11 @@ pub fn check(
     kernel: &KernelInfo,
     diags: &mut Vec<Diagnostic>,
 ) -> (Vec<TProgram>, Vec<manifest::Schema>) {
-    let mut c = Checker { kernel, diags };
+    let mut c = Checker {
+        kernel,
+        diags,
+        locals: Vec::new(),
+    };
     let mut programs = Vec::new();
     let mut schemas = Vec::new();
     for (pi, probe) in script.probes.iter().enumerate() {
@@ -91,10 +100,15 @@ pub fn check(
             let Some((ctx, kind, target, section)) = c.resolve_attach(attach) else {
                 continue;
             };
+            c.locals.clear();
             let predicate = probe.predicate.as_ref().and_then(|p| c.condition(p, &ctx));
+            let locals = c.lets(&probe.lets, &ctx);
             let fields = c.emit_fields(emit, &ctx);
-            let (Some(fields), true) = (fields, probe.predicate.is_none() || predicate.is_some())
-            else {
+            let (Some(fields), Some(locals), true) = (
+                fields,
+                locals,
+                probe.predicate.is_none() || predicate.is_some(),
+            ) else {
                 continue;
             };
             let record_size = fields.last().map_or(HEADER, |f| f.offset + slot(f.kind));
@@ -130,6 +144,7 @@ pub fn check(
                 name,
                 section,
                 predicate,
+                locals,
                 schema,
                 record_size,
                 fields,
@@ -526,7 +541,68 @@ impl<'a> Checker<'a> {
         }
     }
 
+    /// `$name = value;` in order: each value is checked with the variables before it.
+    fn lets(&mut self, lets: &[Let], ctx: &Ctx) -> Option<Vec<TExpr>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for l in lets {
+            if out.len() == MAX_LOCALS {
+                self.err(
+                    l.name_span,
+                    format!("more than {MAX_LOCALS} variables in one probe"),
+                )
+                .hints
+                .push("reuse a variable, or compute the value where it is emitted".into());
+                return None;
+            }
+            let (expr, pointee) = match self.value(&l.value, ctx) {
+                Some(Checked::Int(e)) => (e, None),
+                Some(Checked::Ptr(e, ty)) => (e, Some(ty)),
+                Some(_) => {
+                    self.err(l.value.span, format!("{} would hold a string, which variables cannot yet", l.name))
+                        .hints
+                        .push("use the string where it is emitted or compared: emit { path = str(args.filename) }".into());
+                    ok = false;
+                    continue;
+                }
+                None => {
+                    ok = false;
+                    continue;
+                }
+            };
+            // A reassignment is a new slot: uses after it see the new value.
+            self.locals.push((l.name.clone(), pointee));
+            out.push(expr);
+        }
+        ok.then_some(out)
+    }
+
+    fn local(&mut self, name: &str, span: Span) -> Option<Checked> {
+        let Some(i) = self.locals.iter().rposition(|(n, _)| n == name) else {
+            let hint = if self.locals.is_empty() {
+                format!(
+                    "assign it in the probe's body before use: {name} = value; (a predicate cannot use variables)"
+                )
+            } else {
+                let names: Vec<&str> = self.locals.iter().map(|(n, _)| n.as_str()).collect();
+                format!("variables here: {}", names.join(", "))
+            };
+            self.err(span, format!("unknown variable `{name}`"))
+                .hints
+                .push(hint);
+            return None;
+        };
+        let e = TExpr::Local(i as u32);
+        Some(match self.locals[i].1 {
+            Some(ty) => Checked::Ptr(e, ty),
+            None => Checked::Int(e),
+        })
+    }
+
     fn builtin(&mut self, name: &str, span: Span, ctx: &Ctx) -> Option<Checked> {
+        if name.starts_with('$') {
+            return self.local(name, span);
+        }
         let b = match name {
             "pid" => Builtin::Pid,
             "tid" => Builtin::Tid,

@@ -28,15 +28,20 @@ struct Gen {
 }
 
 pub fn codegen(p: &TProgram, diags: &mut Vec<Diagnostic>) -> Option<ProgramCode> {
+    // Local variables own the top of the stack, one slot each.
     let mut g = Gen {
         a: Asm::new(),
-        sp: 0,
+        sp: 8 * p.locals.len() as i32,
         too_deep: false,
     };
     let exit = g.a.label();
     g.a.mov(R6, R1);
     if let Some(pred) = &p.predicate {
         g.cond(pred, exit);
+    }
+    for (i, e) in p.locals.iter().enumerate() {
+        g.eval(e);
+        g.a.store(Size::DW, R10, local_slot(i as u32), R0);
     }
     // Reserve the record, or count a drop and leave.
     let reserved = g.a.label();
@@ -108,6 +113,11 @@ pub fn codegen(p: &TProgram, diags: &mut Vec<Diagnostic>) -> Option<ProgramCode>
             None
         }
     }
+}
+
+/// Where local variable `i` lives.
+fn local_slot(i: u32) -> i16 {
+    -8 * (i as i16 + 1)
 }
 
 fn inverse(c: Cond) -> Cond {
@@ -247,6 +257,9 @@ impl Gen {
                     self.a.call(helper::GET_CURRENT_TASK);
                 }
             },
+            TExpr::Local(i) => {
+                self.a.load(Size::DW, R0, R10, local_slot(*i));
+            }
             TExpr::Read { addr, size, signed } => {
                 self.eval(addr);
                 let slot = self.push_slot();

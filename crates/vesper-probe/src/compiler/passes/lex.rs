@@ -38,8 +38,15 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
             while i < b.len() && b[i] != b'\n' {
                 i += 1;
             }
-        } else if c.is_ascii_alphabetic() || c == b'_' {
+        } else if c.is_ascii_alphabetic()
+            || c == b'_'
+            || (c == b'$'
+                && b.get(i + 1)
+                    .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_'))
+        {
+            // `$name` is a local variable, lexed as one identifier.
             let s = i;
+            i += 1;
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                 i += 1;
             }

@@ -5,7 +5,7 @@
 //! script    := probe*
 //! probe     := attach (',' attach)* ('/' expr '/')? '{' stmt* '}'
 //! attach    := 'tracepoint' ':' IDENT ':' IDENT | ('kprobe' | 'kretprobe') ':' IDENT
-//! stmt      := 'emit' '{' IDENT '=' expr (',' IDENT '=' expr)* ','? '}' ';'?
+//! stmt      := '$' IDENT '=' expr ';' | 'emit' '{' IDENT '=' expr (',' IDENT '=' expr)* ','? '}' ';'?
 //! expr      := or
 //! or        := and ('||' and)*
 //! and       := cmp ('&&' cmp)*
@@ -204,7 +204,8 @@ impl Parser<'_> {
             "a probe's body is `{ emit { name = value, ... } }`"
         };
         self.expect_punct("{", Some(body_hint))?;
-        let mut emit = None;
+        let mut emit: Option<Emit> = None;
+        let mut lets = Vec::new();
         while !self.is_punct("}") {
             if self.at_eof() {
                 let t = self.peek().span;
@@ -214,12 +215,30 @@ impl Parser<'_> {
                     Some("add `}`"),
                 );
             }
-            let (word, span) = self.expect_ident("`emit` or `}`")?;
+            let (word, span) = self.expect_ident("`emit`, `$name = value;` or `}`")?;
+            if word.starts_with('$') {
+                self.expect_punct("=", Some("assign a variable with `$name = value;`"))?;
+                let value = self.expr()?;
+                self.expect_punct(";", Some("end the assignment with `;`"))?;
+                if emit.is_some() {
+                    return self.error(
+                        span,
+                        format!("`{word}` is assigned after the emit, where nothing can use it"),
+                        Some("assign variables before `emit { ... }`"),
+                    );
+                }
+                lets.push(Let {
+                    name: word,
+                    name_span: span,
+                    value,
+                });
+                continue;
+            }
             if word != "emit" {
                 return self.error(
                     span,
                     format!("unknown statement `{word}`"),
-                    Some("the only statement is `emit { name = value, ... }`"),
+                    Some("statements are `$name = value;` and `emit { name = value, ... }`"),
                 );
             }
             let e = self.emit(span)?;
@@ -237,6 +256,7 @@ impl Parser<'_> {
         Ok(Probe {
             attach,
             predicate,
+            lets,
             emit,
             span: start.to(end),
         })
