@@ -145,6 +145,7 @@ proptest! {
         "tracepoint", ":", "signal", "signal_generate", "kprobe", "kretprobe", "do_exit", "/", "{", "}", "emit",
         "=", ",", "args", ".", "sig", "pid", "comm", "==", "&&", "||", "!", "(", ")", "in", "[", "]", "\"x\"", "15",
         "-", "*", "%", "starts_with", "signal", "arg0", "retval", "<<", ">>", ";",
+        "->", "$x", "$y", "struct", "task_struct", "curtask", "kstack", "str", "args.oc",
     ]), 0..60)) {
         let src = toks.join(" ");
         let _ = compile_for_618(&src, "soup.vsp");
