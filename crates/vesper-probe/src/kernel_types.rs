@@ -708,11 +708,19 @@ pub mod serde_base64 {
     }
 
     pub fn decode(text: &str) -> Option<Vec<u8>> {
+        // A table, not a search: a kernel's BTF is 7 MiB of base64.
+        let mut value = [u8::MAX; 256];
+        for (i, &a) in ALPHABET.iter().enumerate() {
+            value[a as usize] = i as u8;
+        }
         let text = text.trim_end_matches('=').as_bytes();
         let mut out = Vec::with_capacity(text.len() * 3 / 4);
         let (mut acc, mut bits) = (0u32, 0u32);
         for &c in text {
-            let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+            let v = match value[c as usize] {
+                u8::MAX => return None,
+                v => u32::from(v),
+            };
             acc = (acc << 6) | v;
             bits += 6;
             if bits >= 8 {

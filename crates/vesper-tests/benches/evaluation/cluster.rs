@@ -297,13 +297,19 @@ fn fault_trials(
         // This trial's verdict on the VM's host with the case's cause (in use case II a
         // second one follows when memhog is taken too).
         let verdicts = lab.vesper_json(&host, &["why", VM, "--json", "--last", "5"]);
+        // The one acted on: the earliest not debounced (later ones of the same fault are).
         let verdict = verdicts
             .iter()
             .filter(|e| e["verdict"]["time_ms"].as_f64() >= Some(t0 * 1000.0))
-            .find(|e| {
+            .filter(|e| e["debounced"] != true)
+            .filter(|e| {
                 e["verdict"]["cause"]
                     .as_str()
                     .is_some_and(|c| c.contains(case.cause()))
+            })
+            .min_by(|a, b| {
+                let t = |e: &&Value| e["verdict"]["time_ms"].as_f64().unwrap_or(f64::MAX);
+                t(a).total_cmp(&t(b))
             });
         let verdict_ms =
             verdict.and_then(|e| Some(e["verdict"]["time_ms"].as_f64()? - t0 * 1000.0));

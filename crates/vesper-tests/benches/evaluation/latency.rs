@@ -353,6 +353,8 @@ struct Trial {
     delay_s: f64,
     latency_ms: f64,
     verdict_ms: Option<f64>,
+    /// Fault → the restarted service answering HTTP again (Pacemaker's recovery done).
+    answering_ms: f64,
     detected_by: String,
     cause: String,
     identified: bool,
@@ -409,19 +411,23 @@ fn trials(
         };
         // Vesper's share: injection → verdict (the rest is Pacemaker's tools and controller).
         // The verdict must be this trial's, and the cluster's attribute must say its cause.
+        // The verdict acted on: this trial's first that was not debounced. (One fault can
+        // give several verdicts, the later ones debounced; the last of them is not the
+        // moment Vesper knew.)
         let verdict = (arm == Arm::Vesper)
             .then(|| {
-                h.vesper_ok(&["why", vm, "--json", "--last", "1"])
+                h.vesper_ok(&["why", vm, "--json", "--last", "10"])
                     .lines()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                    .next_back()
+                    .filter(|e| e["debounced"] != true)
+                    .filter_map(|e| {
+                        let ms = e["verdict"]["time_ms"].as_f64()? - t0 * 1000.0;
+                        Some((ms, e["verdict"]["cause"].as_str()?.to_string()))
+                    })
+                    .filter(|(ms, _)| *ms >= 0.0)
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
             })
-            .flatten()
-            .and_then(|e| {
-                let ms = e["verdict"]["time_ms"].as_f64()? - t0 * 1000.0;
-                Some((ms, e["verdict"]["cause"].as_str()?.to_string()))
-            })
-            .filter(|(ms, _)| *ms >= 0.0);
+            .flatten();
         let verdict_ms = verdict.as_ref().map(|v| v.0);
         let identified = verdict
             .as_ref()
@@ -437,8 +443,9 @@ fn trials(
             || env.healthy(),
             "the restarted service to answer",
         );
+        let answering_ms = (unix_now() - t0) * 1000.0;
         eprintln!(
-            "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (verdict at {verdict_ms:.1?} ms; injected after a random {delay:.2} s; {}; cause: {cause})",
+            "  {} {} {} trial {}/{n}: {latency_ms:.1} ms (verdict at {verdict_ms:.1?} ms; answering again at {answering_ms:.0} ms; injected after a random {delay:.2} s; {}; cause: {cause})",
             env.key,
             case.key(),
             arm.key(),
@@ -449,6 +456,7 @@ fn trials(
             delay_s: delay,
             latency_ms,
             verdict_ms,
+            answering_ms,
             detected_by: fail.task,
             cause,
             identified,
@@ -500,6 +508,7 @@ pub fn run(setup: &Setup) -> Value {
                 let identified = ts.iter().filter(|t| t.identified).count();
                 let verdicts: Vec<f64> = ts.iter().filter_map(|t| t.verdict_ms).collect();
                 let verdict_stats = (!verdicts.is_empty()).then(|| stats(&verdicts).json());
+                let answering: Vec<f64> = ts.iter().map(|t| t.answering_ms).collect();
                 rows.push(vec![
                     env.key.to_string(),
                     case.name().to_string(),
@@ -519,9 +528,11 @@ pub fn run(setup: &Setup) -> Value {
                     json!({
                         "stats_ms": s.json(),
                         "verdict_stats_ms": verdict_stats,
+                        "answering_stats_ms": stats(&answering).json(),
                         "identified": identified,
                         "trials": ts.iter().map(|t| json!({
                             "delay_s": t.delay_s, "latency_ms": t.latency_ms, "verdict_ms": t.verdict_ms,
+                            "answering_ms": t.answering_ms,
                             "detected_by": t.detected_by, "cause": t.cause, "identified": t.identified,
                         })).collect::<Vec<_>>(),
                     }),
@@ -553,6 +564,10 @@ pub fn run(setup: &Setup) -> Value {
         &rows,
     );
     results.insert("seed".into(), json!(seed));
+    results.insert(
+        "alert_clock_tick_ms".into(),
+        json!(crate::util::alert_clock_tick_ms()),
+    );
     results.insert("trials".into(), json!(n));
     results.insert("monitor_interval_s".into(), json!(MONITOR_INTERVAL_S));
     Value::Object(results)

@@ -126,3 +126,19 @@ pub fn rss_split_kib(smaps: &str) -> (u64, u64) {
     }
     (maps, own)
 }
+
+/// The tick of the clock Pacemaker stamps its alerts with: libqb reads
+/// `CLOCK_REALTIME_COARSE`, the time as of the last clock tick, so an alert's timestamp is
+/// up to one tick earlier than the moment it describes.
+pub fn alert_clock_tick_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, exclusively borrowed timespec for the call's duration.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_REALTIME_COARSE, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
