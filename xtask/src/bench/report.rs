@@ -300,7 +300,7 @@ between it and one tick more, and the bound is what is shown.\n"
             "use case",
             "injection → verdict, mean ms",
             "verdict → alert stamp, mean ms",
-            "verdict → recorded, mean ms",
+            "verdict → recorded, mean ms (bound)",
             "poller mean / verdict mean",
         ],
         &split,
