@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod common;
+
+use common::golden;
+
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
@@ -22,22 +26,6 @@ fn kernel_6_18(keys: &[String]) -> KernelInfo {
 fn compile_for_618(src: &str, file: &str) -> Result<vesper_probe::CompiledProbe, Diagnostics> {
     let keys = required_kernel_keys(src, file)?;
     compile(src, file, "t", &kernel_6_18(&keys))
-}
-
-/// Compares with a golden file; `UPDATE_GOLDEN=1` rewrites it.
-fn golden(path: &Path, actual: &str) {
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(path)
-        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (UPDATE_GOLDEN=1 to accept)",
-        path.display()
-    );
 }
 
 #[test]

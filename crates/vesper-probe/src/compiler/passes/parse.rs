@@ -419,18 +419,7 @@ impl Parser<'_> {
         };
         if let Some(op) = op {
             let s = self.bump().span;
-            self.depth += 1;
-            if self.depth > MAX_DEPTH {
-                self.depth -= 1;
-                return self.error(
-                    s,
-                    format!("expression nested deeper than {MAX_DEPTH} levels"),
-                    None,
-                );
-            }
-            let e = self.unary();
-            self.depth -= 1;
-            let e = e?;
+            let e = self.nested_unary(s)?;
             let span = s.to(e.span);
             return Ok(Expr {
                 kind: ExprKind::Unary(op, Box::new(e)),
@@ -439,6 +428,23 @@ impl Parser<'_> {
         }
         let e = self.primary()?;
         self.postfix(e)
+    }
+
+    /// The operand of a prefix operator or a cast, one level deeper (bounded, so a hostile
+    /// script cannot exhaust the stack).
+    fn nested_unary(&mut self, at: Span) -> PResult<Expr> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            self.depth -= 1;
+            return self.error(
+                at,
+                format!("expression nested deeper than {MAX_DEPTH} levels"),
+                None,
+            );
+        }
+        let e = self.unary();
+        self.depth -= 1;
+        e
     }
 
     /// `e->name` and `e.name`, chained.
@@ -491,18 +497,7 @@ impl Parser<'_> {
 
     /// The operand of a cast: `(struct task_struct *)arg0`.
     fn cast(&mut self, open: Span, ty: CastType) -> PResult<Expr> {
-        self.depth += 1;
-        if self.depth > MAX_DEPTH {
-            self.depth -= 1;
-            return self.error(
-                open,
-                format!("expression nested deeper than {MAX_DEPTH} levels"),
-                None,
-            );
-        }
-        let e = self.unary();
-        self.depth -= 1;
-        let e = e?;
+        let e = self.nested_unary(open)?;
         let span = open.to(e.span);
         Ok(Expr {
             kind: ExprKind::Cast(ty, Box::new(e)),
