@@ -474,13 +474,24 @@ impl KernelTypes {
 
     /// Size in bytes (pointers are 8; `None` for void, functions and unsized things).
     pub fn size_of(&self, id: TypeId) -> Option<u32> {
+        self.size_at_depth(id, 0)
+    }
+
+    /// Arrays of arrays are followed a bounded number of steps: a hostile BTF can make an
+    /// array its own element.
+    fn size_at_depth(&self, id: TypeId, depth: usize) -> Option<u32> {
+        if depth > MAX_CHAIN {
+            return None;
+        }
         match *self.get(self.resolve(id)) {
             Type::Int { size, .. }
             | Type::Record { size, .. }
             | Type::Enum { size, .. }
             | Type::Float { size, .. } => Some(size),
             Type::Ptr(_) => Some(8),
-            Type::Array { elem, len } => self.size_of(elem).and_then(|s| s.checked_mul(len)),
+            Type::Array { elem, len } => self
+                .size_at_depth(elem, depth + 1)
+                .and_then(|s| s.checked_mul(len)),
             _ => None,
         }
     }

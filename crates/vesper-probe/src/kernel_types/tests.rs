@@ -166,7 +166,10 @@ fn hostile_blobs_are_refused_with_the_reason() {
     b.w(&[x, 8 << 24, 1]); // 2: typedef x -> 1
     b.w(&[0, (4 << 24) | 1, 4]); // 3: struct { <anon> 3 }
     b.w(&[0, 3, 0]);
+    b.w(&[0, 3 << 24, 0, 4, 1, 2]); // 4: an array whose element is itself (found by the fuzzer)
     let k = KernelTypes::parse(&b.bytes()).unwrap();
+    assert_eq!(k.size_of(4), None);
+    assert!(k.describe(4).starts_with('?') && k.describe(4).len() < 200);
     assert_eq!(k.resolve(1), 0);
     assert_eq!(k.size_of(1), None);
     assert_eq!(k.field(3, "y"), None);
