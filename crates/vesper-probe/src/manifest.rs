@@ -83,6 +83,46 @@ pub struct Manifest {
     pub drops_map: String,
     /// Record layouts; a record's u32 at offset 8 is its index here.
     pub schemas: Vec<Schema>,
+    /// The script's maps (`@name[...]`), in the order they first appear.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<MapSpec>,
+}
+
+/// One part of a map's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum KeyPart {
+    /// A 64-bit integer.
+    Int,
+    /// A NUL-padded string of at most `len` bytes.
+    Str { len: u32 },
+}
+
+impl KeyPart {
+    /// Bytes it takes in the key (strings round up to 8).
+    pub fn size(self) -> u32 {
+        match self {
+            KeyPart::Int => 8,
+            KeyPart::Str { len } => len.div_ceil(8) * 8,
+        }
+    }
+}
+
+/// A map of the script: the BPF hash map `symbol` in the object, integer values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapSpec {
+    /// As written in the script: `@start`.
+    pub name: String,
+    pub symbol: String,
+    pub key: Vec<KeyPart>,
+    pub max_entries: u32,
+}
+
+impl MapSpec {
+    /// Bytes of key: at least 8 (a keyless map's key is a single 0).
+    pub fn key_size(&self) -> u32 {
+        self.key.iter().map(|k| k.size()).sum::<u32>().max(8)
+    }
 }
 
 impl Manifest {

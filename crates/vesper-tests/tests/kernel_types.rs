@@ -1,6 +1,8 @@
-//! The kernel's own types on the real kernel: the agent sends this machine's BTF, vesperd
-//! compiles member reads against it, the verifier accepts them and the values are the
-//! kernel's (checked against what /proc says of the same processes).
+//! The probe language on the real kernel. The kernel's own types: the agent sends this
+//! machine's BTF, vesperd compiles member reads against it, the verifier accepts them and
+//! the values are the kernel's (checked against what /proc says of the same processes).
+//! Maps: the ports of bpftrace's tools pair a syscall's entry with its exit, and report
+//! the result the kernel returned.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
@@ -122,4 +124,53 @@ fn opensnoop_reads_the_path_from_the_process_memory() {
     assert_eq!(r["pid"], std::process::id(), "{r}");
     // O_RDONLY | O_CLOEXEC, as std opens files.
     assert_eq!(r["flags"].as_u64().unwrap() & 0o2000000, 0o2000000, "{r}");
+    // The exit's result, paired through the maps: no such file.
+    assert_eq!((r["fd"].as_i64(), r["errno"].as_i64()), (Some(-1), Some(2)), "{r}");
+    // And a file that opens: a descriptor, no errno.
+    let exists = h.dir.path().join("opensnoop-exists");
+    std::fs::write(&exists, b"x").unwrap();
+    let exists = exists.to_str().unwrap().to_string();
+    let f = std::fs::File::open(&exists).unwrap();
+    let r = common::wait_record(
+        "the openat of a file that exists",
+        || h.events_json("host1", "opensnoop"),
+        |r| r["path"] == exists.as_str(),
+    );
+    use std::os::fd::AsRawFd;
+    assert_eq!((r["fd"].as_i64(), r["errno"].as_i64()), (Some(i64::from(f.as_raw_fd())), Some(0)), "{r}");
+}
+
+#[test]
+fn killsnoop_pairs_each_kill_with_its_result() {
+    if !need_root("killsnoop_pairs_each_kill") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let tool =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools/killsnoop.vsp");
+    h.vesper_ok(&["load", "host1", tool.to_str().unwrap()]);
+    let (_v, victim_pid) = victim("victim");
+    let sender = send_signals("killer", victim_pid, 10, 1);
+    let r = common::wait_record(
+        "the kill of the victim",
+        || h.events_json("host1", "killsnoop"),
+        |r| r["pid"] == sender,
+    );
+    assert_eq!(r["comm"], "killer", "{r}");
+    assert_eq!(r["tpid"], victim_pid, "{r}");
+    assert_eq!((r["sig"].as_i64(), r["sig_name"].as_str()), (Some(10), Some("SIGUSR1")), "{r}");
+    assert_eq!(r["result"], 0, "{r}");
+    // A kill of a process that does not exist: its result is -ESRCH.
+    let out = std::process::Command::new(bin("vesper-testkit"))
+        .args(["signal", "--comm", "killer2", "--to", "999999999", "--sig", "15", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the kill of no process succeeded");
+    let r = common::wait_record(
+        "the failed kill",
+        || h.events_json("host1", "killsnoop"),
+        |r| r["comm"] == "killer2",
+    );
+    assert_eq!((r["tpid"].as_i64(), r["sig_name"].as_str()), (Some(999_999_999), Some("SIGTERM")), "{r}");
+    assert_eq!(r["result"], -3, "{r}");
 }

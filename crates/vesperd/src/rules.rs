@@ -67,7 +67,7 @@ impl Rule {
                 ExprKind::Call(_, args) => args.iter().for_each(|a| walk(a, out)),
                 ExprKind::Cast(_, x) => walk(x, out),
                 ExprKind::Member { base, .. } => walk(base, out),
-                ExprKind::Int(_) | ExprKind::Str(_) => {}
+                ExprKind::Int(_) | ExprKind::Str(_) | ExprKind::Map(_) => {}
             }
         }
         let mut out = Vec::new();
@@ -297,6 +297,11 @@ fn eval(e: &Expr, r: &Value) -> Result<HVal, String> {
         ExprKind::Cast(..) | ExprKind::Member { .. } => {
             return Err(
                 "casts and members read kernel memory, which a rule cannot: emit the member as a field of the probe and test that field".into(),
+            );
+        }
+        ExprKind::Map(_) => {
+            return Err(
+                "maps live in the guest's kernel, which a rule cannot read: emit the map's value as a field of the probe and test that field".into(),
             );
         }
     })

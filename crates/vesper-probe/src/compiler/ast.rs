@@ -45,10 +45,71 @@ pub struct Attach {
 pub struct Probe {
     pub attach: Vec<Attach>,
     pub predicate: Option<Expr>,
-    /// `$name = expr;` statements, in order, before the emit.
-    pub lets: Vec<Let>,
-    pub emit: Option<Emit>,
+    /// The body's statements, in order.
+    pub body: Vec<Stmt>,
     pub span: Span,
+}
+
+/// One statement of a probe's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stmt {
+    Let(Let),
+    /// `@name[key, ...] = value;`
+    MapAssign { map: MapRef, value: Expr },
+    /// `delete(@name[key, ...]);`
+    Delete(MapRef),
+    /// `if (cond) { ... } else { ... }`; `else if` is an `If` alone in `els`.
+    If {
+        cond: Expr,
+        then: Vec<Stmt>,
+        els: Vec<Stmt>,
+    },
+    Emit(Emit),
+}
+
+/// `@name[key, ...]`, or `@name` alone (one value, bpftrace's keyless map).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapRef {
+    pub name: String,
+    pub keys: Vec<Expr>,
+    pub span: Span,
+}
+
+/// Calls `f` on every expression of `stmts`, nested statements included (not inside
+/// expressions: `f` recurses itself if it must).
+pub fn each_expr<'a>(stmts: &'a [Stmt], f: &mut impl FnMut(&'a Expr)) {
+    for s in stmts {
+        match s {
+            Stmt::Let(l) => f(&l.value),
+            Stmt::MapAssign { map, value } => {
+                map.keys.iter().for_each(&mut *f);
+                f(value);
+            }
+            Stmt::Delete(map) => map.keys.iter().for_each(&mut *f),
+            Stmt::If { cond, then, els } => {
+                f(cond);
+                each_expr(then, f);
+                each_expr(els, f);
+            }
+            Stmt::Emit(e) => e.fields.iter().for_each(|x| f(&x.value)),
+        }
+    }
+}
+
+/// Every `emit` of `stmts`, in source order.
+pub fn emits(stmts: &[Stmt]) -> Vec<&Emit> {
+    let mut out = Vec::new();
+    for s in stmts {
+        match s {
+            Stmt::Emit(e) => out.push(e),
+            Stmt::If { then, els, .. } => {
+                out.extend(emits(then));
+                out.extend(emits(els));
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// `$name = value;`: a local variable (bpftrace's scratch variable), evaluated once.
@@ -148,6 +209,8 @@ pub enum ExprKind {
     Call(String, Vec<Expr>),
     /// `(struct NAME *)expr`: an integer seen as a pointer to a kernel struct (bpftrace's cast).
     Cast(CastType, Box<Expr>),
+    /// `@name[key, ...]`: the value stored under the key, 0 if there is none.
+    Map(MapRef),
     /// `base->name` (through a pointer) or `base.name` (of a struct value).
     Member {
         base: Box<Expr>,

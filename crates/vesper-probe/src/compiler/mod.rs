@@ -57,7 +57,7 @@ pub fn record_fields(source: &str, file: &str) -> Result<Vec<String>, Diagnostic
     for f in script
         .probes
         .iter()
-        .filter_map(|p| p.emit.as_ref())
+        .flat_map(|p| ast::emits(&p.body))
         .flat_map(|e| &e.fields)
     {
         if !fields.contains(&f.name) {
@@ -89,11 +89,9 @@ pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Dia
             .iter()
             .any(|a| matches!(a.spec, ast::AttachSpec::Kprobe { .. }));
         let uses = |e: &ast::Expr| passes::check::uses_types(e, kprobe);
-        p.predicate.as_ref().is_some_and(uses)
-            || p.lets.iter().any(|l| uses(&l.value))
-            || p.emit
-                .as_ref()
-                .is_some_and(|e| e.fields.iter().any(|f| uses(&f.value)))
+        let mut body = false;
+        ast::each_expr(&p.body, &mut |e| body |= uses(e));
+        body || p.predicate.as_ref().is_some_and(uses)
     });
     if needs_types {
         keys.push(TYPES_KEY.to_string());
@@ -112,18 +110,20 @@ pub fn compile(
 ) -> Result<CompiledProbe, Diagnostics> {
     let script = front_end(source, file)?;
     let mut diags = Vec::new();
-    let (programs, schemas) = passes::check::check(&script, kernel, &mut diags);
+    let (programs, schemas, maps) = passes::check::check(&script, kernel, &mut diags);
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }
     let code: Vec<_> = programs
         .iter()
-        .filter_map(|p| passes::codegen::codegen(p, &mut diags).map(|c| (c, p.attach.clone())))
+        .filter_map(|p| {
+            passes::codegen::codegen(p, &maps, &mut diags).map(|c| (c, p.attach.clone()))
+        })
         .collect();
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }
-    match passes::object::object(name, &kernel.release, code, schemas, &mut diags) {
+    match passes::object::object(name, &kernel.release, code, schemas, &maps, &mut diags) {
         Some((object, manifest)) => Ok(CompiledProbe { object, manifest }),
         None => Err(fail(file, source, diags)),
     }

@@ -73,8 +73,10 @@ pub enum TExpr {
         size: u32,
         signed: bool,
     },
-    /// Local variable `n`, evaluated once into its stack slot before the record.
+    /// Local variable `n`'s stack slot (0 until assigned).
     Local(u32),
+    /// The value map `map` holds under `key`, 0 if none.
+    MapRead { map: u32, key: Vec<TKey> },
     Unary(UnOp, Box<TExpr>),
     /// Arithmetic, bitwise, comparison or logical operator on integers.
     Binary(BinOp, Box<TExpr>, Box<TExpr>),
@@ -109,6 +111,42 @@ pub struct TField {
     pub offset: u32,
 }
 
+/// One part of a map key, at its place in the key (parts are laid out in order, each
+/// rounded up to 8 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TKey {
+    Int(TExpr),
+    Str(StrSrc),
+}
+
+/// One emitted record: its schema and fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TEmit {
+    /// Index of this record's schema in the manifest.
+    pub schema: u32,
+    pub record_size: u32,
+    pub fields: Vec<TField>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TStmt {
+    /// Local variable `slot` takes `value`.
+    Let { slot: u32, value: TExpr },
+    /// `@m[key] = value`: a full map counts a drop.
+    MapUpdate {
+        map: u32,
+        key: Vec<TKey>,
+        value: TExpr,
+    },
+    MapDelete { map: u32, key: Vec<TKey> },
+    If {
+        cond: TExpr,
+        then: Vec<TStmt>,
+        els: Vec<TStmt>,
+    },
+    Emit(TEmit),
+}
+
 /// One BPF program: one probe at one attach point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TProgram {
@@ -116,10 +154,7 @@ pub struct TProgram {
     pub section: String,
     pub attach: crate::manifest::Attach,
     pub predicate: Option<TExpr>,
-    /// Local variables in order: each evaluated once, after the predicate.
-    pub locals: Vec<TExpr>,
-    /// Index of this program's record schema in the manifest.
-    pub schema: u32,
-    pub record_size: u32,
-    pub fields: Vec<TField>,
+    /// Local variables: each has a stack slot, zeroed at the start.
+    pub locals: u32,
+    pub body: Vec<TStmt>,
 }

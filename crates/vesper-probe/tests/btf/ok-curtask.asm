@@ -33,7 +33,7 @@ p0_0 (tracepoint/signal/signal_generate):
   33: r2 = r10
   34: r2 += -8
   35: call 1
-  36: if r0 == 0 goto +68
+  36: if r0 == 0 goto +2
   37: r1 = 1
   38: lock *(u64 *)(r0 +0) += r1
   39: goto +65

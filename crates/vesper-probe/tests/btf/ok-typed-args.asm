@@ -15,7 +15,7 @@ p0_0 (kprobe/do_exit):
   15: r2 = r10
   16: r2 += -8
   17: call 1
-  18: if r0 == 0 goto +25
+  18: if r0 == 0 goto +2
   19: r1 = 1
   20: lock *(u64 *)(r0 +0) += r1
   21: goto +22

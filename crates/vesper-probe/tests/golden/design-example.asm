@@ -39,7 +39,7 @@ p0_0 (tracepoint/signal/signal_generate):
   39: r2 = r10
   40: r2 += -8
   41: call 1
-  42: if r0 == 0 goto +23
+  42: if r0 == 0 goto +2
   43: r1 = 1
   44: lock *(u64 *)(r0 +0) += r1
   45: goto +20

@@ -10,7 +10,7 @@ p0_0 (tracepoint/signal/signal_generate):
   10: r2 = r10
   11: r2 += -8
   12: call 1
-  13: if r0 == 0 goto +29
+  13: if r0 == 0 goto +2
   14: r1 = 1
   15: lock *(u64 *)(r0 +0) += r1
   16: goto +26

@@ -25,7 +25,7 @@ p0_0 (tracepoint/syscalls/sys_enter_exit_group):
   25: r2 = r10
   26: r2 += -8
   27: call 1
-  28: if r0 == 0 goto +15
+  28: if r0 == 0 goto +2
   29: r1 = 1
   30: lock *(u64 *)(r0 +0) += r1
   31: goto +12
@@ -70,7 +70,7 @@ p0_1 (tracepoint/syscalls/sys_enter_getppid):
   25: r2 = r10
   26: r2 += -8
   27: call 1
-  28: if r0 == 0 goto +15
+  28: if r0 == 0 goto +2
   29: r1 = 1
   30: lock *(u64 *)(r0 +0) += r1
   31: goto +12
@@ -100,7 +100,7 @@ p1_0 (kprobe/do_exit):
   10: r2 = r10
   11: r2 += -8
   12: call 1
-  13: if r0 == 0 goto +13
+  13: if r0 == 0 goto +2
   14: r1 = 1
   15: lock *(u64 *)(r0 +0) += r1
   16: goto +10
@@ -128,7 +128,7 @@ p2_0 (kretprobe/do_fork):
   10: r2 = r10
   11: r2 += -8
   12: call 1
-  13: if r0 == 0 goto +13
+  13: if r0 == 0 goto +2
   14: r1 = 1
   15: lock *(u64 *)(r0 +0) += r1
   16: goto +10

@@ -48,7 +48,7 @@ p0_0 (tracepoint/sched/sched_process_fork):
   48: r2 = r10
   49: r2 += -8
   50: call 1
-  51: if r0 == 0 goto +65
+  51: if r0 == 0 goto +2
   52: r1 = 1
   53: lock *(u64 *)(r0 +0) += r1
   54: goto +62

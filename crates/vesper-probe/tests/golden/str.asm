@@ -42,7 +42,7 @@ p0_0 (tracepoint/syscalls/sys_enter_openat):
   42: r2 = r10
   43: r2 += -8
   44: call 1
-  45: if r0 == 0 goto +30
+  45: if r0 == 0 goto +2
   46: r1 = 1
   47: lock *(u64 *)(r0 +0) += r1
   48: goto +27

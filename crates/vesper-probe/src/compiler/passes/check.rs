@@ -20,6 +20,7 @@ pub const BUILTINS: &[&str] = &[
 ];
 
 mod members;
+mod stmts;
 pub use members::uses_types;
 const FUNCTIONS: &[&str] = &["starts_with", "signal", "kstack", "str"];
 /// `str(p)` reads at most this many bytes unless told (bpftrace's default too), and at most
@@ -69,71 +70,49 @@ struct Checker<'a> {
     diags: &'a mut Vec<Diagnostic>,
     /// The program's local variables so far: name, and the pointee type when a pointer.
     locals: Vec<(String, Option<crate::kernel_types::TypeId>)>,
+    /// The script's maps so far (shared by its probes).
+    maps: Vec<stmts::ScriptMap>,
+    /// Record layouts so far, one per `emit` and attach point.
+    schemas: Vec<manifest::Schema>,
 }
 
 /// Most local variables in one probe (each takes an 8-byte stack slot of 512).
 pub const MAX_LOCALS: usize = 16;
 
-/// Returns the programs and the per-schema field lists (index = schema id).
+/// Returns the programs, the per-schema field lists (index = schema id) and the maps.
 pub fn check(
     script: &Script,
     kernel: &KernelInfo,
     diags: &mut Vec<Diagnostic>,
-) -> (Vec<TProgram>, Vec<manifest::Schema>) {
+) -> (Vec<TProgram>, Vec<manifest::Schema>, Vec<manifest::MapSpec>) {
     let mut c = Checker {
         kernel,
         diags,
         locals: Vec::new(),
+        maps: Vec::new(),
+        schemas: Vec::new(),
     };
     let mut programs = Vec::new();
-    let mut schemas = Vec::new();
     for (pi, probe) in script.probes.iter().enumerate() {
-        let Some(emit) = &probe.emit else {
+        if !stmts::does_something(&probe.body) {
             c.diags.push(
-                Diagnostic::new(probe.span, "this probe emits nothing").hint(
-                    "add `emit { name = value, ... }` to its body: records are what a probe is for",
+                Diagnostic::new(probe.span, "this probe does nothing").hint(
+                    "add `emit { name = value, ... }` to its body, or store into a map: @start[tid] = nsecs;",
                 ),
             );
             continue;
-        };
+        }
         for (ai, attach) in probe.attach.iter().enumerate() {
             let Some((ctx, kind, target, section)) = c.resolve_attach(attach) else {
                 continue;
             };
             c.locals.clear();
             let predicate = probe.predicate.as_ref().and_then(|p| c.condition(p, &ctx));
-            let locals = c.lets(&probe.lets, &ctx);
-            let fields = c.emit_fields(emit, &ctx);
-            let (Some(fields), Some(locals), true) = (
-                fields,
-                locals,
-                probe.predicate.is_none() || predicate.is_some(),
-            ) else {
+            let body = c.stmts(&probe.body, &ctx);
+            let (Some(body), true) = (body, probe.predicate.is_none() || predicate.is_some())
+            else {
                 continue;
             };
-            let record_size = fields.last().map_or(HEADER, |f| f.offset + slot(f.kind));
-            if record_size > MAX_RECORD {
-                c.diags.push(Diagnostic::new(
-                    emit.span,
-                    format!("record of {record_size} bytes exceeds {MAX_RECORD}"),
-                ));
-                continue;
-            }
-            let schema = schemas.len() as u32;
-            let mut specs = vec![manifest::FieldSpec {
-                name: "ts_ns".into(),
-                offset: 0,
-                kind: FieldKind::U64,
-            }];
-            specs.extend(fields.iter().map(|f| manifest::FieldSpec {
-                name: f.name.clone(),
-                offset: f.offset,
-                kind: f.kind,
-            }));
-            schemas.push(manifest::Schema {
-                size: record_size,
-                fields: specs,
-            });
             let name = format!("p{pi}_{ai}");
             programs.push(TProgram {
                 attach: manifest::Attach {
@@ -144,14 +123,14 @@ pub fn check(
                 name,
                 section,
                 predicate,
-                locals,
-                schema,
-                record_size,
-                fields,
+                locals: c.locals.len() as u32,
+                body,
             });
         }
     }
-    (programs, schemas)
+    c.unwritten_maps();
+    let maps = c.maps.into_iter().map(|m| m.spec).collect();
+    (programs, c.schemas, maps)
 }
 
 /// Bytes a field takes in the record (ints get 8-byte slots; strings round up to 8).
@@ -215,128 +194,6 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn emit_fields(&mut self, emit: &Emit, ctx: &Ctx) -> Option<Vec<TField>> {
-        let mut out: Vec<TField> = Vec::new();
-        let mut ok = true;
-        let mut offset = HEADER;
-        if emit.fields.is_empty() {
-            self.err(emit.span, "`emit { }` has no fields".into())
-                .hints
-                .push("emit { pid = pid, comm = comm }".into());
-            return None;
-        }
-        for f in &emit.fields {
-            if RESERVED.contains(&f.name.as_str())
-                || f.name.ends_with("_name")
-                    && out.iter().any(|o| format!("{}_name", o.name) == f.name)
-            {
-                self.err(
-                    f.name_span,
-                    format!("`{}` is a reserved field name", f.name),
-                )
-                .hints
-                .push(format!(
-                    "every record already has {}; pick another name",
-                    RESERVED.join(", ")
-                ));
-                ok = false;
-                continue;
-            }
-            if out.iter().any(|o| o.name == f.name) {
-                self.err(f.name_span, format!("field `{}` is emitted twice", f.name));
-                ok = false;
-                continue;
-            }
-            let (value, kind) = match &f.value.kind {
-                ExprKind::Ident(name) if name == "kstack" => {
-                    let depth = KSTACK_DEPTH;
-                    (TValue::Stack { depth }, FieldKind::Stack { depth })
-                }
-                ExprKind::Call(name, args) if name == "kstack" => match args.as_slice() {
-                    [
-                        Expr {
-                            kind: ExprKind::Int(n),
-                            ..
-                        },
-                    ] if (1..=i64::from(MAX_KSTACK)).contains(n) => {
-                        let depth = *n as u32;
-                        (TValue::Stack { depth }, FieldKind::Stack { depth })
-                    }
-                    _ => {
-                        self.err(
-                            f.value.span,
-                            format!("kstack(N) takes a frame count from 1 to {MAX_KSTACK}"),
-                        )
-                        .hints
-                        .push(format!("kstack alone keeps {KSTACK_DEPTH} frames"));
-                        ok = false;
-                        continue;
-                    }
-                },
-                ExprKind::Call(name, args) if name == "signal" => match args.as_slice() {
-                    [a] => match self.value(a, ctx).map(decay) {
-                        Some(Checked::Int(e)) => (TValue::Int(e), FieldKind::Signal),
-                        Some(_) => {
-                            self.err(a.span, "signal() takes a signal number".into());
-                            ok = false;
-                            continue;
-                        }
-                        None => {
-                            ok = false;
-                            continue;
-                        }
-                    },
-                    _ => {
-                        self.err(
-                            f.value.span,
-                            "signal() takes one argument: signal(args.sig)".into(),
-                        );
-                        ok = false;
-                        continue;
-                    }
-                },
-                _ => match self.value(&f.value, ctx).map(decay) {
-                    Some(Checked::Int(e)) => {
-                        let kind = match &e {
-                            TExpr::CtxInt { signed: false, .. } | TExpr::Builtin(_) => {
-                                FieldKind::U64
-                            }
-                            _ => FieldKind::I64,
-                        };
-                        (TValue::Int(e), kind)
-                    }
-                    Some(Checked::Str(s)) => {
-                        let len = s.capacity();
-                        (TValue::Str(s), FieldKind::Str { len })
-                    }
-                    Some(Checked::Ptr(..) | Checked::Place(_)) => {
-                        ok = false;
-                        continue;
-                    }
-                    Some(Checked::Lit(_)) => {
-                        self.err(f.value.span, "a constant string cannot be emitted".into())
-                            .hints
-                            .push("emit values the kernel knows: comm, args.NAME, pid, ...".into());
-                        ok = false;
-                        continue;
-                    }
-                    None => {
-                        ok = false;
-                        continue;
-                    }
-                },
-            };
-            out.push(TField {
-                name: f.name.clone(),
-                value,
-                kind,
-                offset,
-            });
-            offset += slot(kind);
-        }
-        ok.then_some(out)
-    }
-
     /// An expression used as a condition (predicate): must be an integer.
     fn condition(&mut self, e: &Expr, ctx: &Ctx) -> Option<TExpr> {
         match decay(self.value(e, ctx)?) {
@@ -397,6 +254,7 @@ impl<'a> Checker<'a> {
                 Some(Checked::Int(TExpr::In(Box::new(x?), items?)))
             }
             ExprKind::Call(name, args) if name == "str" => self.str_of(args, e.span, ctx),
+            ExprKind::Map(m) => self.map_read(m, ctx),
             ExprKind::Call(name, args) if name == "starts_with" => {
                 let [s, p] = args.as_slice() else {
                     self.err(
@@ -539,42 +397,6 @@ impl<'a> Checker<'a> {
                 None
             }
         }
-    }
-
-    /// `$name = value;` in order: each value is checked with the variables before it.
-    fn lets(&mut self, lets: &[Let], ctx: &Ctx) -> Option<Vec<TExpr>> {
-        let mut out = Vec::new();
-        let mut ok = true;
-        for l in lets {
-            if out.len() == MAX_LOCALS {
-                self.err(
-                    l.name_span,
-                    format!("more than {MAX_LOCALS} variables in one probe"),
-                )
-                .hints
-                .push("reuse a variable, or compute the value where it is emitted".into());
-                return None;
-            }
-            let (expr, pointee) = match self.value(&l.value, ctx) {
-                Some(Checked::Int(e)) => (e, None),
-                Some(Checked::Ptr(e, ty)) => (e, Some(ty)),
-                Some(_) => {
-                    self.err(l.value.span, format!("{} would hold a string, which variables cannot yet", l.name))
-                        .hints
-                        .push("use the string where it is emitted or compared: emit { path = str(args.filename) }".into());
-                    ok = false;
-                    continue;
-                }
-                None => {
-                    ok = false;
-                    continue;
-                }
-            };
-            // A reassignment is a new slot: uses after it see the new value.
-            self.locals.push((l.name.clone(), pointee));
-            out.push(expr);
-        }
-        ok.then_some(out)
     }
 
     fn local(&mut self, name: &str, span: Span) -> Option<Checked> {

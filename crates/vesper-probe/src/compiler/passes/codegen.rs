@@ -1,15 +1,17 @@
 //! Pass 4: checked programs to eBPF instructions.
 //!
-//! Register use: r6 holds the context, r7 the reserved record; expressions evaluate
+//! Register use: r6 holds the context, r7 the record being filled; expressions evaluate
 //! into r0, with left operands parked in 8-byte stack slots (calls clobber r1–r5).
 //! Conditions compile to jumps (short-circuit `&&`, `||`). If the ring buffer is full
-//! the record is not written and the program counts a drop: it never waits.
+//! the record is not written, and if a map is full the new key is not stored: either way
+//! the program counts a drop and goes on. It never waits.
 
 use crate::compiler::ast::{BinOp, UnOp};
 use crate::compiler::diag::Diagnostic;
 use crate::compiler::typed::*;
 use crate::elf::ProgramCode;
 use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R4, R6, R7, R10, Reg, Size, helper};
+use crate::manifest::MapSpec;
 
 pub const RING_MAP: &str = "events";
 pub const DROPS_MAP: &str = "drops";
@@ -20,73 +22,36 @@ const STACK: i32 = 512;
 const ARG_REGS: [i16; 6] = [112, 104, 96, 88, 72, 64];
 const RET_REG: i16 = 80;
 
-struct Gen {
+struct Gen<'m> {
     a: Asm,
+    maps: &'m [MapSpec],
     /// Bytes of stack in use, growing down from r10.
     sp: i32,
     too_deep: bool,
 }
 
-pub fn codegen(p: &TProgram, diags: &mut Vec<Diagnostic>) -> Option<ProgramCode> {
-    // Local variables own the top of the stack, one slot each.
+pub fn codegen(
+    p: &TProgram,
+    maps: &[MapSpec],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ProgramCode> {
+    // Local variables own the top of the stack, one slot each, zeroed: a variable
+    // assigned in one branch only reads as 0 on the other.
     let mut g = Gen {
         a: Asm::new(),
-        sp: 8 * p.locals.len() as i32,
+        sp: 8 * p.locals as i32,
         too_deep: false,
+        maps,
     };
     let exit = g.a.label();
     g.a.mov(R6, R1);
+    for i in 0..p.locals {
+        g.a.store_imm(Size::DW, R10, local_slot(i), 0);
+    }
     if let Some(pred) = &p.predicate {
         g.cond(pred, exit);
     }
-    for (i, e) in p.locals.iter().enumerate() {
-        g.eval(e);
-        g.a.store(Size::DW, R10, local_slot(i as u32), R0);
-    }
-    // Reserve the record, or count a drop and leave.
-    let reserved = g.a.label();
-    g.a.ld_map(R1, RING_MAP)
-        .mov_imm(R2, p.record_size as i32)
-        .mov_imm(R3, 0)
-        .call(helper::RINGBUF_RESERVE);
-    g.a.jmp_imm(Cond::Ne, R0, 0, reserved);
-    let key = g.push_slot();
-    g.a.store_imm(Size::W, R10, key, 0);
-    g.a.ld_map(R1, DROPS_MAP)
-        .mov(R2, R10)
-        .alu64_imm(Alu::Add, R2, key.into())
-        .call(helper::MAP_LOOKUP_ELEM);
-    g.a.jmp_imm(Cond::Eq, R0, 0, exit);
-    g.a.mov_imm(R1, 1).atomic_add64(R0, 0, R1);
-    g.a.jmp(exit);
-    g.pop_slot();
-
-    g.a.bind(reserved).mov(R7, R0);
-    g.a.call(helper::KTIME_GET_NS).store(Size::DW, R7, 0, R0);
-    g.a.store_imm(Size::W, R7, 8, p.schema as i32)
-        .store_imm(Size::W, R7, 12, 0);
-    for f in &p.fields {
-        let off = f.offset as i16;
-        match &f.value {
-            TValue::Int(e) => {
-                g.eval(e);
-                g.a.store(Size::DW, R7, off, R0);
-            }
-            TValue::Str(src) => g.read_str(src, R7, off),
-            TValue::Stack { depth } => {
-                // bpf_get_stack writes the frames after the count, and returns the bytes
-                // written (or a negative error), stored as the count.
-                g.a.mov(R1, R6)
-                    .mov(R2, R7)
-                    .alu64_imm(Alu::Add, R2, i32::from(off) + 8)
-                    .mov_imm(R3, (*depth * 8) as i32)
-                    .mov_imm(R4, 0)
-                    .call(helper::GET_STACK);
-                g.a.store(Size::DW, R7, off, R0);
-            }
-        }
-    }
-    g.a.mov(R1, R7).mov_imm(R2, 0).call(helper::RINGBUF_SUBMIT);
+    g.stmts(&p.body);
     g.a.bind(exit).mov_imm(R0, 0).exit();
     if g.too_deep {
         diags.push(
@@ -144,7 +109,151 @@ fn cmp_cond(op: BinOp) -> Option<Cond> {
     })
 }
 
-impl Gen {
+impl Gen<'_> {
+    fn stmts(&mut self, stmts: &[TStmt]) {
+        for s in stmts {
+            self.stmt(s);
+        }
+    }
+
+    fn stmt(&mut self, s: &TStmt) {
+        match s {
+            TStmt::Let { slot, value } => {
+                self.eval(value);
+                self.a.store(Size::DW, R10, local_slot(*slot), R0);
+            }
+            TStmt::MapUpdate { map, key, value } => {
+                let (k, size) = self.map_key(*map, key);
+                self.eval(value);
+                let v = self.push_slot();
+                self.a.store(Size::DW, R10, v, R0);
+                let stored = self.a.label();
+                self.a
+                    .ld_map(R1, &self.maps[*map as usize].symbol)
+                    .mov(R2, R10)
+                    .alu64_imm(Alu::Add, R2, k.into())
+                    .mov(R3, R10)
+                    .alu64_imm(Alu::Add, R3, v.into())
+                    .mov_imm(R4, 0)
+                    .call(helper::MAP_UPDATE_ELEM);
+                // A full map refuses a new key: counted like a full ring.
+                self.a.jmp_imm(Cond::Sge, R0, 0, stored);
+                self.count_drop();
+                self.a.bind(stored);
+                self.pop_slot();
+                self.pop_bytes(size);
+            }
+            TStmt::MapDelete { map, key } => {
+                let (k, size) = self.map_key(*map, key);
+                self.a
+                    .ld_map(R1, &self.maps[*map as usize].symbol)
+                    .mov(R2, R10)
+                    .alu64_imm(Alu::Add, R2, k.into())
+                    .call(helper::MAP_DELETE_ELEM);
+                self.pop_bytes(size);
+            }
+            TStmt::If { cond, then, els } => {
+                let (f, end) = (self.a.label(), self.a.label());
+                self.cond(cond, f);
+                self.stmts(then);
+                self.a.jmp(end);
+                self.a.bind(f);
+                self.stmts(els);
+                self.a.bind(end);
+            }
+            TStmt::Emit(e) => self.emit(e),
+        }
+    }
+
+    /// Adds one to the probe's drop counter.
+    fn count_drop(&mut self) {
+        let done = self.a.label();
+        let key = self.push_slot();
+        self.a.store_imm(Size::W, R10, key, 0);
+        self.a
+            .ld_map(R1, DROPS_MAP)
+            .mov(R2, R10)
+            .alu64_imm(Alu::Add, R2, key.into())
+            .call(helper::MAP_LOOKUP_ELEM);
+        self.a.jmp_imm(Cond::Eq, R0, 0, done);
+        self.a.mov_imm(R1, 1).atomic_add64(R0, 0, R1);
+        self.a.bind(done);
+        self.pop_slot();
+    }
+
+    /// Builds map `map`'s key on the stack: zeroed, then each part at its place.
+    /// Returns its offset and size; the caller pops it.
+    fn map_key(&mut self, map: u32, key: &[TKey]) -> (i16, i32) {
+        let spec = &self.maps[map as usize];
+        let size = spec.key_size() as i32;
+        let places: Vec<u32> = spec
+            .key
+            .iter()
+            .scan(0, |at, p| {
+                let here = *at;
+                *at += p.size();
+                Some(here)
+            })
+            .collect();
+        let base = self.push_bytes(size);
+        for i in 0..size / 8 {
+            self.a.store_imm(Size::DW, R10, base + 8 * i as i16, 0);
+        }
+        for (part, at) in key.iter().zip(places) {
+            let off = base + at as i16;
+            match part {
+                TKey::Int(e) => {
+                    self.eval(e);
+                    self.a.store(Size::DW, R10, off, R0);
+                }
+                TKey::Str(src) => self.read_str(src, R10, off),
+            }
+        }
+        (base, size)
+    }
+
+    /// Reserves a record, fills it and submits it; if the ring is full, counts a drop.
+    fn emit(&mut self, e: &TEmit) {
+        let (reserved, done) = (self.a.label(), self.a.label());
+        self.a
+            .ld_map(R1, RING_MAP)
+            .mov_imm(R2, e.record_size as i32)
+            .mov_imm(R3, 0)
+            .call(helper::RINGBUF_RESERVE);
+        self.a.jmp_imm(Cond::Ne, R0, 0, reserved);
+        self.count_drop();
+        self.a.jmp(done);
+        self.a.bind(reserved).mov(R7, R0);
+        self.a.call(helper::KTIME_GET_NS).store(Size::DW, R7, 0, R0);
+        self.a
+            .store_imm(Size::W, R7, 8, e.schema as i32)
+            .store_imm(Size::W, R7, 12, 0);
+        for f in &e.fields {
+            let off = f.offset as i16;
+            match &f.value {
+                TValue::Int(x) => {
+                    self.eval(x);
+                    self.a.store(Size::DW, R7, off, R0);
+                }
+                TValue::Str(src) => self.read_str(src, R7, off),
+                TValue::Stack { depth } => {
+                    // bpf_get_stack writes the frames after the count, and returns the
+                    // bytes written (or a negative error), stored as the count.
+                    self.a
+                        .mov(R1, R6)
+                        .mov(R2, R7)
+                        .alu64_imm(Alu::Add, R2, i32::from(off) + 8)
+                        .mov_imm(R3, (*depth * 8) as i32)
+                        .mov_imm(R4, 0)
+                        .call(helper::GET_STACK);
+                    self.a.store(Size::DW, R7, off, R0);
+                }
+            }
+        }
+        self.a.mov(R1, R7).mov_imm(R2, 0).call(helper::RINGBUF_SUBMIT);
+        self.a.bind(done);
+    }
+
     fn push_bytes(&mut self, n: i32) -> i16 {
         self.sp += (n + 7) / 8 * 8;
         if self.sp > STACK {
@@ -259,6 +368,19 @@ impl Gen {
             },
             TExpr::Local(i) => {
                 self.a.load(Size::DW, R0, R10, local_slot(*i));
+            }
+            TExpr::MapRead { map, key } => {
+                let (k, size) = self.map_key(*map, key);
+                let none = self.a.label();
+                self.a
+                    .ld_map(R1, &self.maps[*map as usize].symbol)
+                    .mov(R2, R10)
+                    .alu64_imm(Alu::Add, R2, k.into())
+                    .call(helper::MAP_LOOKUP_ELEM);
+                self.a.jmp_imm(Cond::Eq, R0, 0, none);
+                self.a.load(Size::DW, R0, R0, 0);
+                self.a.bind(none);
+                self.pop_bytes(size);
             }
             TExpr::Read { addr, size, signed } => {
                 self.eval(addr);

@@ -43,8 +43,10 @@ pub fn lex(src: &str, diags: &mut Vec<Diagnostic>) -> Vec<Token> {
             || (c == b'$'
                 && b.get(i + 1)
                     .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_'))
+            || c == b'@'
         {
-            // `$name` is a local variable, lexed as one identifier.
+            // `$name` is a local variable and `@name` (or `@` alone) a map, each lexed
+            // as one identifier.
             let s = i;
             i += 1;
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
@@ -172,7 +174,7 @@ mod tests {
     #[test]
     fn bad_tokens_are_reported_and_lexing_goes_on() {
         let mut d = Vec::new();
-        let t = lex("a @ 99999999999999999999 \"x", &mut d);
+        let t = lex("a ` 99999999999999999999 \"x", &mut d);
         assert_eq!(d.len(), 3);
         assert_eq!(t.first().map(|t| &t.tok), Some(&Tok::Ident("a".into())));
     }

@@ -5,7 +5,7 @@ use crate::DEFAULT_RING_BYTES;
 use crate::compiler::diag::Diagnostic;
 use crate::compiler::passes::codegen::{DROPS_MAP, RING_MAP};
 use crate::elf::{self, MapDef, ProgramCode, map_type};
-use crate::manifest::{Attach, Manifest, Schema};
+use crate::manifest::{Attach, Manifest, MapSpec, Schema};
 
 pub const MANIFEST_SECTION: &str = ".vesper.manifest";
 
@@ -14,6 +14,7 @@ pub fn object(
     release: &str,
     programs: Vec<(ProgramCode, Attach)>,
     schemas: Vec<Schema>,
+    script_maps: &[MapSpec],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(Vec<u8>, Manifest)> {
     let manifest = Manifest {
@@ -23,8 +24,9 @@ pub fn object(
         ring_map: RING_MAP.into(),
         drops_map: DROPS_MAP.into(),
         schemas,
+        maps: script_maps.to_vec(),
     };
-    let maps = [
+    let mut maps = vec![
         MapDef {
             name: RING_MAP.into(),
             map_type: map_type::RINGBUF,
@@ -42,6 +44,14 @@ pub fn object(
             flags: 0,
         },
     ];
+    maps.extend(script_maps.iter().map(|m| MapDef {
+        name: m.symbol.clone(),
+        map_type: map_type::HASH,
+        key_size: m.key_size(),
+        value_size: 8,
+        max_entries: m.max_entries,
+        flags: 0,
+    }));
     let code: Vec<ProgramCode> = programs.into_iter().map(|(c, _)| c).collect();
     let json = serde_json::to_vec(&manifest).unwrap_or_default();
     match elf::write_object(&code, &maps, "GPL", &[(MANIFEST_SECTION, json)]) {

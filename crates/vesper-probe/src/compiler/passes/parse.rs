@@ -5,7 +5,11 @@
 //! script    := probe*
 //! probe     := attach (',' attach)* ('/' expr '/')? '{' stmt* '}'
 //! attach    := 'tracepoint' ':' IDENT ':' IDENT | ('kprobe' | 'kretprobe') ':' IDENT
-//! stmt      := '$' IDENT '=' expr ';' | 'emit' '{' IDENT '=' expr (',' IDENT '=' expr)* ','? '}' ';'?
+//! block     := stmt* '}'              (a `;` before `}` may be left out)
+//! stmt      := '$' IDENT '=' expr ';' | map '=' expr ';' | 'delete' '(' map ')' ';'
+//!            | 'if' expr '{' block ('else' ('if' ... | '{' block))?
+//!            | 'emit' '{' IDENT '=' expr (',' IDENT '=' expr)* ','? '}' ';'?
+//! map       := '@' IDENT? ('[' expr (',' expr)* ']')?
 //! expr      := or
 //! or        := and ('||' and)*
 //! and       := cmp ('&&' cmp)*
@@ -14,7 +18,7 @@
 //! bitand    := shift ('&' shift)*        shift  := sum (('<<'|'>>') sum)*
 //! sum       := term (('+'|'-') term)*    term   := unary (('*'|'/'|'%') unary)*
 //! unary     := ('!'|'-') unary | primary
-//! primary   := INT | STRING | 'args' '.' IDENT | IDENT '(' (expr (',' expr)*)? ')' | IDENT | '(' expr ')'
+//! primary   := INT | STRING | 'args' '.' IDENT | IDENT '(' (expr (',' expr)*)? ')' | map | IDENT | '(' expr ')'
 //! ```
 //!
 //! Inside a predicate `/ ... /`, a bare `/` ends the predicate: write division in
@@ -158,11 +162,11 @@ impl Parser<'_> {
         }
     }
 
-    /// Skips to the token after the next top-level `}` (the end of the broken probe).
+    /// Skips to the token after the `}` that closes the broken probe's body, counting
+    /// braces from the probe's start so a mistake in a nested block does not end it early.
     fn recover(&mut self, start: usize) {
-        if self.pos == start {
-            self.bump();
-        }
+        let failed_at = self.pos.max(start + 1);
+        self.pos = start;
         let mut depth = 0i32;
         while !self.at_eof() {
             let t = self.bump();
@@ -170,7 +174,7 @@ impl Parser<'_> {
                 Tok::Punct("{") => depth += 1,
                 Tok::Punct("}") => {
                     depth -= 1;
-                    if depth <= 0 {
+                    if depth <= 0 && self.pos >= failed_at {
                         return;
                     }
                 }
@@ -204,61 +208,141 @@ impl Parser<'_> {
             "a probe's body is `{ emit { name = value, ... } }`"
         };
         self.expect_punct("{", Some(body_hint))?;
-        let mut emit: Option<Emit> = None;
-        let mut lets = Vec::new();
+        let (body, end) = self.block()?;
+        Ok(Probe {
+            attach,
+            predicate,
+            body,
+            span: start.to(end),
+        })
+    }
+
+    /// Statements up to and including the closing `}` (the `{` is already taken).
+    fn block(&mut self) -> PResult<(Vec<Stmt>, Span)> {
+        self.depth += 1;
+        let r = self.block_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn block_inner(&mut self) -> PResult<(Vec<Stmt>, Span)> {
+        if self.depth > MAX_DEPTH {
+            let t = self.peek().span;
+            return self.error(t, format!("blocks nested deeper than {MAX_DEPTH} levels"), None);
+        }
+        let mut body = Vec::new();
         while !self.is_punct("}") {
             if self.at_eof() {
                 let t = self.peek().span;
                 return self.error(
                     t,
-                    "unclosed `{`: the probe's body never ends".into(),
+                    "unclosed `{`: the block never ends".into(),
                     Some("add `}`"),
                 );
             }
-            let (word, span) = self.expect_ident("`emit`, `$name = value;` or `}`")?;
-            if word.starts_with('$') {
-                self.expect_punct("=", Some("assign a variable with `$name = value;`"))?;
-                let value = self.expr()?;
-                self.expect_punct(";", Some("end the assignment with `;`"))?;
-                if emit.is_some() {
-                    return self.error(
-                        span,
-                        format!("`{word}` is assigned after the emit, where nothing can use it"),
-                        Some("assign variables before `emit { ... }`"),
-                    );
-                }
-                lets.push(Let {
-                    name: word,
-                    name_span: span,
-                    value,
-                });
-                continue;
-            }
-            if word != "emit" {
-                return self.error(
-                    span,
-                    format!("unknown statement `{word}`"),
-                    Some("statements are `$name = value;` and `emit { name = value, ... }`"),
-                );
-            }
-            let e = self.emit(span)?;
-            if emit.is_some() {
-                return self.error(
-                    e.span,
-                    "a probe may emit once".into(),
-                    Some("put every field in one `emit { ... }`"),
-                );
-            }
-            emit = Some(e);
-            self.eat_punct(";");
+            body.push(self.stmt()?);
         }
-        let end = self.bump().span;
-        Ok(Probe {
-            attach,
-            predicate,
-            lets,
-            emit,
-            span: start.to(end),
+        Ok((body, self.bump().span))
+    }
+
+    /// `;` ends a simple statement; before `}` it may be left out.
+    fn end_stmt(&mut self, what: &str) -> PResult<()> {
+        if self.eat_punct(";") || self.is_punct("}") {
+            return Ok(());
+        }
+        self.expect_punct(";", Some(&format!("end the {what} with `;`")))
+            .map(|_| ())
+    }
+
+    fn stmt(&mut self) -> PResult<Stmt> {
+        let (word, span) = self.expect_ident(
+            "a statement: `emit { ... }`, `$name = value;`, `@map[key] = value;`, `delete(@map[key]);` or `if (...) { ... }`",
+        )?;
+        if word.starts_with('$') {
+            self.expect_punct("=", Some("assign a variable with `$name = value;`"))?;
+            let value = self.expr()?;
+            self.end_stmt("assignment")?;
+            return Ok(Stmt::Let(Let {
+                name: word,
+                name_span: span,
+                value,
+            }));
+        }
+        if word.starts_with('@') {
+            let map = self.map_ref(word, span)?;
+            self.expect_punct("=", Some("store into a map with `@name[key] = value;`"))?;
+            let value = self.expr()?;
+            self.end_stmt("assignment")?;
+            return Ok(Stmt::MapAssign { map, value });
+        }
+        match word.as_str() {
+            "emit" => {
+                let e = self.emit(span)?;
+                self.eat_punct(";");
+                Ok(Stmt::Emit(e))
+            }
+            "delete" => {
+                let hint = Some("delete(@name[key]);");
+                self.expect_punct("(", hint)?;
+                let (name, nspan) = self.expect_ident("a map, as in delete(@start[tid])")?;
+                if !name.starts_with('@') {
+                    return self.error(nspan, format!("`{name}` is not a map"), hint);
+                }
+                let map = self.map_ref(name, nspan)?;
+                self.expect_punct(")", hint)?;
+                self.end_stmt("delete")?;
+                Ok(Stmt::Delete(map))
+            }
+            "if" => self.if_stmt(),
+            _ => self.error(
+                span,
+                format!("unknown statement `{word}`"),
+                Some("statements are `emit { ... }`, `$name = value;`, `@map[key] = value;`, `delete(@map[key]);` and `if (...) { ... } else { ... }`"),
+            ),
+        }
+    }
+
+    /// After `if`: `(cond) { ... }`, then `else { ... }` or `else if ...`.
+    fn if_stmt(&mut self) -> PResult<Stmt> {
+        let cond = self.expr()?;
+        self.expect_punct("{", Some("if (condition) { statements }"))?;
+        let (then, _) = self.block()?;
+        let els = if self.is_ident("else") {
+            self.bump();
+            if self.is_ident("if") {
+                self.bump();
+                vec![self.if_stmt()?]
+            } else {
+                self.expect_punct("{", Some("else { statements }"))?;
+                self.block()?.0
+            }
+        } else {
+            Vec::new()
+        };
+        Ok(Stmt::If { cond, then, els })
+    }
+
+    /// After `@name`: an optional `[key, ...]`.
+    fn map_ref(&mut self, name: String, span: Span) -> PResult<MapRef> {
+        let mut keys = Vec::new();
+        let mut end = span;
+        if self.eat_punct("[") {
+            let saved = self.in_predicate;
+            self.in_predicate = false;
+            let r = (|| {
+                keys.push(self.expr()?);
+                while self.eat_punct(",") {
+                    keys.push(self.expr()?);
+                }
+                self.expect_punct("]", Some("close the key with `]`: @name[key1, key2]"))
+            })();
+            self.in_predicate = saved;
+            end = r?;
+        }
+        Ok(MapRef {
+            name,
+            keys,
+            span: span.to(end),
         })
     }
 
@@ -552,6 +636,13 @@ impl Parser<'_> {
                 Ok(Expr {
                     kind: ExprKind::Call(name, args),
                     span: t.span.to(end),
+                })
+            }
+            Tok::Ident(name) if name.starts_with('@') => {
+                let m = self.map_ref(name, t.span)?;
+                Ok(Expr {
+                    span: m.span,
+                    kind: ExprKind::Map(m),
                 })
             }
             Tok::Ident(name) => Ok(Expr {

@@ -329,6 +329,7 @@ pub fn uses_types(e: &Expr, kprobe: bool) -> bool {
         Binary(_, l, r) => any(l) || any(r),
         In(x, items) => any(x) || items.iter().any(any),
         Call(_, args) => args.iter().any(any),
+        Map(m) => m.keys.iter().any(any),
         Int(_) | Str(_) => false,
     }
 }

@@ -1,0 +1,420 @@
+//! Statements: variables, maps, `if`, and the records a probe emits.
+
+use super::{Checked, Checker, Ctx, HEADER, KSTACK_DEPTH, MAX_KSTACK, MAX_LOCALS, MAX_RECORD};
+use super::{RESERVED, decay, slot};
+use crate::compiler::ast::*;
+use crate::compiler::diag::{Diagnostic, Span};
+use crate::compiler::typed::*;
+use crate::manifest::{self, FieldKind, KeyPart, MapSpec};
+
+/// Entries a map holds; a store of a new key into a full map is dropped and counted
+/// (bpftrace's default bound too).
+pub const MAP_ENTRIES: u32 = 4096;
+/// Most maps in one script, and most parts in one key.
+pub const MAX_MAPS: usize = 32;
+pub const MAX_KEY_PARTS: usize = 8;
+/// bpftrace's in-kernel aggregations, refused with a hint until the language has them.
+const AGGREGATIONS: &[&str] = &["count", "sum", "min", "max", "avg", "hist", "lhist", "stats"];
+
+/// A map as the checker knows it: its spec, where it first appeared, whether anything
+/// stores into it.
+pub struct ScriptMap {
+    pub spec: MapSpec,
+    first: Span,
+    written: bool,
+}
+
+/// Whether a body has an effect: a record, or a map store or delete.
+pub fn does_something(stmts: &[Stmt]) -> bool {
+    stmts.iter().any(|s| match s {
+        Stmt::Let(_) => false,
+        Stmt::If { then, els, .. } => does_something(then) || does_something(els),
+        Stmt::MapAssign { .. } | Stmt::Delete(_) | Stmt::Emit(_) => true,
+    })
+}
+
+fn key_text(parts: &[KeyPart]) -> String {
+    let names: Vec<&str> = parts
+        .iter()
+        .map(|p| match p {
+            KeyPart::Int => "integer",
+            KeyPart::Str { .. } => "string",
+        })
+        .collect();
+    if names.is_empty() {
+        "no key".into()
+    } else {
+        format!("key [{}]", names.join(", "))
+    }
+}
+
+impl<'a> Checker<'a> {
+    pub(super) fn stmts(&mut self, stmts: &[Stmt], ctx: &Ctx) -> Option<Vec<TStmt>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for s in stmts {
+            match self.stmt(s, ctx) {
+                Some(t) => out.push(t),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn stmt(&mut self, s: &Stmt, ctx: &Ctx) -> Option<TStmt> {
+        match s {
+            Stmt::Let(l) => self.let_stmt(l, ctx),
+            Stmt::MapAssign { map, value } => {
+                let v = self.map_value(value, ctx);
+                let (m, key) = self.map_key(map, ctx, true)?;
+                Some(TStmt::MapUpdate {
+                    map: m,
+                    key,
+                    value: v?,
+                })
+            }
+            Stmt::Delete(map) => {
+                let (m, key) = self.map_key(map, ctx, false)?;
+                Some(TStmt::MapDelete { map: m, key })
+            }
+            Stmt::If { cond, then, els } => {
+                let c = self.condition(cond, ctx);
+                let t = self.stmts(then, ctx);
+                let e = self.stmts(els, ctx);
+                Some(TStmt::If {
+                    cond: c?,
+                    then: t?,
+                    els: e?,
+                })
+            }
+            Stmt::Emit(e) => self.emit(e, ctx).map(TStmt::Emit),
+        }
+    }
+
+    /// `$name = value;`: one stack slot per name, whatever the branch it is assigned in.
+    fn let_stmt(&mut self, l: &Let, ctx: &Ctx) -> Option<TStmt> {
+        let (value, pointee) = match self.value(&l.value, ctx)? {
+            Checked::Int(e) => (e, None),
+            Checked::Ptr(e, ty) => (e, Some(ty)),
+            _ => {
+                self.err(l.value.span, format!("{} would hold a string, which variables cannot yet", l.name))
+                    .hints
+                    .push("use the string where it is emitted or compared: emit { path = str(args.filename) }".into());
+                return None;
+            }
+        };
+        if let Some(slot) = self.locals.iter().position(|(n, _)| *n == l.name) {
+            if self.locals[slot].1 != pointee {
+                let kind = |p: Option<_>| if p.is_some() { "a pointer" } else { "an integer" };
+                let (was, now) = (kind(self.locals[slot].1), kind(pointee));
+                let what = if was == now { "a pointer to another type" } else { now };
+                self.err(
+                    l.name_span,
+                    format!("{} holds {was}, and is assigned {what} here", l.name),
+                )
+                .hints
+                .push("a variable keeps one type: use another name".into());
+                return None;
+            }
+            return Some(TStmt::Let {
+                slot: slot as u32,
+                value,
+            });
+        }
+        if self.locals.len() == MAX_LOCALS {
+            self.err(
+                l.name_span,
+                format!("more than {MAX_LOCALS} variables in one probe"),
+            )
+            .hints
+            .push("reuse a variable, or compute the value where it is emitted".into());
+            return None;
+        }
+        self.locals.push((l.name.clone(), pointee));
+        Some(TStmt::Let {
+            slot: self.locals.len() as u32 - 1,
+            value,
+        })
+    }
+
+    /// A value stored into a map: an integer.
+    fn map_value(&mut self, e: &Expr, ctx: &Ctx) -> Option<TExpr> {
+        if let ExprKind::Call(name, _) = &e.kind
+            && AGGREGATIONS.contains(&name.as_str())
+        {
+            self.err(e.span, format!("{name}() is not in the language yet"))
+                .hints
+                .push("keep a count yourself: @n[key] = @n[key] + 1; (not atomic: two CPUs at once may lose one)".into());
+            return None;
+        }
+        match decay(self.value(e, ctx)?) {
+            Checked::Int(t) => Some(t),
+            _ => {
+                self.err(e.span, "map values are integers; this is a string".into())
+                    .hints
+                    .push("use the string as the key instead: @seen[comm] = 1;".into());
+                None
+            }
+        }
+    }
+
+    /// `@m[k]` in an expression: the stored value, 0 if none.
+    pub(super) fn map_read(&mut self, m: &MapRef, ctx: &Ctx) -> Option<Checked> {
+        let (map, key) = self.map_key(m, ctx, false)?;
+        Some(Checked::Int(TExpr::MapRead { map, key }))
+    }
+
+    /// The map `m` names (declared here if new) and its key, checked against the map's
+    /// earlier uses.
+    fn map_key(&mut self, m: &MapRef, ctx: &Ctx, write: bool) -> Option<(u32, Vec<TKey>)> {
+        if m.keys.len() > MAX_KEY_PARTS {
+            self.err(m.span, format!("a key has at most {MAX_KEY_PARTS} parts"));
+            return None;
+        }
+        let mut key = Vec::new();
+        let mut parts = Vec::new();
+        let mut ok = true;
+        for k in &m.keys {
+            match self.value(k, ctx).map(decay) {
+                Some(Checked::Int(t)) => {
+                    key.push(TKey::Int(t));
+                    parts.push(KeyPart::Int);
+                }
+                Some(Checked::Str(s)) => {
+                    parts.push(KeyPart::Str { len: s.capacity() });
+                    key.push(TKey::Str(s));
+                }
+                Some(_) => {
+                    self.err(k.span, "a key part is an integer or a string the kernel holds".into())
+                        .hints
+                        .push("for a constant, use a keyless map: @total = ...".into());
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        let Some(i) = self.maps.iter().position(|x| x.spec.name == m.name) else {
+            if self.maps.len() == MAX_MAPS {
+                self.err(m.span, format!("more than {MAX_MAPS} maps in one script"));
+                return None;
+            }
+            self.maps.push(ScriptMap {
+                spec: MapSpec {
+                    name: m.name.clone(),
+                    symbol: format!("map_{}", self.maps.len()),
+                    key: parts,
+                    max_entries: MAP_ENTRIES,
+                },
+                first: m.span,
+                written: write,
+            });
+            return Some((self.maps.len() as u32 - 1, key));
+        };
+        let had = &self.maps[i].spec.key;
+        let same = had.len() == parts.len()
+            && had.iter().zip(&parts).all(|(a, b)| {
+                matches!(
+                    (a, b),
+                    (KeyPart::Int, KeyPart::Int) | (KeyPart::Str { .. }, KeyPart::Str { .. })
+                )
+            });
+        if !same {
+            let (was, now) = (key_text(had), key_text(&parts));
+            self.err(
+                m.span,
+                format!("{} is used with {now} here, but with {was} where it first appears", m.name),
+            )
+            .hints
+            .push("a map has one key type: give the other use its own map".into());
+            return None;
+        }
+        // Strings of different capacities share a key part of the largest.
+        for (a, b) in self.maps[i].spec.key.iter_mut().zip(&parts) {
+            if let (KeyPart::Str { len: a }, KeyPart::Str { len: b }) = (a, b) {
+                *a = (*a).max(*b);
+            }
+        }
+        self.maps[i].written |= write;
+        Some((i as u32, key))
+    }
+
+    /// A map that is only read or deleted from is a mistake (a typo of another's name).
+    pub(super) fn unwritten_maps(&mut self) {
+        let written: Vec<String> = (self.maps.iter())
+            .filter(|m| m.written)
+            .map(|m| m.spec.name.clone())
+            .collect();
+        let unwritten: Vec<(String, Span)> = (self.maps.iter())
+            .filter(|m| !m.written)
+            .map(|m| (m.spec.name.clone(), m.first))
+            .collect();
+        for (name, span) in unwritten {
+            let d = self.err(span, format!("{name} is never assigned, so it is always 0"));
+            let near = crate::compiler::diag::did_you_mean(&name, written.iter().map(|n| n.as_str()));
+            if let Some(s) = near {
+                d.hints.push(format!("did you mean `{s}`?"));
+            }
+            d.hints
+                .push(format!("store into it somewhere: {name}[tid] = nsecs;"));
+        }
+    }
+
+    /// One `emit { ... }`: its record's layout becomes a schema of the manifest.
+    fn emit(&mut self, emit: &Emit, ctx: &Ctx) -> Option<TEmit> {
+        let fields = self.emit_fields(emit, ctx)?;
+        let record_size = fields.last().map_or(HEADER, |f| f.offset + slot(f.kind));
+        if record_size > MAX_RECORD {
+            self.diags.push(Diagnostic::new(
+                emit.span,
+                format!("record of {record_size} bytes exceeds {MAX_RECORD}"),
+            ));
+            return None;
+        }
+        let schema = self.schemas.len() as u32;
+        let mut specs = vec![manifest::FieldSpec {
+            name: "ts_ns".into(),
+            offset: 0,
+            kind: FieldKind::U64,
+        }];
+        specs.extend(fields.iter().map(|f| manifest::FieldSpec {
+            name: f.name.clone(),
+            offset: f.offset,
+            kind: f.kind,
+        }));
+        self.schemas.push(manifest::Schema {
+            size: record_size,
+            fields: specs,
+        });
+        Some(TEmit {
+            schema,
+            record_size,
+            fields,
+        })
+    }
+
+    fn emit_fields(&mut self, emit: &Emit, ctx: &Ctx) -> Option<Vec<TField>> {
+        let mut out: Vec<TField> = Vec::new();
+        let mut ok = true;
+        let mut offset = HEADER;
+        if emit.fields.is_empty() {
+            self.err(emit.span, "`emit { }` has no fields".into())
+                .hints
+                .push("emit { pid = pid, comm = comm }".into());
+            return None;
+        }
+        for f in &emit.fields {
+            if RESERVED.contains(&f.name.as_str())
+                || f.name.ends_with("_name")
+                    && out.iter().any(|o| format!("{}_name", o.name) == f.name)
+            {
+                self.err(
+                    f.name_span,
+                    format!("`{}` is a reserved field name", f.name),
+                )
+                .hints
+                .push(format!(
+                    "every record already has {}; pick another name",
+                    RESERVED.join(", ")
+                ));
+                ok = false;
+                continue;
+            }
+            if out.iter().any(|o| o.name == f.name) {
+                self.err(f.name_span, format!("field `{}` is emitted twice", f.name));
+                ok = false;
+                continue;
+            }
+            let (value, kind) = match &f.value.kind {
+                ExprKind::Ident(name) if name == "kstack" => {
+                    let depth = KSTACK_DEPTH;
+                    (TValue::Stack { depth }, FieldKind::Stack { depth })
+                }
+                ExprKind::Call(name, args) if name == "kstack" => match args.as_slice() {
+                    [
+                        Expr {
+                            kind: ExprKind::Int(n),
+                            ..
+                        },
+                    ] if (1..=i64::from(MAX_KSTACK)).contains(n) => {
+                        let depth = *n as u32;
+                        (TValue::Stack { depth }, FieldKind::Stack { depth })
+                    }
+                    _ => {
+                        self.err(
+                            f.value.span,
+                            format!("kstack(N) takes a frame count from 1 to {MAX_KSTACK}"),
+                        )
+                        .hints
+                        .push(format!("kstack alone keeps {KSTACK_DEPTH} frames"));
+                        ok = false;
+                        continue;
+                    }
+                },
+                ExprKind::Call(name, args) if name == "signal" => match args.as_slice() {
+                    [a] => match self.value(a, ctx).map(decay) {
+                        Some(Checked::Int(e)) => (TValue::Int(e), FieldKind::Signal),
+                        Some(_) => {
+                            self.err(a.span, "signal() takes a signal number".into());
+                            ok = false;
+                            continue;
+                        }
+                        None => {
+                            ok = false;
+                            continue;
+                        }
+                    },
+                    _ => {
+                        self.err(
+                            f.value.span,
+                            "signal() takes one argument: signal(args.sig)".into(),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                },
+                _ => match self.value(&f.value, ctx).map(decay) {
+                    Some(Checked::Int(e)) => {
+                        let kind = match &e {
+                            TExpr::CtxInt { signed: false, .. } | TExpr::Builtin(_) => {
+                                FieldKind::U64
+                            }
+                            _ => FieldKind::I64,
+                        };
+                        (TValue::Int(e), kind)
+                    }
+                    Some(Checked::Str(s)) => {
+                        let len = s.capacity();
+                        (TValue::Str(s), FieldKind::Str { len })
+                    }
+                    Some(Checked::Ptr(..) | Checked::Place(_)) => {
+                        ok = false;
+                        continue;
+                    }
+                    Some(Checked::Lit(_)) => {
+                        self.err(f.value.span, "a constant string cannot be emitted".into())
+                            .hints
+                            .push("emit values the kernel knows: comm, args.NAME, pid, ...".into());
+                        ok = false;
+                        continue;
+                    }
+                    None => {
+                        ok = false;
+                        continue;
+                    }
+                },
+            };
+            out.push(TField {
+                name: f.name.clone(),
+                value,
+                kind,
+                offset,
+            });
+            offset += slot(kind);
+        }
+        ok.then_some(out)
+    }
+
+}
