@@ -33,7 +33,7 @@ pub fn boot_id() -> String {
 }
 
 pub fn capabilities() -> u32 {
-    let mut c = caps::RINGBUF | caps::TRACEPOINT | caps::KERNEL_FILES;
+    let mut c = caps::RINGBUF | caps::TRACEPOINT | caps::KERNEL_FILES | caps::MAPS;
     if Path::new(TRACEFS).join("kprobe_events").exists() {
         c |= caps::KPROBE;
     }

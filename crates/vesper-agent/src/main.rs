@@ -4,6 +4,7 @@
 mod channel;
 mod kernel;
 mod kernel_files;
+mod maps;
 mod probes;
 mod session;
 mod sys;

@@ -59,7 +59,7 @@ pub struct LoadedProbe {
     pub next_seq: u64,
     pub agent_drops: u64,
     // Holds the programs and links; must outlive nothing else here.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl std::fmt::Debug for LoadedProbe {
@@ -161,8 +161,19 @@ impl LoadedProbe {
             drops,
             next_seq: 0,
             agent_drops: 0,
-            _ebpf: ebpf,
+            ebpf,
         })
+    }
+
+    /// One of the object's maps (a script's `@name` maps are `map_N`).
+    pub fn map_data(&self, name: &str) -> Option<&MapData> {
+        use aya::maps::Map;
+        match self.ebpf.map(name)? {
+            Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::Array(d) | Map::PerCpuArray(d) => {
+                Some(d)
+            }
+            _ => None,
+        }
     }
 
     pub fn ring_fd(&self) -> RawFd {

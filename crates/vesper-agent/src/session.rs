@@ -209,6 +209,29 @@ impl<'a> Session<'a> {
                     });
                 }
             },
+            Message::MapRequest {
+                probe_id,
+                map,
+                max_bytes,
+                clear,
+            } => {
+                let read = match self.probes.probes.get(&probe_id) {
+                    Some(p) => crate::maps::read(p, probe_id, &map, max_bytes, clear)
+                        .map_err(|e| e.to_string()),
+                    None => Err(format!("no probe with id {probe_id} is loaded")),
+                };
+                match read {
+                    Ok(m) => self.send(&Message::MapEntries(m)),
+                    Err(message) => {
+                        log::warn!("{message}");
+                        self.send(&Message::Error {
+                            probe_id,
+                            code: error_code::MAP_READ,
+                            message,
+                        });
+                    }
+                }
+            }
             Message::Heartbeat { .. } => {}
             other => {
                 let message = format!("the agent does not accept {:?} messages", other.kind());

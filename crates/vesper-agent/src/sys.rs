@@ -76,3 +76,74 @@ pub fn kernel_release() -> String {
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+/// The attribute of the bpf(2) map element commands (`union bpf_attr`'s first form).
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value` for lookups, `next_key` for BPF_MAP_GET_NEXT_KEY.
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// One bpf(2) map element command; `key` and `value` are each null or a buffer the
+/// kernel reads or writes, whose size the caller checked against the map's.
+fn map_elem(cmd: libc::c_long, fd: RawFd, key: *const u8, value: *mut u8) -> io::Result<()> {
+    let attr = MapElemAttr {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: key as u64,
+        value: value as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid bpf_attr prefix for the map element commands and lives
+    // across the call; its pointers are null or point at buffers the callers size to the
+    // map's key and value sizes (see below), exclusively borrowed for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &attr as *const MapElemAttr,
+            std::mem::size_of::<MapElemAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The key after `key` (the first with `None`) into `next`, which holds exactly one key
+/// of map `fd`; false at the end.
+pub fn map_next_key(fd: RawFd, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let key = key.map_or(std::ptr::null(), |k| k.as_ptr());
+    match map_elem(BPF_MAP_GET_NEXT_KEY, fd, key, next.as_mut_ptr()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value of `key` into `value` (one value, or one per possible CPU for a per-CPU map:
+/// the caller sizes it); false if the key is gone.
+pub fn map_lookup(fd: RawFd, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    match map_elem(BPF_MAP_LOOKUP_ELEM, fd, key.as_ptr(), value.as_mut_ptr()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes `key` (already gone is fine).
+pub fn map_delete(fd: RawFd, key: &[u8]) -> io::Result<()> {
+    match map_elem(BPF_MAP_DELETE_ELEM, fd, key.as_ptr(), std::ptr::null_mut()) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -105,8 +105,22 @@ enum Cmd {
         #[arg(long)]
         asm: bool,
     },
-    /// Unload a probe from a VM.
-    Unload { vm: String, probe: String },
+    /// Unload a probe from a VM (its maps' last values are printed).
+    Unload {
+        vm: String,
+        probe: String,
+        /// The maps as JSON (one line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a probe's maps and aggregations, read from the guest's kernel now.
+    Maps {
+        vm: String,
+        probe: String,
+        /// As JSON (one line: a list of maps).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (vesper.1 and one per subcommand) into DIR.
@@ -498,12 +512,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 writeln!(out, "{}", written.display())?;
             }
         }
-        Cmd::Unload { vm, probe } => {
-            request(
+        Cmd::Unload { vm, probe, json } => {
+            let (v, _) = request(
                 &cli.socket,
                 json!({"cmd": "unload", "vm": vm, "probe": probe}),
             )?;
-            writeln!(out, "{probe} unloaded from {vm}")?;
+            if json {
+                writeln!(out, "{}", v["maps"])?;
+            } else {
+                writeln!(out, "{probe} unloaded from {vm}")?;
+                write!(out, "{}", render::maps(&v["maps"])?)?;
+            }
+        }
+        Cmd::Maps { vm, probe, json } => {
+            let (v, _) = request(
+                &cli.socket,
+                json!({"cmd": "maps", "vm": vm, "probe": probe}),
+            )?;
+            if json {
+                writeln!(out, "{}", v["maps"])?;
+            } else {
+                let text = render::maps(&v["maps"])?;
+                if text.is_empty() {
+                    writeln!(out, "{probe} in {vm} has no maps")?;
+                }
+                write!(out, "{text}")?;
+            }
         }
         Cmd::Events {
             vm,

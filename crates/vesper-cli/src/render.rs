@@ -371,6 +371,21 @@ pub fn probes(out: &mut impl Write, vm: &Value) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A probe's maps as bpftrace prints them, one after another.
+pub fn maps(v: &Value) -> anyhow::Result<String> {
+    let dumps: Vec<vesper_probe::map_values::MapDump> = match v {
+        Value::Null => Vec::new(),
+        v => serde_json::from_value(v.clone())
+            .map_err(|e| anyhow::anyhow!("vesperd sent maps this vesper cannot read: {e}"))?,
+    };
+    let mut out = String::new();
+    for d in dumps {
+        out.push_str(&d.to_text());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,10 +72,17 @@ pub fn maps_btf(maps: &[MapDef]) -> Vec<u8> {
     let u64_t = b.ty(u64_name, KIND_INT, 0, 8, &[64]);
     let scalar = |size: u32| if size == 8 { u64_t } else { u32_t };
 
-    let names: Vec<u32> = ["type", "max_entries", "key", "value"]
-        .iter()
-        .map(|n| b.str(n))
-        .collect();
+    let names: Vec<u32> = [
+        "type",
+        "max_entries",
+        "key",
+        "value",
+        "key_size",
+        "value_size",
+    ]
+    .iter()
+    .map(|n| b.str(n))
+    .collect();
     let mut vars = Vec::new();
     let mut offset = 0;
     for m in maps {
@@ -85,11 +92,19 @@ pub fn maps_btf(maps: &[MapDef]) -> Vec<u8> {
             let ptr = b.ty(0, KIND_PTR, 0, arr, &[]);
             members.push((names[i], ptr));
         }
-        if m.key_size > 0 {
+        if matches!(m.key_size, 4 | 8) && matches!(m.value_size, 4 | 8) {
             let k = b.ty(0, KIND_PTR, 0, scalar(m.key_size), &[]);
             let v = b.ty(0, KIND_PTR, 0, scalar(m.value_size), &[]);
             members.push((names[2], k));
             members.push((names[3], v));
+        } else if m.key_size > 0 {
+            // Keys of several parts and two-word values have no scalar type: their sizes
+            // only, as libbpf's __uint(key_size, N) writes them.
+            for (i, v) in [(4, m.key_size), (5, m.value_size)] {
+                let arr = b.ty(0, KIND_ARRAY, 0, 0, &[int, int, v]);
+                let ptr = b.ty(0, KIND_PTR, 0, arr, &[]);
+                members.push((names[i], ptr));
+            }
         }
         let size = 8 * members.len() as u32;
         let extra: Vec<u32> = members

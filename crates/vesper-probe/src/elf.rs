@@ -25,6 +25,7 @@ const R_BPF_64_64: u64 = 1;
 pub mod map_type {
     pub const HASH: u32 = 1;
     pub const ARRAY: u32 = 2;
+    pub const PERCPU_HASH: u32 = 5;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const RINGBUF: u32 = 27;
 }

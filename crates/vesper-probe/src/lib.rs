@@ -14,6 +14,7 @@ pub mod insn;
 pub mod kernel_symbols;
 pub mod kernel_types;
 pub mod manifest;
+pub mod map_values;
 
 use std::collections::BTreeMap;
 

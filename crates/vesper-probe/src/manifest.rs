@@ -108,20 +108,89 @@ impl KeyPart {
     }
 }
 
-/// A map of the script: the BPF hash map `symbol` in the object, integer values.
+/// What a map's values are: integers the probe stores, or an aggregation kept in the
+/// kernel (bpftrace's count(), sum(), ...), one value per CPU, merged on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum MapValue {
+    /// `@m[k] = expr`: an i64.
+    #[default]
+    Int,
+    /// count(): a u64 per CPU.
+    Count,
+    /// sum(x): an i64 per CPU.
+    Sum,
+    /// min(x) / max(x): an i64 and a u64 "seen" flag per CPU.
+    Min,
+    Max,
+    /// avg(x): an i64 sum and a u64 count per CPU.
+    Avg,
+    /// hist(x): a count per power-of-two bucket, the bucket being the key's last u64
+    /// (0: negative, 1: zero, k + 2: [2^k, 2^(k+1))).
+    Hist,
+    /// lhist(x, min, max, step): a count per linear bucket, the key's last u64
+    /// (0: below min, i + 1: [min + i*step, min + (i+1)*step), last: max and above).
+    Lhist {
+        min: i64,
+        max: i64,
+        step: i64,
+    },
+}
+
+impl MapValue {
+    /// An aggregation: per-CPU values, updated only by its function.
+    pub fn is_aggregation(self) -> bool {
+        self != MapValue::Int
+    }
+    /// The key ends with a bucket number.
+    pub fn bucketed(self) -> bool {
+        matches!(self, MapValue::Hist | MapValue::Lhist { .. })
+    }
+    /// Bytes of one value (per CPU for an aggregation).
+    pub fn size(self) -> u32 {
+        match self {
+            MapValue::Min | MapValue::Max | MapValue::Avg => 16,
+            _ => 8,
+        }
+    }
+    /// bpftrace's name of the aggregation: `count`, `hist`, ...; `value` for stored integers.
+    pub fn function(self) -> &'static str {
+        match self {
+            MapValue::Int => "value",
+            MapValue::Count => "count",
+            MapValue::Sum => "sum",
+            MapValue::Min => "min",
+            MapValue::Max => "max",
+            MapValue::Avg => "avg",
+            MapValue::Hist => "hist",
+            MapValue::Lhist { .. } => "lhist",
+        }
+    }
+}
+
+/// A map of the script: the BPF hash map `symbol` in the object (a per-CPU hash for an
+/// aggregation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapSpec {
     /// As written in the script: `@start`.
     pub name: String,
     pub symbol: String,
+    /// The key's parts as the script writes them (a bucketed map adds its bucket).
     pub key: Vec<KeyPart>,
+    #[serde(default)]
+    pub value: MapValue,
     pub max_entries: u32,
 }
 
 impl MapSpec {
-    /// Bytes of key: at least 8 (a keyless map's key is a single 0).
+    /// Bytes of the script's key parts.
+    pub fn user_key_size(&self) -> u32 {
+        self.key.iter().map(|k| k.size()).sum()
+    }
+    /// Bytes of key: the parts, the bucket of a histogram, and at least 8 (a keyless
+    /// map's key is a single 0).
     pub fn key_size(&self) -> u32 {
-        self.key.iter().map(|k| k.size()).sum::<u32>().max(8)
+        (self.user_key_size() + if self.value.bucketed() { 8 } else { 0 }).max(8)
     }
 }
 

@@ -30,5 +30,5 @@ pub use frame::{
 };
 pub use message::{
     AttachKind, AttachPoint, EventFormat, Hello, KernelFileKind, KernelFilePiece, KernelInfo,
-    LoadProbe, Message, MessageKind, ProbeStat, Records,
+    LoadProbe, MapEntries, Message, MessageKind, ProbeStat, Records,
 };

@@ -18,6 +18,8 @@
 //! | 12   | Error              | both| probe_id u32 (0: none), code u16, message str |
 //! | 13   | KernelFileRequest  | H→A | file u8 (1 BTF, 2 symbols), offset u64, max_len u32 |
 //! | 14   | KernelFile         | A→H | file u8, kernel_id str, total u64 (0: not known), offset u64, eof u8, data bytes |
+//! | 15   | MapRequest         | H→A | probe_id u32, map str, max_bytes u32, clear u8 |
+//! | 16   | MapEntries         | A→H | probe_id u32, map str, cpus u32, key_size u32, value_size u32, total u32, count u32, (key, value × cpus) × count |
 //!
 //! `Records` carries per-probe sequence numbers: record *i* of the batch has
 //! `first_seq + i`. `kernel_drops` counts records the BPF program could not reserve
@@ -30,6 +32,13 @@
 //! kernel's GNU build id, or its release and version) lets the host answer from its cache
 //! after the first piece; `max_len` 0 asks for the id and size only. Only an agent that
 //! announces [`caps::KERNEL_FILES`] is asked.
+//!
+//! `MapRequest`/`MapEntries` read one of a probe's BPF maps (its `@name[...]` maps and
+//! aggregations): every entry the map holds, keys and values as the kernel stores them;
+//! a per-CPU map has `cpus` values per entry (each `value_size` bytes, rounded up to 8),
+//! merged by the host. Entries beyond `max_bytes` are left out (`total` says how many
+//! there were). With `clear`, each entry sent is deleted from the map. Only an agent that
+//! announces [`caps::MAPS`] is asked.
 
 use crate::codec::{Reader, Writer};
 use crate::frame::DecodeError;
@@ -51,6 +60,8 @@ pub enum MessageKind {
     Error = 12,
     KernelFileRequest = 13,
     KernelFile = 14,
+    MapRequest = 15,
+    MapEntries = 16,
 }
 
 impl TryFrom<u8> for MessageKind {
@@ -72,6 +83,8 @@ impl TryFrom<u8> for MessageKind {
             12 => Error,
             13 => KernelFileRequest,
             14 => KernelFile,
+            15 => MapRequest,
+            16 => MapEntries,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -85,6 +98,8 @@ pub mod caps {
     pub const BTF: u32 = 1 << 3;
     /// Answers [`super::Message::KernelFileRequest`].
     pub const KERNEL_FILES: u32 = 1 << 4;
+    /// Answers [`super::Message::MapRequest`].
+    pub const MAPS: u32 = 1 << 5;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +161,31 @@ pub struct KernelFilePiece {
     /// No more data after this piece.
     pub eof: bool,
     pub data: Vec<u8>,
+}
+
+/// The entries of one BPF map, as the agent read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntries {
+    pub probe_id: u32,
+    pub map: String,
+    /// Values per entry: 1, or the guest's possible CPUs for a per-CPU map.
+    pub cpus: u32,
+    pub key_size: u32,
+    /// Bytes of one value, rounded up to 8 when `cpus` > 1 (the kernel's per-CPU layout).
+    pub value_size: u32,
+    /// Entries the map held when read (more than `entries` when some did not fit).
+    pub total: u32,
+    /// (key, values) pairs: `key_size` and `cpus × value_size` bytes.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl MapEntries {
+    /// Bytes one entry takes on the wire, if the sizes are sane (None when they overflow).
+    pub fn entry_len(key_size: u32, value_size: u32, cpus: u32) -> Option<usize> {
+        (value_size as usize)
+            .checked_mul(cpus as usize)?
+            .checked_add(key_size as usize)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,6 +296,13 @@ pub enum Message {
         max_len: u32,
     },
     KernelFile(KernelFilePiece),
+    MapRequest {
+        probe_id: u32,
+        map: String,
+        max_bytes: u32,
+        clear: bool,
+    },
+    MapEntries(MapEntries),
 }
 
 /// Error codes carried by [`Message::Error`].
@@ -267,6 +314,8 @@ pub mod error_code {
     pub const INTERNAL: u16 = 5;
     /// A kernel file (BTF, symbols) could not be read or was asked for out of order.
     pub const KERNEL_FILE: u16 = 6;
+    /// A map could not be read (no such probe or map, or the kernel refused).
+    pub const MAP_READ: u16 = 7;
 }
 
 /// Longest record the wire can carry (u16 length).
@@ -289,6 +338,8 @@ impl Message {
             Message::Error { .. } => MessageKind::Error,
             Message::KernelFileRequest { .. } => MessageKind::KernelFileRequest,
             Message::KernelFile(_) => MessageKind::KernelFile,
+            Message::MapRequest { .. } => MessageKind::MapRequest,
+            Message::MapEntries(_) => MessageKind::MapEntries,
         }
     }
 
@@ -380,6 +431,33 @@ impl Message {
                     .u64(p.offset)
                     .u8(p.eof as u8)
                     .bytes(&p.data);
+            }
+            Message::MapRequest {
+                probe_id,
+                map,
+                max_bytes,
+                clear,
+            } => {
+                w.u32(*probe_id).str(map).u32(*max_bytes).u8(*clear as u8);
+            }
+            Message::MapEntries(m) => {
+                w.u32(m.probe_id)
+                    .str(&m.map)
+                    .u32(m.cpus)
+                    .u32(m.key_size)
+                    .u32(m.value_size)
+                    .u32(m.total)
+                    .u32(m.entries.len() as u32);
+                // Entries of the wrong size are a caller bug; they are cut or padded so the
+                // frame stays decodable.
+                let vlen = m.value_size as usize * m.cpus as usize;
+                for (k, v) in &m.entries {
+                    let mut k = k.clone();
+                    k.resize(m.key_size as usize, 0);
+                    let mut v = v.clone();
+                    v.resize(vlen, 0);
+                    w.raw(&k).raw(&v);
+                }
             }
         }
         w.into_inner()
@@ -511,6 +589,42 @@ impl Message {
                 eof: r.u8()? != 0,
                 data: r.bytes()?.to_vec(),
             }),
+            MessageKind::MapRequest => Message::MapRequest {
+                probe_id: r.u32()?,
+                map: r.string()?,
+                max_bytes: r.u32()?,
+                clear: r.u8()? != 0,
+            },
+            MessageKind::MapEntries => {
+                let probe_id = r.u32()?;
+                let map = r.string()?;
+                let cpus = r.u32()?;
+                let key_size = r.u32()?;
+                let value_size = r.u32()?;
+                let total = r.u32()?;
+                let len = MapEntries::entry_len(key_size, value_size, cpus)
+                    .filter(|&l| l > 0 && cpus > 0)
+                    .ok_or(DecodeError::BadValue {
+                        field: "map entry size",
+                        value: u64::from(key_size).max(u64::from(value_size)),
+                    })?;
+                let n = r.count(len)?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = r.raw(key_size as usize)?.to_vec();
+                    let v = r.raw(len - key_size as usize)?.to_vec();
+                    entries.push((k, v));
+                }
+                Message::MapEntries(MapEntries {
+                    probe_id,
+                    map,
+                    cpus,
+                    key_size,
+                    value_size,
+                    total,
+                    entries,
+                })
+            }
         };
         r.finish()?;
         Ok(msg)

@@ -131,6 +131,45 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     data,
                 })
             }),
+        (any::<u32>(), arb_string(), any::<u32>(), any::<bool>()).prop_map(
+            |(probe_id, map, max_bytes, clear)| Message::MapRequest {
+                probe_id,
+                map,
+                max_bytes,
+                clear,
+            }
+        ),
+        (
+            any::<u32>(),
+            arb_string(),
+            1u32..4,
+            1u32..24,
+            1u32..24,
+            any::<u32>(),
+            0usize..6
+        )
+            .prop_flat_map(|(probe_id, map, cpus, key_size, value_size, total, n)| {
+                let len = (key_size + value_size * cpus) as usize;
+                prop::collection::vec(prop::collection::vec(any::<u8>(), len), n).prop_map(
+                    move |raw| {
+                        Message::MapEntries(MapEntries {
+                            probe_id,
+                            map: map.clone(),
+                            cpus,
+                            key_size,
+                            value_size,
+                            total,
+                            entries: raw
+                                .into_iter()
+                                .map(|mut e| {
+                                    let v = e.split_off(key_size as usize);
+                                    (e, v)
+                                })
+                                .collect(),
+                        })
+                    },
+                )
+            }),
     ]
 }
 

@@ -125,7 +125,11 @@ fn opensnoop_reads_the_path_from_the_process_memory() {
     // O_RDONLY | O_CLOEXEC, as std opens files.
     assert_eq!(r["flags"].as_u64().unwrap() & 0o2000000, 0o2000000, "{r}");
     // The exit's result, paired through the maps: no such file.
-    assert_eq!((r["fd"].as_i64(), r["errno"].as_i64()), (Some(-1), Some(2)), "{r}");
+    assert_eq!(
+        (r["fd"].as_i64(), r["errno"].as_i64()),
+        (Some(-1), Some(2)),
+        "{r}"
+    );
     // And a file that opens: a descriptor, no errno.
     let exists = h.dir.path().join("opensnoop-exists");
     std::fs::write(&exists, b"x").unwrap();
@@ -137,7 +141,11 @@ fn opensnoop_reads_the_path_from_the_process_memory() {
         |r| r["path"] == exists.as_str(),
     );
     use std::os::fd::AsRawFd;
-    assert_eq!((r["fd"].as_i64(), r["errno"].as_i64()), (Some(i64::from(f.as_raw_fd())), Some(0)), "{r}");
+    assert_eq!(
+        (r["fd"].as_i64(), r["errno"].as_i64()),
+        (Some(i64::from(f.as_raw_fd())), Some(0)),
+        "{r}"
+    );
 }
 
 #[test]
@@ -158,11 +166,25 @@ fn killsnoop_pairs_each_kill_with_its_result() {
     );
     assert_eq!(r["comm"], "killer", "{r}");
     assert_eq!(r["tpid"], victim_pid, "{r}");
-    assert_eq!((r["sig"].as_i64(), r["sig_name"].as_str()), (Some(10), Some("SIGUSR1")), "{r}");
+    assert_eq!(
+        (r["sig"].as_i64(), r["sig_name"].as_str()),
+        (Some(10), Some("SIGUSR1")),
+        "{r}"
+    );
     assert_eq!(r["result"], 0, "{r}");
     // A kill of a process that does not exist: its result is -ESRCH.
     let out = std::process::Command::new(bin("vesper-testkit"))
-        .args(["signal", "--comm", "killer2", "--to", "999999999", "--sig", "15", "--count", "1"])
+        .args([
+            "signal",
+            "--comm",
+            "killer2",
+            "--to",
+            "999999999",
+            "--sig",
+            "15",
+            "--count",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success(), "the kill of no process succeeded");
@@ -171,6 +193,121 @@ fn killsnoop_pairs_each_kill_with_its_result() {
         || h.events_json("host1", "killsnoop"),
         |r| r["comm"] == "killer2",
     );
-    assert_eq!((r["tpid"].as_i64(), r["sig_name"].as_str()), (Some(999_999_999), Some("SIGTERM")), "{r}");
+    assert_eq!(
+        (r["tpid"].as_i64(), r["sig_name"].as_str()),
+        (Some(999_999_999), Some("SIGTERM")),
+        "{r}"
+    );
     assert_eq!(r["result"], -3, "{r}");
+}
+
+/// The calling thread's id, for a predicate that sees only this test's system calls.
+fn my_tid() -> u64 {
+    let link = std::fs::read_link("/proc/thread-self").unwrap();
+    link.file_name().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn aggregations_are_kept_in_the_kernel_and_read_by_vesper_maps() {
+    if !need_root("aggregations_are_kept_in_the_kernel") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let tid = my_tid();
+    let dir = h.dir.path().to_str().unwrap().to_string();
+    let present = h.dir.path().join("present");
+    std::fs::write(&present, b"x").unwrap();
+    // Only this thread's opens of files in the test's directory: the entry marks them, the
+    // exit aggregates their results.
+    let script = format!(
+        "tracepoint:syscalls:sys_enter_openat / tid == {tid} && starts_with(str(args.filename, 128), \"{dir}/\") / {{
+    @mine[tid] = 1;
+}}
+tracepoint:syscalls:sys_exit_openat / @mine[tid] / {{
+    @opens[comm] = count();
+    @calls = sum(1);
+    @low = min(args.ret);
+    @high = max(args.ret);
+    @mean = avg(args.ret);
+    @fds = hist(args.ret);
+    @lin = lhist(args.ret, 0, 40, 10);
+    delete(@mine[tid]);
+}}
+"
+    );
+    let file = h.dir.path().join("opens.vsp");
+    std::fs::write(&file, script).unwrap();
+    h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    let missing = h.dir.path().join("no-such-file");
+    for _ in 0..10 {
+        assert!(std::fs::File::open(&missing).is_err());
+    }
+    let kept: Vec<std::fs::File> = (0..5)
+        .map(|_| std::fs::File::open(&present).unwrap())
+        .collect();
+    use std::os::fd::AsRawFd;
+    let fds: Vec<i64> = kept.iter().map(|f| i64::from(f.as_raw_fd())).collect();
+    let maps: Value =
+        serde_json::from_str(h.vesper_ok(&["maps", "host1", "opens", "--json"]).trim()).unwrap();
+    let map = |name: &str| {
+        maps.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {maps}"))
+            .clone()
+    };
+    let one = |name: &str| map(name)["entries"][0].clone();
+    let my_comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+    assert_eq!(one("@opens")["key"][0], my_comm.trim(), "{maps}");
+    assert_eq!(one("@opens")["value"], 15, "{maps}");
+    assert_eq!(one("@calls")["value"], 15, "{maps}");
+    assert_eq!(one("@low")["value"], -2, "{maps}");
+    assert_eq!(one("@high")["value"], *fds.iter().max().unwrap(), "{maps}");
+    let mean = (fds.iter().sum::<i64>() - 20) / 15;
+    assert_eq!(
+        (
+            one("@mean")["value"].as_i64(),
+            one("@mean")["count"].as_u64()
+        ),
+        (Some(mean), Some(15)),
+        "{maps}"
+    );
+    // hist: the ten ENOENTs below zero, each descriptor in its power-of-two bucket.
+    let buckets = one("@fds")["buckets"].as_array().unwrap().clone();
+    assert_eq!(
+        (buckets[0]["high"].as_i64(), buckets[0]["count"].as_u64()),
+        (Some(0), Some(10)),
+        "{maps}"
+    );
+    let counted: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, 15, "{maps}");
+    for fd in &fds {
+        let b = buckets
+            .iter()
+            .find(|b| {
+                b["low"].as_i64().is_some_and(|l| l <= *fd)
+                    && b["high"].as_i64().is_none_or(|hi| *fd < hi)
+            })
+            .unwrap_or_else(|| panic!("fd {fd} in no bucket: {maps}"));
+        let lo = b["low"].as_i64().unwrap();
+        assert!(lo.count_ones() == 1 || lo == 0, "{b}");
+    }
+    let lin = one("@lin")["buckets"].as_array().unwrap().clone();
+    assert_eq!(
+        (lin[0]["high"].as_i64(), lin[0]["count"].as_u64()),
+        (Some(0), Some(10)),
+        "{maps}"
+    );
+    // The text is bpftrace's: bars for the histogram.
+    let text = h.vesper_ok(&["maps", "host1", "opens"]);
+    assert!(text.contains("@fds:\n(..., 0)"), "{text}");
+    assert!(
+        text.contains(&format!("@opens[{}]: 15", my_comm.trim())),
+        "{text}"
+    );
+    // Unloading prints the last values.
+    let out = h.vesper_ok(&["unload", "host1", "opens"]);
+    assert!(out.contains("@calls: 15"), "{out}");
+    drop(kept);
 }

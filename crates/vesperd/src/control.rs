@@ -9,7 +9,8 @@
 //! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…],"pacemaker":"…"}` |
 //! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
 //! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
-//! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true}` |
+//! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true,"maps":[MapDump…]}` (the maps' last values) |
+//! | `{"cmd":"maps","vm":V,"probe":P}` | `{"ok":true,"maps":[MapDump…]}` |
 //! | `{"cmd":"kernel-info","vm":V,"keys":["cat:name","kprobe:func"]}` | `{"ok":true,"kernel":KernelInfo}` |
 //! | `{"cmd":"why","target":VM_OR_RESOURCE,"last":N?}` | `{"ok":true,"entries":[WhyEntry…]}` |
 //! | `{"cmd":"check","vm":V}` | `{"ok":true,"healthy":bool,"state":S,"cause":C?}` |
@@ -66,6 +67,11 @@ pub enum Request {
         object_hex: Option<String>,
     },
     Unload {
+        vm: String,
+        probe: String,
+    },
+    /// A probe's maps, read from the guest's kernel now.
+    Maps {
         vm: String,
         probe: String,
     },
@@ -390,10 +396,17 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
             Ok(h) => {
                 tracing::info!(%vm, %probe, by = %access::describe(peer), "probe unload requested");
                 match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
-                    Ok(Ok(())) => Ok(json!({})),
+                    Ok(Ok(maps)) => Ok(json!({ "maps": maps })),
                     Ok(Err(e)) | Err(e) => Err(e),
                 }
             }
+            Err(e) => Err(e),
+        },
+        Request::Maps { vm, probe } => match handle_of(&vm) {
+            Ok(h) => match ask(&h, |reply| SessionCmd::Maps { probe, reply }).await {
+                Ok(Ok(maps)) => Ok(json!({ "maps": maps })),
+                Ok(Err(e)) | Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         },
         Request::Events {

@@ -55,7 +55,10 @@ pub struct Probe {
 pub enum Stmt {
     Let(Let),
     /// `@name[key, ...] = value;`
-    MapAssign { map: MapRef, value: Expr },
+    MapAssign {
+        map: MapRef,
+        value: Expr,
+    },
     /// `delete(@name[key, ...]);`
     Delete(MapRef),
     /// `if (cond) { ... } else { ... }`; `else if` is an `If` alone in `els`.

@@ -76,7 +76,10 @@ pub enum TExpr {
     /// Local variable `n`'s stack slot (0 until assigned).
     Local(u32),
     /// The value map `map` holds under `key`, 0 if none.
-    MapRead { map: u32, key: Vec<TKey> },
+    MapRead {
+        map: u32,
+        key: Vec<TKey>,
+    },
     Unary(UnOp, Box<TExpr>),
     /// Arithmetic, bitwise, comparison or logical operator on integers.
     Binary(BinOp, Box<TExpr>, Box<TExpr>),
@@ -131,14 +134,27 @@ pub struct TEmit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TStmt {
     /// Local variable `slot` takes `value`.
-    Let { slot: u32, value: TExpr },
+    Let {
+        slot: u32,
+        value: TExpr,
+    },
     /// `@m[key] = value`: a full map counts a drop.
     MapUpdate {
         map: u32,
         key: Vec<TKey>,
         value: TExpr,
     },
-    MapDelete { map: u32, key: Vec<TKey> },
+    MapDelete {
+        map: u32,
+        key: Vec<TKey>,
+    },
+    /// `@m[key] = count()` and the other aggregations: this CPU's value of the entry
+    /// (created if new; a full map counts a drop) takes `arg` in (`None` for count()).
+    Aggregate {
+        map: u32,
+        key: Vec<TKey>,
+        arg: Option<TExpr>,
+    },
     If {
         cond: TExpr,
         then: Vec<TStmt>,

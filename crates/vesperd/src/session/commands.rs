@@ -21,7 +21,7 @@ impl Session {
             SessionCmd::Unload { probe, reply } => {
                 let r = if self.desired.iter().any(|d| d.name() == probe) {
                     self.desired.retain(|d| d.name() != probe);
-                    Ok(())
+                    Ok(Vec::new())
                 } else {
                     Err(format!("probe {probe:?} is not loaded in {}", self.name))
                 };
@@ -29,6 +29,12 @@ impl Session {
             }
             SessionCmd::Status { reply } => {
                 let _ = reply.send(self.status());
+            }
+            SessionCmd::Maps { reply, .. } => {
+                let _ = reply.send(Err(format!(
+                    "{} is not connected (state {:?}): its maps live in its kernel, read through its agent",
+                    self.name, self.state
+                )));
             }
             SessionCmd::Host(ev) => self.on_host_event(ev),
             SessionCmd::KernelInfo { reply, .. } => {
@@ -58,25 +64,10 @@ impl Session {
             SessionCmd::Load { probe, reply } => self.start_load(probe, Some(reply), wr).await,
             SessionCmd::Unload { probe, reply } => {
                 self.desired.retain(|d| d.name() != probe);
-                let id = self
-                    .probes
-                    .iter()
-                    .find(|(_, p)| &*p.name == probe.as_str())
-                    .map(|(id, _)| *id);
-                match id {
-                    Some(probe_id) => {
-                        self.unload_replies.insert(probe_id, reply);
-                        self.send(wr, &Message::UnloadProbe { probe_id }).await
-                    }
-                    None => {
-                        let _ = reply.send(Err(format!(
-                            "probe {probe:?} is not loaded in {}",
-                            self.name
-                        )));
-                        Ok(())
-                    }
-                }
+                // The maps are read first: their last values go with the reply.
+                self.read_maps(&probe, true, reply, wr).await
             }
+            SessionCmd::Maps { probe, reply } => self.read_maps(&probe, false, reply, wr).await,
             SessionCmd::Status { reply } => {
                 let _ = reply.send(self.status());
                 Ok(())

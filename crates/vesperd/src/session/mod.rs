@@ -56,6 +56,7 @@ mod commands;
 mod gaps;
 mod ingest;
 mod kernel_fetch;
+mod maps;
 mod probes;
 mod status;
 
@@ -89,9 +90,15 @@ pub enum SessionCmd {
         probe: ProbeSource,
         reply: oneshot::Sender<Result<LoadOutcome, String>>,
     },
+    /// Unloads a probe; the reply carries its maps' last values.
     Unload {
         probe: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: maps::MapsReply,
+    },
+    /// Reads a probe's maps (`vesper maps`).
+    Maps {
+        probe: String,
+        reply: maps::MapsReply,
     },
     Status {
         reply: oneshot::Sender<VmStatus>,
@@ -182,7 +189,9 @@ pub struct Session {
     /// Loads asked for during the handshake: started once the agent said Hello.
     waiting_hello: Vec<(ProbeSource, LoadReply)>,
     load_replies: HashMap<u32, LoadReply>,
-    unload_replies: HashMap<u32, oneshot::Sender<Result<(), String>>>,
+    /// Unloads sent, with the maps' last values read before.
+    unload_replies: HashMap<u32, (maps::MapsReply, Vec<vesper_probe::map_values::MapDump>)>,
+    map_reads: Vec<maps::MapRead>,
     last_heard: Option<Instant>,
     /// Unix ms of the last Hello: verdicts older than this are history.
     connected_since_ms: Option<u64>,
@@ -270,6 +279,7 @@ impl Session {
             info_waiters: Vec::new(),
             load_replies: HashMap::new(),
             unload_replies: HashMap::new(),
+            map_reads: Vec::new(),
             last_heard: None,
             connected_since_ms: None,
             judge: None,
@@ -449,9 +459,10 @@ impl Session {
         for (_, r) in self.load_replies.drain() {
             let _ = r.send(Ok(LoadOutcome::Pending));
         }
-        for (_, r) in self.unload_replies.drain() {
-            let _ = r.send(Ok(()));
+        for (_, (r, last)) in self.unload_replies.drain() {
+            let _ = r.send(Ok(last));
         }
+        self.end_map_reads();
         self.probes.clear();
         self.agent = None;
         self.kernel = KernelInfo::default();
@@ -667,8 +678,8 @@ impl Session {
                 if let Some(p) = self.probes.remove(&probe_id) {
                     tracing::info!(vm = %self.name, probe = %p.name, probe_id, "probe unloaded");
                 }
-                if let Some(r) = self.unload_replies.remove(&probe_id) {
-                    let _ = r.send(Ok(()));
+                if let Some((r, last)) = self.unload_replies.remove(&probe_id) {
+                    let _ = r.send(Ok(last));
                 }
                 Ok(())
             }
@@ -682,6 +693,17 @@ impl Session {
             ) if code == vesper_proto::message::error_code::KERNEL_FILE => {
                 let step = self.kernel_fetch.refused(&truncate(&message, 4096));
                 self.kernel_step(step, wr).await
+            }
+            (
+                _,
+                Message::Error {
+                    probe_id,
+                    code,
+                    message,
+                },
+            ) if code == vesper_proto::message::error_code::MAP_READ => {
+                self.map_read_failed(probe_id, &truncate(&message, 4096), wr)
+                    .await
             }
             (
                 _,
@@ -706,13 +728,14 @@ impl Session {
                         "the agent in {} could not load the probe: {message}",
                         self.name
                     )));
-                } else if let Some(r) = self.unload_replies.remove(&probe_id) {
+                } else if let Some((r, _)) = self.unload_replies.remove(&probe_id) {
                     let _ = r.send(Err(message));
                 } else if !failed {
                     tracing::warn!(vm = %self.name, probe_id, code, error = %message, "agent reported an error");
                 }
                 Ok(())
             }
+            (_, Message::MapEntries(m)) => self.on_map_entries(m, wr).await,
             (_, Message::Records(batch)) => {
                 self.on_records(batch);
                 Ok(())

@@ -128,7 +128,7 @@ pub fn check(
             });
         }
     }
-    c.unwritten_maps();
+    c.finish_maps();
     let maps = c.maps.into_iter().map(|m| m.spec).collect();
     (programs, c.schemas, maps)
 }

@@ -11,7 +11,7 @@ use crate::compiler::diag::Diagnostic;
 use crate::compiler::typed::*;
 use crate::elf::ProgramCode;
 use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R4, R6, R7, R10, Reg, Size, helper};
-use crate::manifest::MapSpec;
+use crate::manifest::{MapSpec, MapValue};
 
 pub const RING_MAP: &str = "events";
 pub const DROPS_MAP: &str = "drops";
@@ -30,11 +30,7 @@ struct Gen<'m> {
     too_deep: bool,
 }
 
-pub fn codegen(
-    p: &TProgram,
-    maps: &[MapSpec],
-    diags: &mut Vec<Diagnostic>,
-) -> Option<ProgramCode> {
+pub fn codegen(p: &TProgram, maps: &[MapSpec], diags: &mut Vec<Diagnostic>) -> Option<ProgramCode> {
     // Local variables own the top of the stack, one slot each, zeroed: a variable
     // assigned in one branch only reads as 0 on the other.
     let mut g = Gen {
@@ -161,8 +157,140 @@ impl Gen<'_> {
                 self.stmts(els);
                 self.a.bind(end);
             }
+            TStmt::Aggregate { map, key, arg } => self.aggregate(*map, key, arg.as_ref()),
             TStmt::Emit(e) => self.emit(e),
         }
+    }
+
+    /// One update of an aggregation: this CPU's value of the entry (a per-CPU hash, so no
+    /// other CPU writes it), created zeroed if new.
+    fn aggregate(&mut self, map: u32, key: &[TKey], arg: Option<&TExpr>) {
+        let spec = &self.maps[map as usize];
+        let (value, symbol, bucket_at) = (spec.value, spec.symbol.clone(), spec.user_key_size());
+        // The argument first: helper calls clobber r0-r5.
+        let x = self.push_slot();
+        if let Some(arg) = arg {
+            self.eval(arg);
+            self.a.store(Size::DW, R10, x, R0);
+        }
+        let (k, size) = self.map_key(map, key);
+        if value.bucketed() {
+            self.a.load(Size::DW, R1, R10, x);
+            self.bucket(value);
+            self.a.store(Size::DW, R10, k + bucket_at as i16, R0);
+        }
+        let lookup = |g: &mut Self| {
+            g.a.ld_map(R1, &symbol)
+                .mov(R2, R10)
+                .alu64_imm(Alu::Add, R2, k.into())
+                .call(helper::MAP_LOOKUP_ELEM);
+        };
+        let (found, done) = (self.a.label(), self.a.label());
+        lookup(self);
+        self.a.jmp_imm(Cond::Ne, R0, 0, found);
+        let zero = self.push_bytes(16);
+        self.a
+            .store_imm(Size::DW, R10, zero, 0)
+            .store_imm(Size::DW, R10, zero + 8, 0);
+        // BPF_NOEXIST: another program may have created it meanwhile; either way it exists
+        // after this unless the map is full.
+        self.a
+            .ld_map(R1, &symbol)
+            .mov(R2, R10)
+            .alu64_imm(Alu::Add, R2, k.into())
+            .mov(R3, R10)
+            .alu64_imm(Alu::Add, R3, zero.into())
+            .mov_imm(R4, 1)
+            .call(helper::MAP_UPDATE_ELEM);
+        self.pop_bytes(16);
+        lookup(self);
+        self.a.jmp_imm(Cond::Ne, R0, 0, found);
+        self.count_drop();
+        self.a.jmp(done);
+        self.a.bind(found);
+        self.a.load(Size::DW, R1, R10, x);
+        match value {
+            MapValue::Count | MapValue::Hist | MapValue::Lhist { .. } => {
+                self.a
+                    .load(Size::DW, R2, R0, 0)
+                    .alu64_imm(Alu::Add, R2, 1)
+                    .store(Size::DW, R0, 0, R2);
+            }
+            MapValue::Sum | MapValue::Int => {
+                self.a
+                    .load(Size::DW, R2, R0, 0)
+                    .alu64_reg(Alu::Add, R2, R1)
+                    .store(Size::DW, R0, 0, R2);
+            }
+            MapValue::Avg => {
+                self.a
+                    .load(Size::DW, R2, R0, 0)
+                    .alu64_reg(Alu::Add, R2, R1)
+                    .store(Size::DW, R0, 0, R2);
+                self.a
+                    .load(Size::DW, R2, R0, 8)
+                    .alu64_imm(Alu::Add, R2, 1)
+                    .store(Size::DW, R0, 8, R2);
+            }
+            MapValue::Min | MapValue::Max => {
+                // The first value this CPU sees is kept whatever it is.
+                let set = self.a.label();
+                self.a
+                    .load(Size::DW, R2, R0, 8)
+                    .jmp_imm(Cond::Eq, R2, 0, set);
+                self.a.load(Size::DW, R2, R0, 0);
+                let keep = if value == MapValue::Min {
+                    Cond::Sge
+                } else {
+                    Cond::Sle
+                };
+                self.a.jmp_reg(keep, R1, R2, done);
+                self.a.bind(set);
+                self.a
+                    .store(Size::DW, R0, 0, R1)
+                    .store_imm(Size::DW, R0, 8, 1);
+            }
+        }
+        self.a.bind(done);
+        self.pop_bytes(size);
+        self.pop_slot();
+    }
+
+    /// r0 = the bucket of the value in r1 (r1 is clobbered).
+    fn bucket(&mut self, value: MapValue) {
+        let done = self.a.label();
+        match value {
+            MapValue::Lhist { min, max, step } => {
+                let last = (max - min - 1) / step + 2;
+                let below = self.a.label();
+                let above = self.a.label();
+                self.a.ld_imm64(R2, min).jmp_reg(Cond::Slt, R1, R2, below);
+                self.a.ld_imm64(R2, max).jmp_reg(Cond::Sge, R1, R2, above);
+                self.a.ld_imm64(R2, min).alu64_reg(Alu::Sub, R1, R2);
+                self.a.ld_imm64(R2, step).alu64_reg(Alu::Div, R1, R2);
+                self.a.mov(R0, R1).alu64_imm(Alu::Add, R0, 1).jmp(done);
+                self.a.bind(below).mov_imm(R0, 0).jmp(done);
+                self.a.bind(above).ld_imm64(R0, last);
+            }
+            _ => {
+                // 0 below zero, 1 for zero, else 2 + floor(log2(x)) by halving the range.
+                self.a.mov_imm(R0, 0).jmp_imm(Cond::Slt, R1, 0, done);
+                self.a.mov_imm(R0, 1).jmp_imm(Cond::Eq, R1, 0, done);
+                self.a.mov_imm(R0, 2);
+                for shift in [32, 16, 8, 4, 2, 1] {
+                    let skip = self.a.label();
+                    self.a.mov(R2, R1).alu64_imm(Alu::Rsh, R2, shift).jmp_imm(
+                        Cond::Eq,
+                        R2,
+                        0,
+                        skip,
+                    );
+                    self.a.mov(R1, R2).alu64_imm(Alu::Add, R0, shift);
+                    self.a.bind(skip);
+                }
+            }
+        }
+        self.a.bind(done);
     }
 
     /// Adds one to the probe's drop counter.
@@ -250,7 +378,10 @@ impl Gen<'_> {
                 }
             }
         }
-        self.a.mov(R1, R7).mov_imm(R2, 0).call(helper::RINGBUF_SUBMIT);
+        self.a
+            .mov(R1, R7)
+            .mov_imm(R2, 0)
+            .call(helper::RINGBUF_SUBMIT);
         self.a.bind(done);
     }
 

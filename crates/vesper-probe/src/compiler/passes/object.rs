@@ -46,9 +46,13 @@ pub fn object(
     ];
     maps.extend(script_maps.iter().map(|m| MapDef {
         name: m.symbol.clone(),
-        map_type: map_type::HASH,
+        map_type: if m.value.is_aggregation() {
+            map_type::PERCPU_HASH
+        } else {
+            map_type::HASH
+        },
         key_size: m.key_size(),
-        value_size: 8,
+        value_size: m.value.size(),
         max_entries: m.max_entries,
         flags: 0,
     }));

@@ -228,7 +228,11 @@ impl Parser<'_> {
     fn block_inner(&mut self) -> PResult<(Vec<Stmt>, Span)> {
         if self.depth > MAX_DEPTH {
             let t = self.peek().span;
-            return self.error(t, format!("blocks nested deeper than {MAX_DEPTH} levels"), None);
+            return self.error(
+                t,
+                format!("blocks nested deeper than {MAX_DEPTH} levels"),
+                None,
+            );
         }
         let mut body = Vec::new();
         while !self.is_punct("}") {

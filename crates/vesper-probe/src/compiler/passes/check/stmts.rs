@@ -5,7 +5,7 @@ use super::{RESERVED, decay, slot};
 use crate::compiler::ast::*;
 use crate::compiler::diag::{Diagnostic, Span};
 use crate::compiler::typed::*;
-use crate::manifest::{self, FieldKind, KeyPart, MapSpec};
+use crate::manifest::{self, FieldKind, KeyPart, MapSpec, MapValue};
 
 /// Entries a map holds; a store of a new key into a full map is dropped and counted
 /// (bpftrace's default bound too).
@@ -13,15 +13,25 @@ pub const MAP_ENTRIES: u32 = 4096;
 /// Most maps in one script, and most parts in one key.
 pub const MAX_MAPS: usize = 32;
 pub const MAX_KEY_PARTS: usize = 8;
-/// bpftrace's in-kernel aggregations, refused with a hint until the language has them.
-const AGGREGATIONS: &[&str] = &["count", "sum", "min", "max", "avg", "hist", "lhist", "stats"];
+/// Most buckets of one lhist().
+pub const MAX_LHIST_BUCKETS: i64 = 1000;
 
-/// A map as the checker knows it: its spec, where it first appeared, whether anything
-/// stores into it.
+/// A map as the checker knows it: its spec, where it first appeared, where it was
+/// written and read (an aggregation may not be read in a probe).
 pub struct ScriptMap {
     pub spec: MapSpec,
     first: Span,
-    written: bool,
+    written: Option<Span>,
+    reads: Vec<Span>,
+    deletes: Vec<Span>,
+}
+
+/// How a statement or expression uses a map.
+#[derive(Clone, Copy)]
+enum Use {
+    Read,
+    Write(MapValue),
+    Delete,
 }
 
 /// Whether a body has an effect: a record, or a map store or delete.
@@ -48,6 +58,24 @@ fn key_text(parts: &[KeyPart]) -> String {
     }
 }
 
+/// The aggregation a function name stands for (bpftrace's names).
+fn aggregation(name: &str) -> Option<MapValue> {
+    Some(match name {
+        "count" => MapValue::Count,
+        "sum" => MapValue::Sum,
+        "min" => MapValue::Min,
+        "max" => MapValue::Max,
+        "avg" => MapValue::Avg,
+        "hist" => MapValue::Hist,
+        "lhist" => MapValue::Lhist {
+            min: 0,
+            max: 0,
+            step: 0,
+        },
+        _ => return None,
+    })
+}
+
 impl<'a> Checker<'a> {
     pub(super) fn stmts(&mut self, stmts: &[Stmt], ctx: &Ctx) -> Option<Vec<TStmt>> {
         let mut out = Vec::new();
@@ -65,8 +93,16 @@ impl<'a> Checker<'a> {
         match s {
             Stmt::Let(l) => self.let_stmt(l, ctx),
             Stmt::MapAssign { map, value } => {
+                if let ExprKind::Call(name, args) = &value.kind
+                    && let Some(kind) = aggregation(name)
+                {
+                    let agg = self.aggregation(kind, args, value.span, ctx);
+                    let (v, arg) = agg?;
+                    let (m, key) = self.map_key(map, ctx, Use::Write(v))?;
+                    return Some(TStmt::Aggregate { map: m, key, arg });
+                }
                 let v = self.map_value(value, ctx);
-                let (m, key) = self.map_key(map, ctx, true)?;
+                let (m, key) = self.map_key(map, ctx, Use::Write(MapValue::Int))?;
                 Some(TStmt::MapUpdate {
                     map: m,
                     key,
@@ -74,7 +110,7 @@ impl<'a> Checker<'a> {
                 })
             }
             Stmt::Delete(map) => {
-                let (m, key) = self.map_key(map, ctx, false)?;
+                let (m, key) = self.map_key(map, ctx, Use::Delete)?;
                 Some(TStmt::MapDelete { map: m, key })
             }
             Stmt::If { cond, then, els } => {
@@ -105,9 +141,19 @@ impl<'a> Checker<'a> {
         };
         if let Some(slot) = self.locals.iter().position(|(n, _)| *n == l.name) {
             if self.locals[slot].1 != pointee {
-                let kind = |p: Option<_>| if p.is_some() { "a pointer" } else { "an integer" };
+                let kind = |p: Option<_>| {
+                    if p.is_some() {
+                        "a pointer"
+                    } else {
+                        "an integer"
+                    }
+                };
                 let (was, now) = (kind(self.locals[slot].1), kind(pointee));
-                let what = if was == now { "a pointer to another type" } else { now };
+                let what = if was == now {
+                    "a pointer to another type"
+                } else {
+                    now
+                };
                 self.err(
                     l.name_span,
                     format!("{} holds {was}, and is assigned {what} here", l.name),
@@ -137,16 +183,74 @@ impl<'a> Checker<'a> {
         })
     }
 
+    /// The arguments of an aggregation: what its map holds, and the value it takes in.
+    fn aggregation(
+        &mut self,
+        kind: MapValue,
+        args: &[Expr],
+        span: Span,
+        ctx: &Ctx,
+    ) -> Option<(MapValue, Option<TExpr>)> {
+        let name = kind.function();
+        match (kind, args) {
+            (MapValue::Count, []) => Some((kind, None)),
+            (MapValue::Count, _) => {
+                self.err(span, "count() takes no argument".into())
+                    .hints
+                    .push("@n[comm] = count();".into());
+                None
+            }
+            (MapValue::Lhist { .. }, [x, lo, hi, step]) => {
+                let lit = |e: &Expr| match e.kind {
+                    ExprKind::Int(v) => Some(v),
+                    ExprKind::Unary(UnOp::Neg, ref inner) => match inner.kind {
+                        ExprKind::Int(v) => Some(-v),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let x = self.int(x, ctx, "lhist()");
+                match (lit(lo), lit(hi), lit(step)) {
+                    (Some(min), Some(max), Some(step))
+                        if step > 0
+                            && max > min
+                            && max
+                                .checked_sub(min)
+                                .is_some_and(|d| (d - 1) / step < MAX_LHIST_BUCKETS) =>
+                    {
+                        Some((MapValue::Lhist { min, max, step }, Some(x?)))
+                    }
+                    _ => {
+                        self.err(span, format!("lhist(value, min, max, step) takes constant bounds with min < max, a step above 0, and at most {MAX_LHIST_BUCKETS} buckets"))
+                            .hints
+                            .push("@ms = lhist($ms, 0, 1000, 10);".into());
+                        None
+                    }
+                }
+            }
+            (MapValue::Lhist { .. }, _) => {
+                self.err(
+                    span,
+                    "lhist() takes four arguments: lhist(value, min, max, step)".into(),
+                );
+                None
+            }
+            (_, [x]) => {
+                let x = self.int(x, ctx, &format!("{name}()"))?;
+                Some((kind, Some(x)))
+            }
+            _ => {
+                self.err(
+                    span,
+                    format!("{name}() takes one argument: @m[key] = {name}(value)"),
+                );
+                None
+            }
+        }
+    }
+
     /// A value stored into a map: an integer.
     fn map_value(&mut self, e: &Expr, ctx: &Ctx) -> Option<TExpr> {
-        if let ExprKind::Call(name, _) = &e.kind
-            && AGGREGATIONS.contains(&name.as_str())
-        {
-            self.err(e.span, format!("{name}() is not in the language yet"))
-                .hints
-                .push("keep a count yourself: @n[key] = @n[key] + 1; (not atomic: two CPUs at once may lose one)".into());
-            return None;
-        }
         match decay(self.value(e, ctx)?) {
             Checked::Int(t) => Some(t),
             _ => {
@@ -160,13 +264,13 @@ impl<'a> Checker<'a> {
 
     /// `@m[k]` in an expression: the stored value, 0 if none.
     pub(super) fn map_read(&mut self, m: &MapRef, ctx: &Ctx) -> Option<Checked> {
-        let (map, key) = self.map_key(m, ctx, false)?;
+        let (map, key) = self.map_key(m, ctx, Use::Read)?;
         Some(Checked::Int(TExpr::MapRead { map, key }))
     }
 
     /// The map `m` names (declared here if new) and its key, checked against the map's
     /// earlier uses.
-    fn map_key(&mut self, m: &MapRef, ctx: &Ctx, write: bool) -> Option<(u32, Vec<TKey>)> {
+    fn map_key(&mut self, m: &MapRef, ctx: &Ctx, how: Use) -> Option<(u32, Vec<TKey>)> {
         if m.keys.len() > MAX_KEY_PARTS {
             self.err(m.span, format!("a key has at most {MAX_KEY_PARTS} parts"));
             return None;
@@ -185,9 +289,12 @@ impl<'a> Checker<'a> {
                     key.push(TKey::Str(s));
                 }
                 Some(_) => {
-                    self.err(k.span, "a key part is an integer or a string the kernel holds".into())
-                        .hints
-                        .push("for a constant, use a keyless map: @total = ...".into());
+                    self.err(
+                        k.span,
+                        "a key part is an integer or a string the kernel holds".into(),
+                    )
+                    .hints
+                    .push("for a constant, use a keyless map: @total = ...".into());
                     ok = false;
                 }
                 None => ok = false,
@@ -206,12 +313,17 @@ impl<'a> Checker<'a> {
                     name: m.name.clone(),
                     symbol: format!("map_{}", self.maps.len()),
                     key: parts,
+                    value: MapValue::Int,
                     max_entries: MAP_ENTRIES,
                 },
                 first: m.span,
-                written: write,
+                written: None,
+                reads: Vec::new(),
+                deletes: Vec::new(),
             });
-            return Some((self.maps.len() as u32 - 1, key));
+            let i = self.maps.len() - 1;
+            self.map_use(i, how, m.span)?;
+            return Some((i as u32, key));
         };
         let had = &self.maps[i].spec.key;
         let same = had.len() == parts.len()
@@ -225,7 +337,10 @@ impl<'a> Checker<'a> {
             let (was, now) = (key_text(had), key_text(&parts));
             self.err(
                 m.span,
-                format!("{} is used with {now} here, but with {was} where it first appears", m.name),
+                format!(
+                    "{} is used with {now} here, but with {was} where it first appears",
+                    m.name
+                ),
             )
             .hints
             .push("a map has one key type: give the other use its own map".into());
@@ -237,28 +352,92 @@ impl<'a> Checker<'a> {
                 *a = (*a).max(*b);
             }
         }
-        self.maps[i].written |= write;
+        self.map_use(i, how, m.span)?;
         Some((i as u32, key))
     }
 
-    /// A map that is only read or deleted from is a mistake (a typo of another's name).
-    pub(super) fn unwritten_maps(&mut self) {
+    /// Notes a use of map `i`; a write must agree with the map's earlier writes.
+    fn map_use(&mut self, i: usize, how: Use, span: Span) -> Option<()> {
+        let m = &mut self.maps[i];
+        match how {
+            Use::Read => m.reads.push(span),
+            Use::Delete => m.deletes.push(span),
+            Use::Write(v) if m.written.is_none() => {
+                m.spec.value = v;
+                m.written = Some(span);
+            }
+            Use::Write(v) if m.spec.value != v => {
+                let (was, now) = (m.spec.value.function(), v.function());
+                let name = m.spec.name.clone();
+                let what = |f: &str| {
+                    if f == "value" {
+                        "an integer".to_string()
+                    } else {
+                        format!("a {f}()")
+                    }
+                };
+                self.err(
+                    span,
+                    format!(
+                        "{name} is {} here, but {} where it was first assigned",
+                        what(now),
+                        what(was)
+                    ),
+                )
+                .hints
+                .push("a map holds one kind of value: give the other its own map".into());
+                return None;
+            }
+            Use::Write(_) => {}
+        }
+        Some(())
+    }
+
+    /// Mistakes only the whole script shows: a map never assigned (a typo of another's
+    /// name), an aggregation read in a probe (its values are per CPU: the host reads
+    /// them), a histogram's entry deleted (its key has a bucket).
+    pub(super) fn finish_maps(&mut self) {
         let written: Vec<String> = (self.maps.iter())
-            .filter(|m| m.written)
+            .filter(|m| m.written.is_some())
             .map(|m| m.spec.name.clone())
             .collect();
-        let unwritten: Vec<(String, Span)> = (self.maps.iter())
-            .filter(|m| !m.written)
-            .map(|m| (m.spec.name.clone(), m.first))
-            .collect();
-        for (name, span) in unwritten {
-            let d = self.err(span, format!("{name} is never assigned, so it is always 0"));
-            let near = crate::compiler::diag::did_you_mean(&name, written.iter().map(|n| n.as_str()));
-            if let Some(s) = near {
-                d.hints.push(format!("did you mean `{s}`?"));
+        let mut found: Vec<(Span, String, Vec<String>)> = Vec::new();
+        for m in &self.maps {
+            let name = &m.spec.name;
+            if m.written.is_none() {
+                let mut hints = Vec::new();
+                let near =
+                    crate::compiler::diag::did_you_mean(name, written.iter().map(|n| n.as_str()));
+                if let Some(s) = near {
+                    hints.push(format!("did you mean `{s}`?"));
+                }
+                hints.push(format!("store into it somewhere: {name}[tid] = nsecs;"));
+                found.push((
+                    m.first,
+                    format!("{name} is never assigned, so it is always 0"),
+                    hints,
+                ));
+                continue;
             }
-            d.hints
-                .push(format!("store into it somewhere: {name}[tid] = nsecs;"));
+            let f = m.spec.value.function();
+            if m.spec.value.is_aggregation() {
+                for r in &m.reads {
+                    found.push((*r, format!("{name} is a {f}(), kept per CPU in the kernel: a probe cannot read it"), vec![
+                        "read it on the host: vesper maps VM PROBE, or print it from an interval probe: interval:s:1 { print(@m); }".into(),
+                        "to use a value in the probe, keep it in a map of its own: @last[tid] = value;".into(),
+                    ]));
+                }
+            }
+            if m.spec.value.bucketed() {
+                for d in &m.deletes {
+                    found.push((*d, format!("an entry of the {f}() {name} cannot be deleted alone"), vec![
+                        format!("empty the whole map from an interval probe: interval:s:1 {{ print({name}); clear({name}); }}"),
+                    ]));
+                }
+            }
+        }
+        for (span, msg, hints) in found {
+            self.err(span, msg).hints.extend(hints);
         }
     }
 
@@ -416,5 +595,4 @@ impl<'a> Checker<'a> {
         }
         ok.then_some(out)
     }
-
 }
