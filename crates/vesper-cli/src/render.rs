@@ -43,6 +43,14 @@ pub fn record(v: &Value) -> String {
         s(&v["probe"]),
         v["seq"]
     );
+    // An interval probe's print(@map): the map as bpftrace prints it, under the header.
+    if v.get("entries").is_some() && v.get("map").is_some() && v.get("kind").is_some() {
+        let dump: Result<vesper_probe::map_values::MapDump, _> =
+            serde_json::from_value(json_map(v));
+        if let Ok(d) = dump {
+            return format!("{head}\n{}", d.to_text().trim_end());
+        }
+    }
     match v["probe"].as_str() {
         Some("signal") => format!(
             "{head} {} ({}) from {} (pid {}, uid {}) to {} (pid {}): {}",
@@ -65,6 +73,16 @@ pub fn record(v: &Value) -> String {
             line
         }
     }
+}
+
+/// A map record's fields as a [`vesper_probe::map_values::MapDump`] reads them.
+fn json_map(v: &Value) -> Value {
+    serde_json::json!({
+        "name": v["map"],
+        "kind": v["kind"],
+        "total": v["total"],
+        "entries": v["entries"],
+    })
 }
 
 /// The kernel's `enum trace_signal_result` (include/trace/events/signal.h).

@@ -86,6 +86,19 @@ pub struct Manifest {
     /// The script's maps (`@name[...]`), in the order they first appear.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maps: Vec<MapSpec>,
+    /// `interval` probes: what the host does with the maps, and how often.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<IntervalSpec>,
+}
+
+/// An `interval:s:N` probe, run by the host: every `every_ms`, the maps (symbols) in
+/// `print` are read and stored as a record, and those in `clear` emptied (a map both
+/// printed and cleared is read and emptied at once: nothing counted between is lost).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntervalSpec {
+    pub every_ms: u64,
+    pub print: Vec<String>,
+    pub clear: Vec<String>,
 }
 
 /// One part of a map's key.

@@ -87,11 +87,21 @@ fn golden_parse_and_codegen() {
     assert!(n >= 3, "golden corpus is missing");
 }
 
-/// Disassembly of every program section, plus the manifest.
+/// Disassembly of every program section, plus the manifest's records, maps and intervals.
 fn listing(object: &[u8], m: &vesper_probe::Manifest) -> String {
     let mut out = vesper_probe::disasm::disasm_object(object, m);
     out.push_str(&serde_json::to_string_pretty(&m.schemas).unwrap());
     out.push('\n');
+    if !m.maps.is_empty() {
+        out.push_str("maps: ");
+        out.push_str(&serde_json::to_string_pretty(&m.maps).unwrap());
+        out.push('\n');
+    }
+    if !m.intervals.is_empty() {
+        out.push_str("intervals: ");
+        out.push_str(&serde_json::to_string_pretty(&m.intervals).unwrap());
+        out.push('\n');
+    }
     out
 }
 
@@ -137,5 +147,22 @@ proptest! {
     ]), 0..60)) {
         let src = toks.join(" ");
         let _ = compile_for_618(&src, "soup.vsp");
+    }
+}
+
+#[test]
+fn the_bpftrace_tool_ports_compile_against_the_recorded_kernel() {
+    let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/tools");
+    // oomkill.vsp reads struct oom_control: it is checked against BTF in tests/types.rs.
+    for (tool, maps) in [
+        ("killsnoop", vec!["@inkill", "@tpid", "@tsig"]),
+        ("opensnoop", vec!["@filename", "@flags"]),
+        ("runqlat", vec!["@qtime", "@usecs"]),
+    ] {
+        let file = format!("{tool}.vsp");
+        let src = std::fs::read_to_string(tools.join(&file)).unwrap();
+        let p = compile_for_618(&src, &file).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = p.manifest.maps.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, maps, "{tool}");
     }
 }

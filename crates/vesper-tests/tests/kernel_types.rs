@@ -311,3 +311,45 @@ tracepoint:syscalls:sys_exit_openat / @mine[tid] / {{
     assert!(out.contains("@calls: 15"), "{out}");
     drop(kept);
 }
+
+#[test]
+fn an_interval_probe_prints_and_clears_a_map_on_the_host() {
+    if !need_root("an_interval_probe_prints_and_clears") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let tid = my_tid();
+    let dir = h.dir.path().to_str().unwrap().to_string();
+    let script = format!(
+        "tracepoint:syscalls:sys_enter_openat / tid == {tid} && starts_with(str(args.filename, 128), \"{dir}/\") / {{
+    @opens = count();
+}}
+interval:ms:200 {{
+    print(@opens);
+    clear(@opens);
+}}
+"
+    );
+    let file = h.dir.path().join("every.vsp");
+    std::fs::write(&file, script).unwrap();
+    h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    let missing = h.dir.path().join("no-such-file");
+    for _ in 0..5 {
+        assert!(std::fs::File::open(&missing).is_err());
+    }
+    let printed = common::wait_record(
+        "the interval's print of @opens",
+        || h.events_json("host1", "every"),
+        |r| r["map"] == "@opens" && r["entries"][0]["value"] == 5,
+    );
+    // Cleared as it was read: the next turns find it empty (nothing of ours since).
+    let seq = printed["seq"].as_u64().unwrap();
+    let empty = common::wait_record(
+        "an empty @opens after the clear",
+        || h.events_json("host1", "every"),
+        |r| r["map"] == "@opens" && r["seq"].as_u64() > Some(seq),
+    );
+    assert_eq!(empty["entries"], serde_json::json!([]), "{empty}");
+    let text = h.vesper_ok(&["events", "host1", "--probe", "every"]);
+    assert!(text.contains("@opens: 5"), "{text}");
+}

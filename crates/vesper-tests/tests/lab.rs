@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
+#[path = "lab/kernels.rs"]
+mod kernels;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -9,9 +9,20 @@ pub struct Script {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachSpec {
-    Tracepoint { category: String, name: String },
-    Kprobe { function: String },
-    Kretprobe { function: String },
+    Tracepoint {
+        category: String,
+        name: String,
+    },
+    Kprobe {
+        function: String,
+    },
+    Kretprobe {
+        function: String,
+    },
+    /// `interval:s:N` / `interval:ms:N`: run by the host every `ms` milliseconds.
+    Interval {
+        ms: u64,
+    },
 }
 
 impl AttachSpec {
@@ -21,16 +32,19 @@ impl AttachSpec {
             AttachSpec::Tracepoint { category, name } => format!("tracepoint:{category}:{name}"),
             AttachSpec::Kprobe { function } => format!("kprobe:{function}"),
             AttachSpec::Kretprobe { function } => format!("kretprobe:{function}"),
+            AttachSpec::Interval { ms } if ms % 1000 == 0 => format!("interval:s:{}", ms / 1000),
+            AttachSpec::Interval { ms } => format!("interval:ms:{ms}"),
         }
     }
     /// The kernel-info key the compiler needs: "cat:name" for a tracepoint's format,
-    /// "kprobe:func" for a function's existence.
-    pub fn kernel_key(&self) -> String {
+    /// "kprobe:func" for a function's existence; none for an interval (the host runs it).
+    pub fn kernel_key(&self) -> Option<String> {
         match self {
-            AttachSpec::Tracepoint { category, name } => format!("{category}:{name}"),
+            AttachSpec::Tracepoint { category, name } => Some(format!("{category}:{name}")),
             AttachSpec::Kprobe { function } | AttachSpec::Kretprobe { function } => {
-                format!("kprobe:{function}")
+                Some(format!("kprobe:{function}"))
             }
+            AttachSpec::Interval { .. } => None,
         }
     }
 }
@@ -61,6 +75,9 @@ pub enum Stmt {
     },
     /// `delete(@name[key, ...]);`
     Delete(MapRef),
+    /// `print(@name);` and `clear(@name);`: in an interval probe, run by the host.
+    Print(MapRef),
+    Clear(MapRef),
     /// `if (cond) { ... } else { ... }`; `else if` is an `If` alone in `els`.
     If {
         cond: Expr,
@@ -88,7 +105,9 @@ pub fn each_expr<'a>(stmts: &'a [Stmt], f: &mut impl FnMut(&'a Expr)) {
                 map.keys.iter().for_each(&mut *f);
                 f(value);
             }
-            Stmt::Delete(map) => map.keys.iter().for_each(&mut *f),
+            Stmt::Delete(map) | Stmt::Print(map) | Stmt::Clear(map) => {
+                map.keys.iter().for_each(&mut *f)
+            }
             Stmt::If { cond, then, els } => {
                 f(cond);
                 each_expr(then, f);

@@ -81,7 +81,7 @@ pub fn required_kernel_keys(source: &str, file: &str) -> Result<Vec<String>, Dia
     let mut keys: Vec<String> = script
         .probes
         .iter()
-        .flat_map(|p| p.attach.iter().map(|a| a.spec.kernel_key()))
+        .flat_map(|p| p.attach.iter().filter_map(|a| a.spec.kernel_key()))
         .collect();
     let needs_types = script.probes.iter().any(|p| {
         let kprobe = p
@@ -110,7 +110,13 @@ pub fn compile(
 ) -> Result<CompiledProbe, Diagnostics> {
     let script = front_end(source, file)?;
     let mut diags = Vec::new();
-    let (programs, schemas, maps) = passes::check::check(&script, kernel, &mut diags);
+    let checked = passes::check::check(&script, kernel, &mut diags);
+    let (programs, schemas, maps, intervals) = (
+        checked.programs,
+        checked.schemas,
+        checked.maps,
+        checked.intervals,
+    );
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }
@@ -123,7 +129,15 @@ pub fn compile(
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }
-    match passes::object::object(name, &kernel.release, code, schemas, &maps, &mut diags) {
+    match passes::object::object(
+        name,
+        &kernel.release,
+        code,
+        schemas,
+        &maps,
+        &intervals,
+        &mut diags,
+    ) {
         Some((object, manifest)) => Ok(CompiledProbe { object, manifest }),
         None => Err(fail(file, source, diags)),
     }

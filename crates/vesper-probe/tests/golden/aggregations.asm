@@ -316,3 +316,80 @@ p0_0 (tracepoint/syscalls/sys_exit_openat):
  347: r0 = 0
  348: exit
 []
+maps: [
+  {
+    "name": "@opens",
+    "symbol": "map_0",
+    "key": [
+      {
+        "type": "str",
+        "len": 16
+      }
+    ],
+    "value": {
+      "type": "count"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@bytes",
+    "symbol": "map_1",
+    "key": [],
+    "value": {
+      "type": "sum"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@low",
+    "symbol": "map_2",
+    "key": [],
+    "value": {
+      "type": "min"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@high",
+    "symbol": "map_3",
+    "key": [],
+    "value": {
+      "type": "max"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@mean",
+    "symbol": "map_4",
+    "key": [
+      {
+        "type": "int"
+      }
+    ],
+    "value": {
+      "type": "avg"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@fds",
+    "symbol": "map_5",
+    "key": [],
+    "value": {
+      "type": "hist"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@lin",
+    "symbol": "map_6",
+    "key": [],
+    "value": {
+      "type": "lhist",
+      "min": 0,
+      "max": 100,
+      "step": 10
+    },
+    "max_entries": 4096
+  }
+]

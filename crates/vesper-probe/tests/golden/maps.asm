@@ -268,3 +268,44 @@ p1_0 (tracepoint/syscalls/sys_exit_kill):
     ]
   }
 ]
+maps: [
+  {
+    "name": "@tpid",
+    "symbol": "map_0",
+    "key": [
+      {
+        "type": "int"
+      }
+    ],
+    "value": {
+      "type": "int"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@tsig",
+    "symbol": "map_1",
+    "key": [
+      {
+        "type": "int"
+      },
+      {
+        "type": "str",
+        "len": 16
+      }
+    ],
+    "value": {
+      "type": "int"
+    },
+    "max_entries": 4096
+  },
+  {
+    "name": "@odd",
+    "symbol": "map_2",
+    "key": [],
+    "value": {
+      "type": "int"
+    },
+    "max_entries": 4096
+  }
+]

@@ -54,6 +54,7 @@ use crate::store::{RecordStore, StoredRecord};
 
 mod commands;
 mod gaps;
+mod host;
 mod ingest;
 mod kernel_fetch;
 mod maps;
@@ -153,6 +154,8 @@ struct ActiveProbe {
     status: ProbeStatus,
     manifest: Manifest,
     name: Arc<str>,
+    /// When each of the manifest's interval probes runs next (set once loaded).
+    next_interval: Vec<Option<Instant>>,
 }
 
 /// Where a session's records are judged: its rules, and where verdicts go.
@@ -472,65 +475,6 @@ impl Session {
         self.kernel_logged = false;
     }
 
-    /// Records what the host saw, as a record of the `vesper` pseudo-probe, and judges it.
-    fn host_record(&mut self, event: &str, detail: String, by_guest: bool) {
-        let fields = vec![
-            ("ts_ns".to_string(), vesper_probe::Value::UInt(0)),
-            (
-                "event".to_string(),
-                vesper_probe::Value::Str(event.to_string()),
-            ),
-            ("detail".to_string(), vesper_probe::Value::Str(detail)),
-            (
-                "by_guest".to_string(),
-                vesper_probe::Value::UInt(u64::from(by_guest)),
-            ),
-        ];
-        let seq = self.host_seq;
-        self.host_seq += 1;
-        let value = record_value(&self.name, HOST_PROBE, seq, fields, now_ms());
-        self.judge(&value);
-        let mut store = match self.store.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        store.push(StoredRecord {
-            probe: self.host_probe.clone(),
-            seq,
-            json: value.to_string().into(),
-        });
-    }
-
-    fn on_host_event(&mut self, ev: HostEvent) {
-        match ev {
-            HostEvent::Panicked { detail } => {
-                tracing::warn!(vm = %self.name, detail = %detail, "guest kernel panicked (QMP GUEST_PANICKED)");
-                self.guest = GuestState::Panicked;
-                self.host_record("guest_panicked", detail, true);
-            }
-            HostEvent::Shutdown { reason, by_guest } => {
-                tracing::warn!(vm = %self.name, reason = %reason, by_guest, "guest shut down (QMP SHUTDOWN)");
-                if self.guest != GuestState::Panicked {
-                    self.guest = GuestState::Shutdown;
-                }
-                let who = if by_guest {
-                    "by the guest"
-                } else {
-                    "by the host"
-                };
-                self.host_record("guest_shutdown", format!("{reason} ({who})"), by_guest);
-            }
-            HostEvent::Reset => {
-                tracing::info!(vm = %self.name, "guest reset (QMP RESET)");
-                // The probes went with the old boot, whatever the channel still shows.
-                self.begin_gap(now_ms(), "the guest was reset");
-                self.reset_at.get_or_insert_with(Instant::now);
-                self.guest = GuestState::Running;
-                self.host_record("guest_reset", String::new(), false);
-            }
-        }
-    }
-
     async fn serve(&mut self, stream: BoxStream) -> End {
         let (rd, mut wr) = tokio::io::split(stream);
         let (ftx, mut frx) = mpsc::channel(64);
@@ -561,7 +505,10 @@ impl Session {
                 _ = tick.tick() => {
                     let step = self.kernel_fetch.check_timeout();
                     match self.kernel_step(step, &mut wr).await {
+                        Ok(()) => match self.run_intervals(&mut wr).await {
                         Ok(()) => self.on_tick(connected_at),
+                        Err(e) => Err(e),
+                    },
                         Err(e) => Err(e),
                     }
                 }

@@ -131,6 +131,7 @@ impl Session {
                     malformed: 0,
                     load_us: None,
                 },
+                next_interval: vec![None; compiled.manifest.intervals.len()],
                 manifest: compiled.manifest,
                 name: name.into(),
             },

@@ -79,12 +79,17 @@ struct Checker<'a> {
 /// Most local variables in one probe (each takes an 8-byte stack slot of 512).
 pub const MAX_LOCALS: usize = 16;
 
-/// Returns the programs, the per-schema field lists (index = schema id) and the maps.
-pub fn check(
-    script: &Script,
-    kernel: &KernelInfo,
-    diags: &mut Vec<Diagnostic>,
-) -> (Vec<TProgram>, Vec<manifest::Schema>, Vec<manifest::MapSpec>) {
+/// What the checker makes of a script.
+#[derive(Debug)]
+pub struct CheckedScript {
+    pub programs: Vec<TProgram>,
+    /// Record layouts (index = schema id).
+    pub schemas: Vec<manifest::Schema>,
+    pub maps: Vec<manifest::MapSpec>,
+    pub intervals: Vec<manifest::IntervalSpec>,
+}
+
+pub fn check(script: &Script, kernel: &KernelInfo, diags: &mut Vec<Diagnostic>) -> CheckedScript {
     let mut c = Checker {
         kernel,
         diags,
@@ -93,7 +98,14 @@ pub fn check(
         schemas: Vec::new(),
     };
     let mut programs = Vec::new();
-    for (pi, probe) in script.probes.iter().enumerate() {
+    // Interval probes name maps the others declare: checked after them.
+    let (intervals, probes): (Vec<_>, Vec<_>) =
+        script.probes.iter().enumerate().partition(|(_, p)| {
+            p.attach
+                .iter()
+                .any(|a| matches!(a.spec, AttachSpec::Interval { .. }))
+        });
+    for (pi, probe) in probes {
         if !stmts::does_something(&probe.body) {
             c.diags.push(
                 Diagnostic::new(probe.span, "this probe does nothing").hint(
@@ -128,9 +140,17 @@ pub fn check(
             });
         }
     }
+    let intervals = intervals
+        .into_iter()
+        .filter_map(|(_, p)| c.interval(p))
+        .collect();
     c.finish_maps();
-    let maps = c.maps.into_iter().map(|m| m.spec).collect();
-    (programs, c.schemas, maps)
+    CheckedScript {
+        programs,
+        schemas: c.schemas,
+        maps: c.maps.into_iter().map(|m| m.spec).collect(),
+        intervals,
+    }
 }
 
 /// Bytes a field takes in the record (ints get 8-byte slots; strings round up to 8).
@@ -175,6 +195,7 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
+            AttachSpec::Interval { .. } => None,
             AttachSpec::Kprobe { function } | AttachSpec::Kretprobe { function } => {
                 let ret = matches!(a.spec, AttachSpec::Kretprobe { .. });
                 if let Some(None) = kernel.formats.get(&format!("kprobe:{function}")) {

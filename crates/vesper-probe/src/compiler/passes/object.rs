@@ -5,7 +5,7 @@ use crate::DEFAULT_RING_BYTES;
 use crate::compiler::diag::Diagnostic;
 use crate::compiler::passes::codegen::{DROPS_MAP, RING_MAP};
 use crate::elf::{self, MapDef, ProgramCode, map_type};
-use crate::manifest::{Attach, Manifest, MapSpec, Schema};
+use crate::manifest::{Attach, IntervalSpec, Manifest, MapSpec, Schema};
 
 pub const MANIFEST_SECTION: &str = ".vesper.manifest";
 
@@ -15,6 +15,7 @@ pub fn object(
     programs: Vec<(ProgramCode, Attach)>,
     schemas: Vec<Schema>,
     script_maps: &[MapSpec],
+    intervals: &[IntervalSpec],
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(Vec<u8>, Manifest)> {
     let manifest = Manifest {
@@ -25,6 +26,7 @@ pub fn object(
         drops_map: DROPS_MAP.into(),
         schemas,
         maps: script_maps.to_vec(),
+        intervals: intervals.to_vec(),
     };
     let mut maps = vec![
         MapDef {

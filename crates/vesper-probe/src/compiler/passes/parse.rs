@@ -5,8 +5,9 @@
 //! script    := probe*
 //! probe     := attach (',' attach)* ('/' expr '/')? '{' stmt* '}'
 //! attach    := 'tracepoint' ':' IDENT ':' IDENT | ('kprobe' | 'kretprobe') ':' IDENT
+//!            | 'interval' ':' ('s' | 'ms') ':' INT
 //! block     := stmt* '}'              (a `;` before `}` may be left out)
-//! stmt      := '$' IDENT '=' expr ';' | map '=' expr ';' | 'delete' '(' map ')' ';'
+//! stmt      := '$' IDENT '=' expr ';' | map '=' expr ';' | ('delete'|'print'|'clear') '(' map ')' ';'
 //!            | 'if' expr '{' block ('else' ('if' ... | '{' block))?
 //!            | 'emit' '{' IDENT '=' expr (',' IDENT '=' expr)* ','? '}' ';'?
 //! map       := '@' IDENT? ('[' expr (',' expr)* ']')?
@@ -298,6 +299,22 @@ impl Parser<'_> {
                 Ok(Stmt::Delete(map))
             }
             "if" => self.if_stmt(),
+            "print" | "clear" => {
+                let hint = format!("{word}(@name);");
+                self.expect_punct("(", Some(&hint))?;
+                let (name, nspan) = self.expect_ident("a map, as in print(@usecs)")?;
+                if !name.starts_with('@') {
+                    return self.error(nspan, format!("`{name}` is not a map"), Some(&hint));
+                }
+                let map = self.map_ref(name, nspan)?;
+                self.expect_punct(")", Some(&hint))?;
+                self.end_stmt(&word)?;
+                Ok(if word == "print" {
+                    Stmt::Print(map)
+                } else {
+                    Stmt::Clear(map)
+                })
+            }
             _ => self.error(
                 span,
                 format!("unknown statement `{word}`"),
@@ -353,12 +370,15 @@ impl Parser<'_> {
     fn attach(&mut self) -> PResult<Attach> {
         let (kind, kspan) =
             self.expect_ident("an attach point (tracepoint:, kprobe: or kretprobe:)")?;
-        let hint = "attach points: tracepoint:CATEGORY:NAME, kprobe:FUNCTION, kretprobe:FUNCTION";
+        let hint = "attach points: tracepoint:CATEGORY:NAME, kprobe:FUNCTION, kretprobe:FUNCTION, interval:s:N, interval:ms:N";
         match kind.as_str() {
-            "tracepoint" | "kprobe" | "kretprobe" => {}
+            "tracepoint" | "kprobe" | "kretprobe" | "interval" => {}
             _ => return self.error(kspan, format!("unknown probe type `{kind}`"), Some(hint)),
         }
         self.expect_punct(":", Some(hint))?;
+        if kind == "interval" {
+            return self.interval(kspan);
+        }
         let (a, aspan) = self.expect_ident("a name")?;
         let (spec, end) = match kind.as_str() {
             "tracepoint" => {
@@ -381,6 +401,30 @@ impl Parser<'_> {
         Ok(Attach {
             spec,
             span: kspan.to(end),
+        })
+    }
+
+    /// After `interval:`: `s:N` or `ms:N`.
+    fn interval(&mut self, kspan: Span) -> PResult<Attach> {
+        let hint = Some("interval:s:N or interval:ms:N, e.g. interval:s:1");
+        let (unit, uspan) = self.expect_ident("a unit, s or ms")?;
+        let per = match unit.as_str() {
+            "s" => 1000,
+            "ms" => 1,
+            _ => return self.error(uspan, format!("unknown interval unit `{unit}`"), hint),
+        };
+        self.expect_punct(":", hint)?;
+        let t = self.bump();
+        let Tok::Int(n) = t.tok else {
+            return self.error(t.span, "an interval is a whole number".into(), hint);
+        };
+        let ms = u64::try_from(n).ok().and_then(|n| n.checked_mul(per));
+        let Some(ms) = ms else {
+            return self.error(t.span, "an interval is a whole number".into(), hint);
+        };
+        Ok(Attach {
+            spec: AttachSpec::Interval { ms },
+            span: kspan.to(t.span),
         })
     }
 

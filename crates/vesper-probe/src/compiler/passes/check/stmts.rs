@@ -13,6 +13,9 @@ pub const MAP_ENTRIES: u32 = 4096;
 /// Most maps in one script, and most parts in one key.
 pub const MAX_MAPS: usize = 32;
 pub const MAX_KEY_PARTS: usize = 8;
+/// The shortest and longest interval of an `interval` probe.
+pub const MIN_INTERVAL_MS: u64 = 100;
+pub const MAX_INTERVAL_MS: u64 = 86_400_000;
 /// Most buckets of one lhist().
 pub const MAX_LHIST_BUCKETS: i64 = 1000;
 
@@ -40,6 +43,7 @@ pub fn does_something(stmts: &[Stmt]) -> bool {
         Stmt::Let(_) => false,
         Stmt::If { then, els, .. } => does_something(then) || does_something(els),
         Stmt::MapAssign { .. } | Stmt::Delete(_) | Stmt::Emit(_) => true,
+        Stmt::Print(_) | Stmt::Clear(_) => true,
     })
 }
 
@@ -124,7 +128,107 @@ impl<'a> Checker<'a> {
                 })
             }
             Stmt::Emit(e) => self.emit(e, ctx).map(TStmt::Emit),
+            Stmt::Print(m) | Stmt::Clear(m) => {
+                let word = if matches!(s, Stmt::Print(_)) {
+                    "print"
+                } else {
+                    "clear"
+                };
+                self.err(
+                    m.span,
+                    format!("{word}() runs on the host, in an interval probe"),
+                )
+                .hints
+                .push(format!("interval:s:1 {{ {word}({}); }}", m.name));
+                None
+            }
         }
+    }
+
+    /// An `interval:s:N` probe: what the host does every N.
+    pub(super) fn interval(&mut self, probe: &Probe) -> Option<manifest::IntervalSpec> {
+        let [attach] = probe.attach.as_slice() else {
+            self.err(
+                probe.span,
+                "an interval probe has one attach point, and no other".into(),
+            );
+            return None;
+        };
+        let AttachSpec::Interval { ms } = attach.spec else {
+            self.err(
+                attach.span,
+                "an interval probe has one attach point, and no other".into(),
+            );
+            return None;
+        };
+        if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&ms) {
+            self.err(
+                attach.span,
+                format!("an interval is from {MIN_INTERVAL_MS} ms to a day"),
+            )
+            .hints
+            .push(
+                "interval:ms:100 at the shortest: the host reads the guest's maps each time".into(),
+            );
+            return None;
+        }
+        if let Some(p) = &probe.predicate {
+            self.err(
+                p.span,
+                "an interval probe has no predicate: it runs on the host".into(),
+            );
+            return None;
+        }
+        let mut spec = manifest::IntervalSpec {
+            every_ms: ms,
+            print: Vec::new(),
+            clear: Vec::new(),
+        };
+        let mut ok = true;
+        for s in &probe.body {
+            let (m, list) = match s {
+                Stmt::Print(m) => (m, &mut spec.print),
+                Stmt::Clear(m) => (m, &mut spec.clear),
+                _ => {
+                    self.err(
+                        probe.span,
+                        "an interval probe runs on the host: it can only print() and clear() maps"
+                            .into(),
+                    )
+                    .hints
+                    .push("interval:s:1 { print(@usecs); clear(@usecs); }".into());
+                    return None;
+                }
+            };
+            if !m.keys.is_empty() {
+                self.err(
+                    m.span,
+                    "print() and clear() take a whole map: no key".into(),
+                );
+                ok = false;
+                continue;
+            }
+            match self.maps.iter().find(|x| x.spec.name == m.name) {
+                Some(x) => {
+                    if !list.contains(&x.spec.symbol) {
+                        list.push(x.spec.symbol.clone());
+                    }
+                }
+                None => {
+                    let names: Vec<String> =
+                        self.maps.iter().map(|x| x.spec.name.clone()).collect();
+                    let d = self.err(m.span, format!("the script has no map {}", m.name));
+                    if let Some(near) = crate::compiler::diag::did_you_mean(
+                        &m.name,
+                        names.iter().map(|n| n.as_str()),
+                    ) {
+                        d.hints.push(format!("did you mean `{near}`?"));
+                    }
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(spec)
     }
 
     /// `$name = value;`: one stack slot per name, whatever the branch it is assigned in.
