@@ -144,6 +144,8 @@ proptest! {
         "=", ",", "args", ".", "sig", "pid", "comm", "==", "&&", "||", "!", "(", ")", "in", "[", "]", "\"x\"", "15",
         "-", "*", "%", "starts_with", "signal", "arg0", "retval", "<<", ">>", ";",
         "->", "$x", "$y", "struct", "task_struct", "curtask", "kstack", "str", "args.oc",
+        "@m", "@", "if", "else", "delete", "count", "hist", "lhist", "avg", "interval", "s", "ms", "1",
+        "print", "clear", "tid", "nsecs",
     ]), 0..60)) {
         let src = toks.join(" ");
         let _ = compile_for_618(&src, "soup.vsp");
