@@ -136,9 +136,10 @@ pub fn up(nodes: usize, stonith: bool, debian: Option<&str>) -> anyhow::Result<C
     if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/VirtualDomain").exists() {
         util::ensure_packages(&[("ocf-tester", "resource-agents")])?;
     }
-    let (vmlinuz, kroot) = lab::kernel()?;
+    // The guest runs the lab's default kernel.
+    let k = lab::kernel(crate::kernel::Kernel::default())?;
     let bins = lab::static_binaries()?;
-    let initrd = lab::initramfs(&kroot, &bins)?;
+    let initrd = lab::initramfs(&k, &bins)?;
     progress("building vesperd, the CLI and the test kit (host)");
     util::cargo(&[
         "build",
@@ -154,7 +155,7 @@ pub fn up(nodes: usize, stonith: bool, debian: Option<&str>) -> anyhow::Result<C
         nodes,
         dir: dir()?,
         bin_dir: util::target_dir()?.join("release"),
-        kernel: vmlinuz,
+        kernel: k.vmlinuz,
         initrd,
         vesper_toml: VESPER_TOML.into(),
         stonith,

@@ -2,8 +2,9 @@
 //! initramfs, reached over a virtio-serial port as in production, and a vesperd that
 //! knows it.
 //!
-//! Everything lives under `target/lab/`: the Debian kernel (downloaded once), the
-//! initramfs (rebuilt when its inputs change), and one directory per running VM.
+//! Everything lives under `target/lab/`: the Debian kernels (each downloaded once, into
+//! `kernel/<series>/`; see `crate::kernel`), one initramfs per kernel (rebuilt when its
+//! inputs change), and one directory per running VM.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,22 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::kernel::{self, GuestKernel, Kernel};
 use crate::util::{self, progress};
 
-const KERNEL_PKG: &str = "linux-image-6.1.0-56-amd64";
-/// The guest's kernel release, for reports.
+/// The default guest's kernel release, for reports.
 pub const GUEST_KERNEL: &str = "6.1.0-56-amd64 (Debian)";
-const MODULES: &[&str] = &[
-    "drivers/virtio/virtio_ring.ko",
-    "drivers/virtio/virtio.ko",
-    "drivers/virtio/virtio_pci_legacy_dev.ko",
-    "drivers/virtio/virtio_pci_modern_dev.ko",
-    "drivers/virtio/virtio_pci.ko",
-    "drivers/char/virtio_console.ko",
-    "drivers/misc/pvpanic/pvpanic.ko",
-    "drivers/misc/pvpanic/pvpanic-mmio.ko",
-    "drivers/net/ethernet/intel/e1000/e1000.ko",
-];
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn lab_dir() -> anyhow::Result<PathBuf> {
@@ -38,8 +28,7 @@ pub fn vm_dir(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let usage =
-        "usage: cargo xtask lab up NAME [--port P] [--kvm] | exec NAME -- CMD... | down NAME";
+    let usage = "usage: cargo xtask lab up NAME [--kernel 5.10|6.1|6.12] [--port P] [--kvm] | exec NAME -- CMD... | down NAME\n  --kernel: the guest's Debian kernel: 5.10 (Debian 11), 6.1 (Debian 12, the default) or 6.12 (Debian 12 backports)";
     match (args.first().map(String::as_str), args.get(1)) {
         (Some("up"), Some(name)) => {
             let port = args
@@ -49,7 +38,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 .map(|p| p.parse())
                 .transpose()?;
             let kvm = args.iter().any(|a| a == "--kvm");
-            up(name, port.unwrap_or(18080), kvm)
+            let kernel = args
+                .iter()
+                .position(|a| a == "--kernel")
+                .map(|i| {
+                    args.get(i + 1)
+                        .with_context(|| format!("--kernel takes {}", Kernel::CHOICES))
+                        .and_then(|k| Kernel::parse(k))
+                })
+                .transpose()?
+                .unwrap_or_default();
+            up(name, port.unwrap_or(18080), kvm, kernel)
         }
         (Some("exec"), Some(name)) => {
             let Some(cmd) = util::command_after_dashes(args) else {
@@ -64,36 +63,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
-/// The guest kernel (downloaded once): its vmlinuz and the unpacked package root.
-pub fn kernel() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let dir = lab_dir()?.join("kernel");
-    let root = dir.join("root");
-    let vmlinuz = root.join(format!(
-        "boot/vmlinuz-{}",
-        KERNEL_PKG.trim_start_matches("linux-image-")
-    ));
-    if vmlinuz.exists() {
-        return Ok((vmlinuz, root));
-    }
-    progress(&format!(
-        "downloading the guest kernel ({KERNEL_PKG}, Debian package)"
-    ));
-    std::fs::create_dir_all(&dir)?;
-    util::run(
-        Command::new("apt-get")
-            .arg("download")
-            .arg(KERNEL_PKG)
-            .current_dir(&dir),
-    )?;
-    let deb = std::fs::read_dir(&dir)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    progress("unpacking the kernel");
-    util::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    let _ = std::fs::remove_file(&deb);
-    Ok((vmlinuz, root))
+/// A guest kernel (downloaded once): its vmlinuz, release and unpacked package root.
+pub fn kernel(k: Kernel) -> anyhow::Result<GuestKernel> {
+    kernel::fetch(k)
 }
 
 /// Builds the static agent and test kit (separate target dir: static flags must not
@@ -117,10 +89,11 @@ pub fn static_binaries() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir()?.join(STATIC_TARGET).join("release"))
 }
 
-/// The guest's initramfs (busybox, the static agent, modules, httpd page, memhog),
-/// rebuilt when its inputs change.
-pub fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
-    let out = lab_dir()?.join("initramfs.cpio.gz");
+/// The guest's initramfs for kernel `k` (busybox, the static agent, the kernel's modules
+/// and their load order, httpd page, memhog), one per kernel, rebuilt when its inputs change.
+pub fn initramfs(k: &GuestKernel, bins: &Path) -> anyhow::Result<PathBuf> {
+    let series = k.kernel.series();
+    let out = lab_dir()?.join(format!("initramfs-{series}.cpio.gz"));
     let here = util::workspace_root().join("xtask/lab");
     // The guest package's initramfs script starts the agent, as in a packaged guest.
     let init_top = util::workspace_root().join("packaging/guest/initramfs-init-top");
@@ -130,6 +103,8 @@ pub fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
         here.join("init"),
         here.join("lab-exec"),
         init_top.clone(),
+        // A kernel downloaded again (a newer package) gets its own modules.
+        k.stamp.clone(),
     ];
     let newest = inputs
         .iter()
@@ -141,8 +116,11 @@ pub fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
     {
         return Ok(out);
     }
-    progress("building the initramfs (busybox, static agent, modules, httpd page, memhog)");
-    let root = lab_dir()?.join("initramfs");
+    progress(&format!(
+        "building the initramfs for {} (busybox, static agent, modules, httpd page, memhog)",
+        k.release
+    ));
+    let root = lab_dir()?.join(format!("initramfs-{series}"));
     let _ = std::fs::remove_dir_all(&root);
     for d in [
         "bin",
@@ -169,17 +147,15 @@ pub fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
         "#!/bin/sh\nexec /bin/vesper-testkit memhog \"$@\"\n",
     )?;
     std::fs::write(root.join("www/index.html"), "<h1>vesper lab guest</h1>\n")?;
-    let release = KERNEL_PKG.trim_start_matches("linux-image-");
-    for m in MODULES {
-        let src = kroot
-            .join("lib/modules")
-            .join(release)
-            .join("kernel")
-            .join(m);
-        let name = Path::new(m).file_name().context("module name")?;
-        std::fs::copy(&src, root.join("lib/modules").join(name))
-            .with_context(|| format!("{}", src.display()))?;
+    // In dependency order: the init insmods them as listed.
+    let modules = kernel::modules(k)?;
+    let mut order = String::new();
+    for m in &modules {
+        std::fs::write(root.join("lib/modules").join(&m.file_name), &m.data)?;
+        order.push_str(m.file_name.trim_end_matches(".ko"));
+        order.push('\n');
     }
+    std::fs::write(root.join("lib/modules/load-order"), order)?;
     for f in [
         "init",
         "bin/lab-exec",
@@ -197,7 +173,9 @@ pub fn initramfs(kroot: &Path, bins: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
+/// Boots guest `name` on kernel `kernel` with its httpd on 127.0.0.1:`port`, and a
+/// vesperd for it; returns once the guest's agent is connected.
+pub fn up(name: &str, port: u16, kvm: bool, kernel: Kernel) -> anyhow::Result<()> {
     if !util::is_root() {
         bail!("the lab runs QEMU and a vesperd as root: run `cargo xtask lab up` as root");
     }
@@ -206,9 +184,9 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
         ("busybox", "busybox-static"),
         ("cpio", "cpio"),
     ])?;
-    let (vmlinuz, kroot) = kernel()?;
+    let k = self::kernel(kernel)?;
     let bins = static_binaries()?;
-    let initrd = initramfs(&kroot, &bins)?;
+    let initrd = initramfs(&k, &bins)?;
     progress("building vesperd and the CLI");
     util::cargo(&["build", "--release", "-p", "vesperd", "-p", "vesper-cli"])?;
     let host_bins = util::target_dir()?.join("release");
@@ -219,9 +197,12 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    // What the guest's `uname -r` says, for the tests.
+    std::fs::write(dir.join("kernel-release"), format!("{}\n", k.release))?;
     progress(&format!(
-        "booting {name} under QEMU ({}; port {port} → guest httpd)",
-        if kvm { "KVM" } else { "TCG" }
+        "booting {name} under QEMU ({}; kernel {}; port {port} → guest httpd)",
+        if kvm { "KVM" } else { "TCG" },
+        k.release
     ));
     let chardev = |id: &str, sock: &str| {
         format!(
@@ -243,7 +224,7 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
             "panic=shutdown",
         ])
         .arg("-kernel")
-        .arg(&vmlinuz)
+        .arg(&k.vmlinuz)
         .arg("-initrd")
         .arg(&initrd)
         .args(["-append", "console=ttyS0 panic=0 loglevel=4 vesper.early"])
@@ -332,8 +313,9 @@ pub fn up(name: &str, port: u16, kvm: bool) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(250));
     }
     progress(&format!(
-        "{name} is up in {:.1} s",
-        t.elapsed().as_secs_f64()
+        "{name} is up in {:.1} s (kernel {})",
+        t.elapsed().as_secs_f64(),
+        k.release
     ));
     println!("VESPER_SOCKET={}", dir.join("vesper.sock").display());
     Ok(())

@@ -4,6 +4,7 @@
 mod bench;
 mod cluster;
 mod demo;
+mod kernel;
 mod lab;
 mod native;
 mod package;
@@ -12,13 +13,15 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME|cluster ...>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME [--kernel 5.10|6.1|6.12]|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   a 2-node Pacemaker cluster with the lab guest: httpd killed in the guest, explained,
          failed over by Pacemaker, answering again (--native: agent and vesperd on this machine alone)
   package  the host (vesper) and guest (vesper-agent) Debian packages, in target/debian/
   soak   floods and restarts for SECONDS (default 300, at most 600), checking vesperd's invariants
-  lab    boot a QEMU guest with the agent (up NAME), run a command in it (exec NAME -- CMD), stop it (down NAME)
+  lab    boot a QEMU guest with the agent (up NAME [--kernel 5.10|6.1|6.12] [--port P] [--kvm]: Debian 11's
+         5.10, Debian 12's 6.1 (the default) or Debian 12 backports' 6.12), run a command in it
+         (exec NAME -- CMD), stop it (down NAME)
   cluster  a Pacemaker cluster of 2 or 3 nodes on this machine (namespaces) with the lab guest
          as the VirtualDomain resource vm-web1: up [--nodes 2|3] [--stonith] [--debian 13], status, down,
          exec NODE -- CMD, kill|cut|heal|boot NODE
@@ -177,27 +180,100 @@ fn test() -> anyhow::Result<()> {
     util::progress("lab tests: one QEMU guest, booted once");
     let name = "ci-lab";
     let port = 18181;
-    lab::up(name, port, false)?;
-    let result = util::run(
-        suite("lab", &bin_dir)
-            .env("VESPER_REQUIRE_LAB", "1")
-            .env("VESPER_LAB", name)
-            .env("VESPER_LAB_DIR", lab::vm_dir(name)?)
-            .env("VESPER_LAB_PORT", port.to_string()),
-    );
+    lab::up(name, port, false, kernel::Kernel::default())?;
+    let result = util::run(&mut lab_suite(&bin_dir, name, port)?);
     let _ = lab::down(name);
     if result.is_err() {
-        let dir = lab::vm_dir(name)?;
-        for log in ["console.log", "vesperd.log"] {
-            util::print_tail(log, &dir.join(log), 40);
-        }
+        print_lab_logs(name)?;
     }
     result?;
+    other_kernels_tests(&bin_dir)?;
     cluster_tests(&bin_dir, None)?;
     // The same scenarios on Debian 13's Pacemaker 3.0 (the nodes in a Debian 13 root
     // file system): the in-process path is checked against both library versions.
     cluster_tests(&bin_dir, Some("13"))?;
     util::progress("all tests passed");
+    Ok(())
+}
+
+/// The lab suite against the booted guest `name`.
+fn lab_suite(
+    bin_dir: &std::path::Path,
+    name: &str,
+    port: u16,
+) -> anyhow::Result<std::process::Command> {
+    let mut cmd = suite("lab", bin_dir);
+    cmd.env("VESPER_REQUIRE_LAB", "1")
+        .env("VESPER_LAB", name)
+        .env("VESPER_LAB_DIR", lab::vm_dir(name)?)
+        .env("VESPER_LAB_PORT", port.to_string());
+    Ok(cmd)
+}
+
+/// A failed lab run's evidence: the guest's console and its vesperd's log.
+fn print_lab_logs(name: &str) -> anyhow::Result<()> {
+    let dir = lab::vm_dir(name)?;
+    for log in ["console.log", "vesperd.log"] {
+        util::print_tail(log, &dir.join(log), 40);
+    }
+    Ok(())
+}
+
+/// The lab suite's `kernels_*` tests on the other guest kernels, one guest at a time:
+/// Debian 11's 5.10 and Debian 12 backports' 6.12 (the whole suite ran on 6.1). Both run
+/// even if the first fails, so one CI run tells about each kernel.
+fn other_kernels_tests(bin_dir: &std::path::Path) -> anyhow::Result<()> {
+    // libtest's filter matches anywhere in a path (`kernels_` is in lab_0's name too):
+    // list the tests and pass those named `kernels_*` (in any module) exactly.
+    let listed = suite("lab", bin_dir)
+        .args(["--list", "--format", "terse"])
+        .output()?;
+    if !listed.status.success() {
+        bail!(
+            "listing the lab tests failed: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+    }
+    let tests: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .filter(|t| {
+            t.rsplit("::")
+                .next()
+                .is_some_and(|n| n.starts_with("kernels_"))
+        })
+        .map(str::to_string)
+        .collect();
+    let mut failed = Vec::new();
+    for (k, name, port) in [
+        (kernel::Kernel::V5_10, "ci-lab-k510", 18183),
+        (kernel::Kernel::V6_12, "ci-lab-k612", 18184),
+    ] {
+        util::progress(&format!(
+            "lab tests on kernel {}: {} kernels_* test(s), one guest",
+            k.series(),
+            tests.len()
+        ));
+        let result = lab::up(name, port, false, k).and_then(|()| {
+            let mut cmd = lab_suite(bin_dir, name, port)?;
+            cmd.env("VESPER_LAB_KERNEL", k.series()).arg("--exact");
+            // With none yet, a name no test has: the suite runs 0 tests.
+            if tests.is_empty() {
+                cmd.arg("kernels_");
+            } else {
+                cmd.args(&tests);
+            }
+            util::run(&mut cmd)
+        });
+        let _ = lab::down(name);
+        if let Err(e) = result {
+            print_lab_logs(name)?;
+            failed.push(format!("kernel {}: {e:#}", k.series()));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the lab's kernels_* tests failed on {}", failed.join("; "));
+    }
     Ok(())
 }
 

@@ -128,7 +128,7 @@ pub fn run(quick: bool) -> anyhow::Result<()> {
     results.insert("probe".into(), probe::run(&bin, quick)?);
 
     if !quick {
-        lab::up(LAB, LAB_PORT, false)?;
+        lab::up(LAB, LAB_PORT, false, crate::kernel::Kernel::default())?;
         // The evaluation starts vesperds of its own for the guest.
         lab::stop_vesperd(LAB)?;
     }
