@@ -61,6 +61,7 @@ impl MemoryListener {
             stream: guest,
             dec: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),
             seq: 0,
+            pending: Vec::new(),
         }
     }
 }
@@ -71,6 +72,8 @@ pub struct FakeGuest {
     pub stream: DuplexStream,
     dec: FrameDecoder,
     seq: u64,
+    /// Bytes read but not taken by the decoder yet (it takes one frame at a time).
+    pending: Vec<u8>,
 }
 
 impl FakeGuest {
@@ -91,22 +94,22 @@ impl FakeGuest {
     pub async fn recv(&mut self) -> Message {
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(f) = self.dec.next_frame().expect("host sent a bad frame") {
-                return f.message().expect("host sent a bad message");
+            loop {
+                if let Some(f) = self.dec.next_frame().expect("host sent a bad frame") {
+                    return f.message().expect("host sent a bad message");
+                }
+                let used = self.dec.push(&self.pending);
+                self.pending.drain(..used);
+                if used == 0 {
+                    break;
+                }
             }
             let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf))
                 .await
                 .expect("no message from the host within 5 s")
                 .expect("read");
             assert!(n > 0, "host closed the channel");
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let used = self.dec.push(rest);
-                rest = &rest[used..];
-                if used == 0 {
-                    break;
-                }
-            }
+            self.pending.extend_from_slice(&buf[..n]);
         }
     }
 }
