@@ -23,6 +23,9 @@ fn manifest() -> Manifest {
         FieldKind::Signal,
         FieldKind::Str { len: 16 },
         FieldKind::Stack { depth: 4 },
+        FieldKind::Bytes { len: 5 },
+        FieldKind::Inet { len: 4 },
+        FieldKind::Inet { len: 16 },
     ];
     let mut offset = 12;
     let mut fields = vec![FieldSpec {

@@ -43,6 +43,15 @@ pub enum FieldKind {
     Stack {
         depth: u32,
     },
+    /// `len` raw bytes (a `u8 x[len]` array), shown as bpftrace shows them: `[10,0,0,1]`.
+    Bytes {
+        len: u32,
+    },
+    /// `ntop()`: an IPv4 (4 bytes) or IPv6 (16) address as it lies in memory (network
+    /// order), shown as text.
+    Inet {
+        len: u32,
+    },
 }
 
 impl FieldKind {
@@ -52,7 +61,7 @@ impl FieldKind {
             FieldKind::U16 | FieldKind::I16 => 2,
             FieldKind::U32 | FieldKind::I32 | FieldKind::Signal => 4,
             FieldKind::U64 | FieldKind::I64 => 8,
-            FieldKind::Str { len } => len,
+            FieldKind::Str { len } | FieldKind::Bytes { len } | FieldKind::Inet { len } => len,
             FieldKind::Stack { depth } => 8 + 8 * depth,
         }
     }
@@ -302,6 +311,11 @@ impl Schema {
                 FieldKind::I32 => Value::Int(le(4) as u32 as i32 as i64),
                 FieldKind::I64 => Value::Int(le(8) as i64),
                 FieldKind::Str { .. } => Value::Str(c_string(bytes)),
+                FieldKind::Bytes { .. } => {
+                    let parts: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+                    Value::Str(format!("[{}]", parts.join(",")))
+                }
+                FieldKind::Inet { .. } => Value::Str(inet(bytes)),
                 FieldKind::Stack { depth } => {
                     // The count is the guest's: a negative (an error) or oversized one is
                     // bounded by the field's own size.
@@ -325,6 +339,17 @@ impl Schema {
             out.push((f.name.clone(), value));
         }
         Ok(out)
+    }
+}
+
+/// An address in network order as text: IPv4 from 4 bytes, IPv6 from 16.
+fn inet(bytes: &[u8]) -> String {
+    if let Ok(a) = <[u8; 4]>::try_from(bytes) {
+        std::net::Ipv4Addr::from(a).to_string()
+    } else if let Ok(a) = <[u8; 16]>::try_from(bytes) {
+        std::net::Ipv6Addr::from(a).to_string()
+    } else {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 

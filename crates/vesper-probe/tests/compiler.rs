@@ -160,6 +160,7 @@ fn the_bpftrace_tool_ports_compile_against_the_recorded_kernel() {
         ("killsnoop", vec!["@inkill", "@tpid", "@tsig"]),
         ("opensnoop", vec!["@filename", "@flags"]),
         ("runqlat", vec!["@qtime", "@usecs"]),
+        ("tcpretrans", vec![]),
     ] {
         let file = format!("{tool}.vsp");
         let src = std::fs::read_to_string(tools.join(&file)).unwrap();

@@ -353,3 +353,52 @@ interval:ms:200 {{
     let text = h.vesper_ok(&["events", "host1", "--probe", "every"]);
     assert!(text.contains("@opens: 5"), "{text}");
 }
+
+#[test]
+fn ntop_shows_a_sockets_addresses_and_byte_arrays_their_bytes() {
+    if !need_root("ntop_shows_a_sockets_addresses") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let file = h.dir.path().join("tcpstate.vsp");
+    std::fs::write(
+        &file,
+        "tracepoint:sock:inet_sock_set_state / args.protocol == 6 && args.newstate == 1 / {
+    if (args.family == 2) {
+        emit { saddr = ntop(args.saddr), daddr = ntop(2, args.daddr), raw = args.daddr, dport = args.dport }
+    } else {
+        emit { saddr = ntop(args.saddr_v6), daddr = ntop(10, args.daddr_v6), dport = args.dport }
+    }
+}
+",
+    )
+    .unwrap();
+    h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    // Two connections that reach ESTABLISHED (state 1): over IPv4 and IPv6 loopback.
+    let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p4 = v4.local_addr().unwrap().port();
+    let _c4 = std::net::TcpStream::connect(("127.0.0.1", p4)).unwrap();
+    let r = common::wait_record(
+        "the IPv4 connection",
+        || h.events_json("host1", "tcpstate"),
+        |r| r["dport"] == p4 && r["daddr"] == "127.0.0.1",
+    );
+    assert_eq!(r["saddr"], "127.0.0.1", "{r}");
+    assert_eq!(r["raw"], "[127,0,0,1]", "{r}");
+    if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+        let p6 = v6.local_addr().unwrap().port();
+        let _c6 = std::net::TcpStream::connect(("::1", p6)).unwrap();
+        let r = common::wait_record(
+            "the IPv6 connection",
+            || h.events_json("host1", "tcpstate"),
+            |r| r["dport"] == p6,
+        );
+        assert_eq!(
+            (r["saddr"].as_str(), r["daddr"].as_str()),
+            (Some("::1"), Some("::1")),
+            "{r}"
+        );
+    } else {
+        eprintln!("this machine has no IPv6 loopback: the IPv6 half is not checked");
+    }
+}

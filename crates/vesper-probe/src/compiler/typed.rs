@@ -11,6 +11,8 @@ pub enum StrSrc {
     Comm,
     /// A `char name[len]` tracepoint field.
     CtxArray { off: u32, len: u32 },
+    /// A `__u8 name[len]` tracepoint field: bytes, not text.
+    CtxBytes { off: u32, len: u32 },
     /// A `__data_loc char[]` tracepoint field (a u32 locator at `off`).
     CtxDataLoc { off: u32, cap: u32 },
     /// A `char name[len]` in kernel memory at `addr` (a struct member reached through BTF).
@@ -28,7 +30,7 @@ impl StrSrc {
     pub fn capacity(&self) -> u32 {
         match self {
             StrSrc::Comm => 16,
-            StrSrc::CtxArray { len, .. } => *len,
+            StrSrc::CtxArray { len, .. } | StrSrc::CtxBytes { len, .. } => *len,
             StrSrc::CtxDataLoc { cap, .. } => *cap,
             StrSrc::Kernel { len, .. } | StrSrc::Ptr { len, .. } => *len,
         }

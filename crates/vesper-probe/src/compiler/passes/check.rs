@@ -20,9 +20,10 @@ pub const BUILTINS: &[&str] = &[
 ];
 
 mod members;
+mod records;
 mod stmts;
 pub use members::uses_types;
-const FUNCTIONS: &[&str] = &["starts_with", "signal", "kstack", "str"];
+const FUNCTIONS: &[&str] = &["starts_with", "signal", "ntop", "kstack", "str"];
 /// `str(p)` reads at most this many bytes unless told (bpftrace's default too), and at most
 /// [`MAX_STR`].
 pub const STR_DEFAULT: u32 = 64;
@@ -156,7 +157,9 @@ pub fn check(script: &Script, kernel: &KernelInfo, diags: &mut Vec<Diagnostic>) 
 /// Bytes a field takes in the record (ints get 8-byte slots; strings round up to 8).
 fn slot(kind: FieldKind) -> u32 {
     match kind {
-        FieldKind::Str { len } => len.div_ceil(8) * 8,
+        FieldKind::Str { len } | FieldKind::Bytes { len } | FieldKind::Inet { len } => {
+            len.div_ceil(8) * 8
+        }
         FieldKind::Stack { depth } => 8 + 8 * depth,
         _ => 8,
     }
@@ -303,6 +306,13 @@ impl<'a> Checker<'a> {
                 self.err(
                     e.span,
                     "a stack can only be emitted: emit { stack = kstack(8) }".into(),
+                );
+                None
+            }
+            ExprKind::Call(name, _) if name == "ntop" => {
+                self.err(
+                    e.span,
+                    "ntop() is only for emitted fields: emit { daddr = ntop(args.daddr) }".into(),
                 );
                 None
             }
@@ -534,6 +544,16 @@ impl<'a> Checker<'a> {
                 off: f.offset,
                 len: f.size,
             }));
+        } else if f.decl.ends_with(&format!("[{}]", f.size))
+            && ["u8 ", "__u8 ", "unsigned char "]
+                .iter()
+                .any(|t| f.decl.starts_with(t) || f.decl.contains(&format!(" {t}")))
+        {
+            // A byte array (an address, a hash): its bytes, shown as numbers or by ntop().
+            return Some(Checked::Str(StrSrc::CtxBytes {
+                off: f.offset,
+                len: f.size,
+            }));
         } else if !f.decl.contains('[') && matches!(f.size, 1 | 2 | 4 | 8) && f.offset % f.size == 0
         {
             return Some(Checked::Int(TExpr::CtxInt {
@@ -551,7 +571,7 @@ impl<'a> Checker<'a> {
         )
         .hints
         .push(
-            "supported: integers of 1, 2, 4 or 8 bytes, char arrays, __data_loc char[] strings"
+            "supported: integers of 1, 2, 4 or 8 bytes, char and byte arrays, __data_loc char[] strings"
                 .into(),
         );
         None

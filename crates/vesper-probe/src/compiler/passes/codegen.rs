@@ -435,7 +435,7 @@ impl Gen<'_> {
             StrSrc::Comm => {
                 self.a.mov_imm(R2, 16).call(helper::GET_CURRENT_COMM);
             }
-            StrSrc::CtxArray { off, len } => {
+            StrSrc::CtxArray { off, len } | StrSrc::CtxBytes { off, len } => {
                 self.a
                     .mov_imm(R2, *len as i32)
                     .mov(R3, R6)
