@@ -48,6 +48,9 @@ pub struct ProgramCode {
     pub section: String,
     pub insns: Vec<Insn>,
     pub map_refs: Vec<MapRef>,
+    /// (first instruction, source) of the code a script's statements and fields became;
+    /// not written to the object (the manifest carries it).
+    pub lines: Vec<(u32, crate::compiler::diag::Span)>,
 }
 
 /// Why an object could not be written.

@@ -18,6 +18,11 @@ pub struct Attach {
     pub kind: AttachKind,
     /// "category:name" for tracepoints, a function name for kprobes.
     pub target: String,
+    /// Where the program's code comes from in the script: (first instruction, start and
+    /// end byte of the source), in instruction order. Lets a verifier's refusal, which
+    /// names an instruction, be shown at its source line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<[u32; 3]>,
 }
 
 /// How a record field is stored and shown.

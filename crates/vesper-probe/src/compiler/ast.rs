@@ -87,6 +87,19 @@ pub enum Stmt {
     Emit(Emit),
 }
 
+impl Stmt {
+    /// Where the statement is in the script (its head, for an `if`).
+    pub fn span(&self) -> Span {
+        match self {
+            Stmt::Let(l) => l.name_span.to(l.value.span),
+            Stmt::MapAssign { map, value } => map.span.to(value.span),
+            Stmt::Delete(m) | Stmt::Print(m) | Stmt::Clear(m) => m.span,
+            Stmt::If { cond, .. } => cond.span,
+            Stmt::Emit(e) => e.span,
+        }
+    }
+}
+
 /// `@name[key, ...]`, or `@name` alone (one value, bpftrace's keyless map).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapRef {

@@ -110,6 +110,8 @@ pub enum TValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TField {
     pub name: String,
+    /// The field's value in the script.
+    pub span: crate::compiler::diag::Span,
     pub value: TValue,
     pub kind: FieldKind,
     /// Offset in the record.
@@ -135,6 +137,9 @@ pub struct TEmit {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TStmt {
+    /// The code that follows comes from this place in the script (for the verifier's
+    /// refusals, which name an instruction).
+    Line(crate::compiler::diag::Span),
     /// Local variable `slot` takes `value`.
     Let {
         slot: u32,
@@ -172,6 +177,7 @@ pub struct TProgram {
     pub section: String,
     pub attach: crate::manifest::Attach,
     pub predicate: Option<TExpr>,
+    pub predicate_span: Option<crate::compiler::diag::Span>,
     /// Local variables: each has a stack slot, zeroed at the start.
     pub locals: u32,
     pub body: Vec<TStmt>,

@@ -132,10 +132,12 @@ pub fn check(script: &Script, kernel: &KernelInfo, diags: &mut Vec<Diagnostic>) 
                     program: name.clone(),
                     kind,
                     target,
+                    lines: Vec::new(),
                 },
                 name,
                 section,
                 predicate,
+                predicate_span: probe.predicate.as_ref().map(|p| p.span),
                 locals: c.locals.len() as u32,
                 body,
             });

@@ -7,7 +7,7 @@
 //! the program counts a drop and goes on. It never waits.
 
 use crate::compiler::ast::{BinOp, UnOp};
-use crate::compiler::diag::Diagnostic;
+use crate::compiler::diag::{Diagnostic, Span};
 use crate::compiler::typed::*;
 use crate::elf::ProgramCode;
 use crate::insn::{Alu, Asm, Cond, Label, R0, R1, R2, R3, R4, R6, R7, R10, Reg, Size, helper};
@@ -24,6 +24,8 @@ const RET_REG: i16 = 80;
 
 struct Gen<'m> {
     a: Asm,
+    /// (first instruction, source) of each statement, field and predicate, in order.
+    lines: Vec<(u32, Span)>,
     maps: &'m [MapSpec],
     /// Bytes of stack in use, growing down from r10.
     sp: i32,
@@ -38,6 +40,7 @@ pub fn codegen(p: &TProgram, maps: &[MapSpec], diags: &mut Vec<Diagnostic>) -> O
         sp: 8 * p.locals as i32,
         too_deep: false,
         maps,
+        lines: Vec::new(),
     };
     let exit = g.a.label();
     g.a.mov(R6, R1);
@@ -45,6 +48,9 @@ pub fn codegen(p: &TProgram, maps: &[MapSpec], diags: &mut Vec<Diagnostic>) -> O
         g.a.store_imm(Size::DW, R10, local_slot(i), 0);
     }
     if let Some(pred) = &p.predicate {
+        if let Some(span) = p.predicate_span {
+            g.line(span);
+        }
         g.cond(pred, exit);
     }
     g.stmts(&p.body);
@@ -65,6 +71,7 @@ pub fn codegen(p: &TProgram, maps: &[MapSpec], diags: &mut Vec<Diagnostic>) -> O
             section: p.section.clone(),
             insns,
             map_refs,
+            lines: g.lines,
         }),
         Err(e) => {
             diags.push(Diagnostic::new(
@@ -112,8 +119,13 @@ impl Gen<'_> {
         }
     }
 
+    fn line(&mut self, span: Span) {
+        self.lines.push((self.a.len() as u32, span));
+    }
+
     fn stmt(&mut self, s: &TStmt) {
         match s {
+            TStmt::Line(span) => self.line(*span),
             TStmt::Let { slot, value } => {
                 self.eval(value);
                 self.a.store(Size::DW, R10, local_slot(*slot), R0);
@@ -357,6 +369,7 @@ impl Gen<'_> {
             .store_imm(Size::W, R7, 8, e.schema as i32)
             .store_imm(Size::W, R7, 12, 0);
         for f in &e.fields {
+            self.line(f.span);
             let off = f.offset as i16;
             match &f.value {
                 TValue::Int(x) => {

@@ -21,7 +21,15 @@ pub fn object(
     let manifest = Manifest {
         name: name.to_string(),
         kernel_release: (!release.is_empty()).then(|| release.to_string()),
-        attach: programs.iter().map(|(_, a)| a.clone()).collect(),
+        attach: programs
+            .iter()
+            .map(|(code, a)| Attach {
+                lines: (code.lines.iter())
+                    .map(|(at, span)| [*at, span.start as u32, span.end as u32])
+                    .collect(),
+                ..a.clone()
+            })
+            .collect(),
         ring_map: RING_MAP.into(),
         drops_map: DROPS_MAP.into(),
         schemas,

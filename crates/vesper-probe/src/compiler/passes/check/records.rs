@@ -173,6 +173,7 @@ impl<'a> Checker<'a> {
             };
             out.push(TField {
                 name: f.name.clone(),
+                span: f.value.span,
                 value,
                 kind,
                 offset,

@@ -85,7 +85,7 @@ impl<'a> Checker<'a> {
         let mut ok = true;
         for s in stmts {
             match self.stmt(s, ctx) {
-                Some(t) => out.push(t),
+                Some(t) => out.extend([TStmt::Line(s.span()), t]),
                 None => ok = false,
             }
         }
