@@ -281,3 +281,73 @@ async fn an_interval_probe_stores_the_printed_map_and_clears_it_in_the_same_read
         Message::MapRequest { clear: true, .. }
     ));
 }
+
+/// Not about maps, but about the same loaded script: the verifier's refusal comes back at
+/// the script's line, with its words.
+#[tokio::test]
+async fn a_verifier_refusal_is_shown_at_the_line_it_came_from() {
+    let (connector, listener) = memory_channel();
+    let limits = StoreLimits {
+        max_records: 10,
+        max_bytes: 1 << 20,
+        file_max_bytes: 1 << 20,
+    };
+    let store = Arc::new(Mutex::new(RecordStore::new(limits, None)));
+    let (cmds, rx) = mpsc::channel(8);
+    let s = Session::new(
+        "web1".into(),
+        Box::new(connector),
+        Vec::new(),
+        None,
+        Duration::from_secs(30),
+        store,
+        rx,
+    );
+    tokio::spawn(s.run());
+    let mut g = listener.guest().await;
+    g.send(&Message::Hello(Hello {
+        agent_version: "fake".into(),
+        kernel_release: "6.18-fake".into(),
+        capabilities: caps::MAPS,
+        boot_id: "b1".into(),
+    }))
+    .await;
+    let (reply, answer) = oneshot::channel();
+    let text = "tracepoint:signal:signal_generate {\n    @n[args.sig] = count();\n}\n";
+    let probe = vesper_probe::ProbeSource::Script {
+        name: "counts".into(),
+        file: "counts.vsp".into(),
+        text: text.into(),
+    };
+    cmds.send(SessionCmd::Load { probe, reply }).await.unwrap();
+    assert!(matches!(g.recv().await, Message::KernelInfoRequest { .. }));
+    g.send(&Message::KernelInfo(KernelInfo {
+        release: "6.18-fake".into(),
+        btf: false,
+        formats: vec![EventFormat {
+            event: "signal:signal_generate".into(),
+            format: Some(FORMAT.into()),
+        }],
+    }))
+    .await;
+    let Message::LoadProbe(load) = g.recv().await else {
+        panic!("expected LoadProbe")
+    };
+    let m = vesper_probe::manifest_of_object(&load.object).unwrap();
+    let [at, ..] = *m.attach[0].lines.last().unwrap();
+    g.send(&Message::Error {
+        probe_id: load.probe_id,
+        code: error_code::LOAD_FAILED,
+        message: format!(
+            "probe counts: loading program p0_0 into the kernel: the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: 0: R1=ctx() R10=fp0\n{at}: (85) call bpf_map_lookup_elem#1\nR2 invalid mem access 'scalar'\nprocessed 12 insns\n"
+        ),
+    })
+    .await;
+    let err = answer.await.unwrap().unwrap_err();
+    assert!(err.contains("--> counts.vsp:2:5"), "{err}");
+    assert!(err.contains("@n[args.sig] = count();"), "{err}");
+    assert!(
+        err.contains("the verifier: R2 invalid mem access 'scalar'"),
+        "{err}"
+    );
+}

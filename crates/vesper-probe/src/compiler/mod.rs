@@ -1,12 +1,14 @@
 //! The probe language compiler: source text → BPF ELF object + [`Manifest`].
 //!
 //! See `docs/probe-language.md` for the language. The passes are in [`passes`], one
-//! file each: lex → parse → check (against the target [`KernelInfo`]) → codegen → object.
+//! file each: lex → parse → check (against the target [`KernelInfo`]) → codegen → helpers
+//! (the kernel has each helper the code calls) → object.
 
 pub mod ast;
 pub mod diag;
 pub mod passes;
 pub mod typed;
+pub mod verifier;
 
 use crate::{CompiledProbe, KernelInfo, Manifest};
 pub use diag::{Diagnostic, Diagnostics, Span};
@@ -126,6 +128,11 @@ pub fn compile(
             passes::codegen::codegen(p, &maps, &mut diags).map(|c| (c, p.attach.clone()))
         })
         .collect();
+    if !diags.is_empty() {
+        return Err(fail(file, source, diags));
+    }
+    let programs: Vec<_> = code.iter().map(|(c, _)| c.clone()).collect();
+    passes::helpers::helpers(&programs, &kernel.release, &mut diags);
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }

@@ -665,16 +665,23 @@ impl Session {
                     .get(&probe_id)
                     .filter(|p| p.status.phase == ProbePhase::Loading)
                     .is_some();
+                let mut at_source = None;
                 if failed && let Some(p) = self.probes.remove(&probe_id) {
                     tracing::warn!(vm = %self.name, probe = %p.name, error = %message, "probe failed to load");
+                    at_source = probes::refusal_at_source(&self.desired, &p, &message);
                     self.desired.retain(|d| d.name() != &*p.name);
                 }
                 let message = truncate(&message, 4096);
                 if let Some(r) = self.load_replies.remove(&probe_id) {
-                    let _ = r.send(Err(format!(
-                        "the agent in {} could not load the probe: {message}",
-                        self.name
-                    )));
+                    let _ = r.send(Err(match at_source {
+                        Some(d) => {
+                            format!("the agent in {} could not load the probe:\n{d}", self.name)
+                        }
+                        None => format!(
+                            "the agent in {} could not load the probe: {message}",
+                            self.name
+                        ),
+                    }));
                 } else if let Some((r, _)) = self.unload_replies.remove(&probe_id) {
                     let _ = r.send(Err(message));
                 } else if !failed {

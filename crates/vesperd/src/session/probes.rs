@@ -157,3 +157,20 @@ pub(super) fn attach_kind(k: vesper_probe::AttachKind) -> vesper_proto::AttachKi
         vesper_probe::AttachKind::Kretprobe => vesper_proto::AttachKind::Kretprobe,
     }
 }
+
+/// A verifier's refusal of a script's program, shown at the script's line it came from
+/// (the agent's message names the program and carries the verifier's log).
+pub(super) fn refusal_at_source(
+    desired: &[ProbeSource],
+    probe: &ActiveProbe,
+    message: &str,
+) -> Option<String> {
+    let (file, text) = desired.iter().find_map(|d| match d {
+        ProbeSource::Script { name, file, text } if **name == *probe.name => Some((file, text)),
+        _ => None,
+    })?;
+    let program = message.split_once("loading program ")?.1.split_once(' ')?.0;
+    let log = message.split_once("Verifier output:")?.1;
+    vesper_probe::compiler::verifier::explain(&probe.manifest, program, log, file, text)
+        .map(|d| d.to_string())
+}

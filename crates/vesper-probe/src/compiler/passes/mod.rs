@@ -3,9 +3,10 @@
 
 pub mod check;
 pub mod codegen;
+pub mod helpers;
 pub mod lex;
 pub mod object;
 pub mod parse;
 
 /// The pipeline, in order, for documentation and `--verbose` output.
-pub const PASSES: &[&str] = &["lex", "parse", "check", "codegen", "object"];
+pub const PASSES: &[&str] = &["lex", "parse", "check", "codegen", "helpers", "object"];

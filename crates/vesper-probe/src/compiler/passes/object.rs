@@ -1,4 +1,4 @@
-//! Pass 5: programs to a BPF ELF object, with the manifest embedded in a
+//! Pass 6: programs to a BPF ELF object, with the manifest embedded in a
 //! `.vesper.manifest` section so an object built elsewhere carries its own schema.
 
 use crate::DEFAULT_RING_BYTES;
