@@ -1,7 +1,9 @@
 //! Overhead: the nanoseconds a probe adds to each event in the probed kernel. The blaster
 //! times a tight loop of getppid(2) with no probe, with Vesper's probe and with bpftrace's
-//! on the same tracepoint: once keeping every call (filter true, one record each) and once
-//! keeping none (the filter's cost alone). Each figure is the median of several runs.
+//! on the same tracepoint: once keeping every call (filter true, one record each), once
+//! keeping none (the filter's cost alone), and once counting every call by task name in an
+//! in-kernel map (`@n[comm] = count()`, the same script for both). Each figure is the
+//! median of several runs.
 
 use serde_json::{Value, json};
 
@@ -38,6 +40,33 @@ pub fn run(setup: &Setup) -> Value {
         drop(bt);
         measured.push((label, v, b));
     }
+    // The counting map: the same script in both languages.
+    let counting = "tracepoint:syscalls:sys_enter_getppid { @n[comm] = count(); }\n";
+    let file = h.dir.path().join("count.vsp");
+    std::fs::write(&file, counting).unwrap();
+    h.vesper_ok(&["load", "native1", file.to_str().unwrap()]);
+    h.wait_loaded("native1", "count");
+    let v = ns_per_call(n, runs);
+    let maps: Value =
+        serde_json::from_str(h.vesper_ok(&["maps", "native1", "count", "--json"]).trim()).unwrap();
+    let counted = maps[0]["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"][0] == "blaster")
+        .and_then(|e| e["value"].as_u64())
+        .unwrap_or(0);
+    // Every call counted, none lost: the map is checked, not just timed.
+    assert!(
+        counted >= n * runs as u64,
+        "the counting map saw {counted} of {} calls",
+        n * runs as u64
+    );
+    h.vesper_ok(&["unload", "native1", "count"]);
+    let bt = Bpftrace::start(counting.trim());
+    let b = ns_per_call(n, runs);
+    drop(bt);
+    measured.push(("counting map, @n[comm] = count()", v, b));
     drop(h);
     let rows: Vec<Vec<String>> = measured
         .iter()
