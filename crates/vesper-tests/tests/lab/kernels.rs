@@ -44,6 +44,40 @@ impl Lab {
 }
 
 #[test]
+fn kernels_0_the_guests_types_and_symbols_reach_the_host() {
+    let Some(lab) = lab("kernels_0_types") else {
+        return;
+    };
+    let mut k = Value::Null;
+    super::wait_until(
+        Duration::from_secs(120),
+        || {
+            k = lab.status()["kernel_types"].clone();
+            k["state"] == "known" || k["state"] == "failed"
+        },
+        "the guest kernel's types",
+    );
+    assert_eq!(k["state"], "known", "{k}");
+    // The figures for the evaluation: what each kernel's BTF weighs and how long it takes.
+    eprintln!(
+        "guest kernel {}: {} types from {} bytes of BTF, {} symbols from {} bytes, fetched in {} ms{}",
+        lab.kernel_release(),
+        k["types"],
+        k["btf_bytes"],
+        k["symbols"],
+        k["symbol_bytes"],
+        k["fetched_ms"],
+        if k["fetched_ms"].is_null() {
+            " (from the cache)"
+        } else {
+            ""
+        }
+    );
+    assert!(k["types"].as_u64().unwrap() > 20_000, "{k}");
+    assert!(k["symbols"].as_u64().unwrap() > 10_000, "{k}");
+}
+
+#[test]
 fn kernels_1_every_builtin_probe_loads_and_signal_reports() {
     let Some(lab) = lab("kernels_1_builtins") else {
         return;
