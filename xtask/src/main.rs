@@ -165,6 +165,8 @@ fn test() -> anyhow::Result<()> {
                 "--skip",
                 "lab_",
                 "--skip",
+                "kernels_",
+                "--skip",
                 "cluster_",
             ])
             .env("VESPER_REQUIRE_ROOT_TESTS", "1")
