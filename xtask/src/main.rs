@@ -165,7 +165,7 @@ fn test() -> anyhow::Result<()> {
                 "--skip",
                 "lab_",
                 "--skip",
-                "kernels_",
+                "kernels::kernels_",
                 "--skip",
                 "cluster_",
             ])
