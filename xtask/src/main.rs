@@ -13,7 +13,7 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME [--kernel 5.10|6.1|6.12]|cluster ...>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--probe] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME [--kernel 5.10|6.1|6.12]|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   a 2-node Pacemaker cluster with the lab guest: httpd killed in the guest, explained,
          failed over by Pacemaker, answering again (--native: agent and vesperd on this machine alone)
@@ -51,6 +51,8 @@ fn main() {
                 bench::run_cluster(debian, args.iter().any(|a| a == "--publish"))
             } else if args.iter().any(|a| a == "--render") {
                 bench::render(quick)
+            } else if args.iter().any(|a| a == "--probe") {
+                bench::run_probe()
             } else {
                 bench::run(quick)
             }

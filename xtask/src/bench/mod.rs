@@ -315,6 +315,27 @@ pub fn run_cluster(debian: Option<&str>, publish_it: bool) -> anyhow::Result<()>
     publish(&all, false, &published)
 }
 
+/// `--probe`: only the compiler's section (compile times, with the kernel's types, start
+/// to first event), at the full run's counts, into the published results and the report.
+pub fn run_probe() -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the probe section loads BPF programs: run `cargo xtask bench --probe` as root");
+    }
+    util::ensure_tracefs()?;
+    progress("building the release binaries");
+    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin = util::target_dir()?.join("release");
+    let section = probe::run(&bin, false)?;
+    let published = self::out_dir(false)?;
+    let file = published.join("results.json");
+    let mut all: Value = serde_json::from_str(
+        &std::fs::read_to_string(&file).with_context(|| file.display().to_string())?,
+    )?;
+    all["probe"] = section;
+    write(&file, &serde_json::to_string_pretty(&all)?)?;
+    publish(&all, false, &published)
+}
+
 /// Plots and the report from `results`.
 fn publish(results: &Value, quick: bool, out_dir: &Path) -> anyhow::Result<()> {
     let root = util::workspace_root();
