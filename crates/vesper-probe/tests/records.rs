@@ -55,19 +55,31 @@ fn encode(kind: FieldKind, raw: u64, text: &str) -> (Value, Vec<u8>) {
             (Value::Str(s), b)
         }
         FieldKind::Bytes { len } => {
-            let b: Vec<u8> = raw.to_le_bytes().iter().copied().cycle().take(len as usize).collect();
+            let b: Vec<u8> = raw
+                .to_le_bytes()
+                .iter()
+                .copied()
+                .cycle()
+                .take(len as usize)
+                .collect();
             let text: Vec<String> = b.iter().map(|x| x.to_string()).collect();
             (Value::Str(format!("[{}]", text.join(","))), b)
         }
         FieldKind::Inet { len: 4 } => {
             let b = (raw as u32).to_le_bytes();
-            (Value::Str(std::net::Ipv4Addr::from(b).to_string()), b.to_vec())
+            (
+                Value::Str(std::net::Ipv4Addr::from(b).to_string()),
+                b.to_vec(),
+            )
         }
         FieldKind::Inet { len } => {
             let mut b = [0u8; 16];
             b[..8].copy_from_slice(&raw.to_le_bytes());
             b[15] = len as u8;
-            (Value::Str(std::net::Ipv6Addr::from(b).to_string()), b.to_vec())
+            (
+                Value::Str(std::net::Ipv6Addr::from(b).to_string()),
+                b.to_vec(),
+            )
         }
         FieldKind::Stack { depth } => {
             // `raw % (depth + 1)` frames written, each a distinct address.
