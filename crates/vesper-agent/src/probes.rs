@@ -58,6 +58,8 @@ pub struct LoadedProbe {
     /// Next record sequence number.
     pub next_seq: u64,
     pub agent_drops: u64,
+    /// The kernel drop count last sent to the host.
+    pub reported_drops: u64,
     // Holds the programs and links; must outlive nothing else here.
     ebpf: Ebpf,
 }
@@ -161,6 +163,7 @@ impl LoadedProbe {
             drops,
             next_seq: 0,
             agent_drops: 0,
+            reported_drops: 0,
             ebpf,
         })
     }

@@ -122,6 +122,7 @@ impl<'a> Session<'a> {
                 let uptime_ms = self.started.elapsed().as_millis() as u64;
                 let probes = self.probes.probes.len() as u32;
                 self.send(&Message::Heartbeat { uptime_ms, probes });
+                self.report_quiet_drops();
                 next_hb = Instant::now() + self.cfg.heartbeat;
             }
         }
@@ -260,16 +261,40 @@ impl<'a> Session<'a> {
                 if n == 0 {
                     break;
                 }
+                let kernel_drops = p.kernel_drops();
+                p.reported_drops = kernel_drops;
                 let rec = Records {
                     probe_id: id,
                     first_seq: p.next_seq,
-                    kernel_drops: p.kernel_drops(),
+                    kernel_drops,
                     agent_drops: p.agent_drops,
                     records: std::mem::take(&mut batch),
                 };
                 p.next_seq += n as u64;
                 self.send(&Message::Records(rec));
             }
+        }
+    }
+
+    /// Drops of a probe that sends no records (a full map's refusals, or a ring so full
+    /// nothing got through) still reach the host: an empty batch with the counters.
+    fn report_quiet_drops(&mut self) {
+        let mut batches = Vec::new();
+        for (&id, p) in self.probes.probes.iter_mut() {
+            let kernel_drops = p.kernel_drops();
+            if kernel_drops != p.reported_drops {
+                p.reported_drops = kernel_drops;
+                batches.push(Records {
+                    probe_id: id,
+                    first_seq: p.next_seq,
+                    kernel_drops,
+                    agent_drops: p.agent_drops,
+                    records: Vec::new(),
+                });
+            }
+        }
+        for b in batches {
+            self.send(&Message::Records(b));
         }
     }
 

@@ -10,6 +10,7 @@ mod common;
 
 use common::*;
 use serde_json::Value;
+use std::time::Duration;
 
 const FAMILY: &str = "tracepoint:signal:signal_generate / comm == \"stopper\" / {
     $parent = curtask->real_parent;
@@ -401,4 +402,44 @@ fn ntop_shows_a_sockets_addresses_and_byte_arrays_their_bytes() {
     } else {
         eprintln!("this machine has no IPv6 loopback: the IPv6 half is not checked");
     }
+}
+
+#[test]
+fn a_full_map_refuses_new_keys_and_counts_them_as_drops() {
+    if !need_root("a_full_map_refuses_new_keys") {
+        return;
+    }
+    let h = Harness::single(&[]);
+    let tid = my_tid();
+    let file = h.dir.path().join("fill.vsp");
+    // A new key on every call: 4,096 fit, the rest are refused by the kernel.
+    std::fs::write(
+        &file,
+        format!("tracepoint:syscalls:sys_enter_getppid / tid == {tid} / {{ @seen[nsecs] = 1; }}\n"),
+    )
+    .unwrap();
+    h.vesper_ok(&["load", "host1", file.to_str().unwrap()]);
+    let calls = 5_000u64;
+    for _ in 0..calls {
+        std::os::unix::process::parent_id();
+    }
+    // The probe sends no records: its drops come with the agent's heartbeat.
+    let mut drops = 0;
+    common::wait_until(
+        Duration::from_secs(10),
+        || {
+            drops = h.vm_status("host1")["probes"][0]["kernel_drops"]
+                .as_u64()
+                .unwrap_or(0);
+            // Heartbeats may report it in steps: the last one after the calls.
+            drops >= calls - 4096
+        },
+        "the full map's refusals counted",
+    );
+    let maps: Value =
+        serde_json::from_str(h.vesper_ok(&["maps", "host1", "fill", "--json"]).trim()).unwrap();
+    let held = maps[0]["total"].as_u64().unwrap();
+    eprintln!("{calls} new keys: {held} held, {drops} refused and counted");
+    assert_eq!(held, 4096, "{maps}");
+    assert_eq!(held + drops, calls);
 }
