@@ -312,6 +312,15 @@ async fn a_verifier_refusal_is_shown_at_the_line_it_came_from() {
         boot_id: "b1".into(),
     }))
     .await;
+    // Ready (Hello taken) before the load: a load sent while unconnected is only queued.
+    for _ in 0..200 {
+        let (reply, rx) = oneshot::channel();
+        cmds.send(SessionCmd::Status { reply }).await.unwrap();
+        if rx.await.unwrap().state == vesperd::session::State::Ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (reply, answer) = oneshot::channel();
     let text = "tracepoint:signal:signal_generate {\n    @n[args.sig] = count();\n}\n";
     let probe = vesper_probe::ProbeSource::Script {
