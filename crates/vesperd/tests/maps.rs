@@ -28,8 +28,10 @@ struct Rig {
     probe_id: u32,
 }
 
-/// A session with one script loaded in a fake guest that has (or lacks) map reading.
-async fn rig(script: &str, capabilities: u32) -> Rig {
+/// A session (loading `probes` when connected) and its fake guest, before Hello.
+async fn session(
+    probes: Vec<vesper_probe::ProbeSource>,
+) -> (mpsc::Sender<SessionCmd>, Arc<Mutex<RecordStore>>, FakeGuest) {
     let (connector, listener) = memory_channel();
     let limits = StoreLimits {
         max_records: 100,
@@ -38,39 +40,52 @@ async fn rig(script: &str, capabilities: u32) -> Rig {
     };
     let store = Arc::new(Mutex::new(RecordStore::new(limits, None)));
     let (cmds, rx) = mpsc::channel(8);
-    let probe = vesper_probe::ProbeSource::Script {
-        name: "counts".into(),
-        file: "counts.vsp".into(),
-        text: script.into(),
-    };
     let s = Session::new(
         "web1".into(),
         Box::new(connector),
-        vec![probe],
+        probes,
         None,
         Duration::from_secs(30),
         store.clone(),
         rx,
     );
     tokio::spawn(s.run());
-    let mut g = listener.guest().await;
-    g.send(&Message::Hello(Hello {
+    (cmds, store, listener.guest().await)
+}
+
+/// Hello from a fake agent with these capabilities.
+fn hello(capabilities: u32) -> Message {
+    Message::Hello(Hello {
         agent_version: "fake".into(),
         kernel_release: "6.18-fake".into(),
         capabilities,
         boot_id: "b1".into(),
-    }))
-    .await;
-    assert!(matches!(g.recv().await, Message::KernelInfoRequest { .. }));
-    g.send(&Message::KernelInfo(KernelInfo {
+    })
+}
+
+/// The kernel's answer: the signal tracepoint's layout.
+fn kernel_info() -> Message {
+    Message::KernelInfo(KernelInfo {
         release: "6.18-fake".into(),
         btf: false,
         formats: vec![EventFormat {
             event: "signal:signal_generate".into(),
             format: Some(FORMAT.into()),
         }],
-    }))
-    .await;
+    })
+}
+
+/// A session with one script loaded in a fake guest that has (or lacks) map reading.
+async fn rig(script: &str, capabilities: u32) -> Rig {
+    let probe = vesper_probe::ProbeSource::Script {
+        name: "counts".into(),
+        file: "counts.vsp".into(),
+        text: script.into(),
+    };
+    let (cmds, store, mut g) = session(vec![probe]).await;
+    g.send(&hello(capabilities)).await;
+    assert!(matches!(g.recv().await, Message::KernelInfoRequest { .. }));
+    g.send(&kernel_info()).await;
     let Message::LoadProbe(load) = g.recv().await else {
         panic!("expected LoadProbe")
     };
@@ -286,32 +301,8 @@ async fn an_interval_probe_stores_the_printed_map_and_clears_it_in_the_same_read
 /// the script's line, with its words.
 #[tokio::test]
 async fn a_verifier_refusal_is_shown_at_the_line_it_came_from() {
-    let (connector, listener) = memory_channel();
-    let limits = StoreLimits {
-        max_records: 10,
-        max_bytes: 1 << 20,
-        file_max_bytes: 1 << 20,
-    };
-    let store = Arc::new(Mutex::new(RecordStore::new(limits, None)));
-    let (cmds, rx) = mpsc::channel(8);
-    let s = Session::new(
-        "web1".into(),
-        Box::new(connector),
-        Vec::new(),
-        None,
-        Duration::from_secs(30),
-        store,
-        rx,
-    );
-    tokio::spawn(s.run());
-    let mut g = listener.guest().await;
-    g.send(&Message::Hello(Hello {
-        agent_version: "fake".into(),
-        kernel_release: "6.18-fake".into(),
-        capabilities: caps::MAPS,
-        boot_id: "b1".into(),
-    }))
-    .await;
+    let (cmds, _store, mut g) = session(Vec::new()).await;
+    g.send(&hello(caps::MAPS)).await;
     // Ready (Hello taken) before the load: a load sent while unconnected is only queued.
     for _ in 0..200 {
         let (reply, rx) = oneshot::channel();
@@ -330,15 +321,7 @@ async fn a_verifier_refusal_is_shown_at_the_line_it_came_from() {
     };
     cmds.send(SessionCmd::Load { probe, reply }).await.unwrap();
     assert!(matches!(g.recv().await, Message::KernelInfoRequest { .. }));
-    g.send(&Message::KernelInfo(KernelInfo {
-        release: "6.18-fake".into(),
-        btf: false,
-        formats: vec![EventFormat {
-            event: "signal:signal_generate".into(),
-            format: Some(FORMAT.into()),
-        }],
-    }))
-    .await;
+    g.send(&kernel_info()).await;
     let Message::LoadProbe(load) = g.recv().await else {
         panic!("expected LoadProbe")
     };
