@@ -49,6 +49,20 @@ fn lab(test: &str) -> Option<Lab> {
 }
 
 impl Lab {
+    /// The guest kernel's types and symbols once they have arrived (or failed: an error).
+    fn kernel_types(&self) -> Value {
+        let mut k = Value::Null;
+        wait_until(
+            Duration::from_secs(120),
+            || {
+                k = self.status()["kernel_types"].clone();
+                k["state"] == "known" || k["state"] == "failed"
+            },
+            "the guest kernel's types",
+        );
+        assert_eq!(k["state"], "known", "{k}");
+        k
+    }
     /// The release of the kernel `lab up` booted (it writes it beside the VM).
     fn booted_release(&self) -> String {
         let f = self.dir.join("kernel-release");
@@ -151,16 +165,7 @@ fn lab_0_the_guest_kernels_types_reach_the_host() {
     let Some(lab) = lab("lab_0_guest_kernel_types") else {
         return;
     };
-    let mut k = Value::Null;
-    wait_until(
-        Duration::from_secs(120),
-        || {
-            k = lab.status()["kernel_types"].clone();
-            k["state"] == "known" || k["state"] == "failed"
-        },
-        "the guest kernel's types",
-    );
-    assert_eq!(k["state"], "known", "{k}");
+    let k = lab.kernel_types();
     let id = k["kernel_id"].as_str().unwrap();
     eprintln!(
         "guest kernel {id}: {} types from {} bytes of BTF, {} text symbols from {} bytes, fetched in {} ms",
