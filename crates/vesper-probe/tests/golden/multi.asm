@@ -203,7 +203,7 @@ p2_0 (kretprobe/do_fork):
       {
         "name": "child",
         "offset": 16,
-        "type": "u64"
+        "type": "i64"
       }
     ]
   }

@@ -229,3 +229,36 @@ fn kernels_6_oomkill_reads_struct_oom_control() {
     assert!((16_384..=131_072).contains(&pages), "{r}");
     assert!(r["victim_pid"].as_u64().unwrap() > 1, "{r}");
 }
+
+#[test]
+fn kernels_7_a_kretprobe_pairs_with_its_kprobe_through_a_map() {
+    let Some(lab) = lab("kernels_7_kretprobe_pairing") else {
+        return;
+    };
+    // The time each open takes inside the kernel, and what it returned: the entry's
+    // timestamp kept by thread until the return.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("opentime.vsp");
+    std::fs::write(
+        &script,
+        "kprobe:do_sys_openat2 { @start[tid] = nsecs; }
+kretprobe:do_sys_openat2 / @start[tid] / {
+    emit { comm = comm, took_ns = nsecs - @start[tid], ret = retval }
+    delete(@start[tid]);
+}
+",
+    )
+    .unwrap();
+    lab.load(script.to_str().unwrap());
+    let _ = lab.exec(
+        "cat /vesper-kretprobe-no-such-file",
+        Duration::from_secs(30),
+    );
+    let r = lab.wait_record("opentime", "cat's failed open, timed", |r| {
+        r["comm"] == "cat" && r["ret"] == -2
+    });
+    let took = r["took_ns"].as_i64().unwrap();
+    // Under TCG an open takes microseconds to milliseconds; never nothing, never seconds.
+    assert!((1..5_000_000_000).contains(&took), "{r}");
+    lab.vesper_ok(&["unload", &lab.name, "opentime"]);
+}

@@ -138,6 +138,8 @@ impl<'a> Checker<'a> {
                 _ => match self.value(&f.value, ctx).map(decay) {
                     Some(Checked::Int(e)) => {
                         let kind = match &e {
+                            // A return value is signed: -ENOENT is -2, not 2^64 - 2.
+                            TExpr::Builtin(Builtin::Retval) => FieldKind::I64,
                             TExpr::CtxInt { signed: false, .. } | TExpr::Builtin(_) => {
                                 FieldKind::U64
                             }
