@@ -99,14 +99,7 @@ impl Session {
                     let _ = reply.send(Ok(k));
                     return Ok(());
                 }
-                let missing: Vec<String> = keys
-                    .iter()
-                    .filter(|k| {
-                        *k != vesper_probe::compiler::TYPES_KEY
-                            && !self.kernel.formats.contains_key(k.as_str())
-                    })
-                    .cloned()
-                    .collect();
+                let missing = self.missing_formats(&keys);
                 self.info_waiters.push((keys, reply));
                 self.send(wr, &Message::KernelInfoRequest { events: missing })
                     .await

@@ -27,6 +27,21 @@ impl Session {
         Some(k)
     }
 
+    /// The tracepoint and function keys of `keys` this session has no layout for yet (the
+    /// types come by their own transfer, not by a KernelInfo request).
+    pub(super) fn missing_formats<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k String>,
+    ) -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| {
+                *k != vesper_probe::compiler::TYPES_KEY
+                    && !self.kernel.formats.contains_key(k.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Compiles `probe` for this guest's kernel and ships it, fetching the kernel's
     /// tracepoint formats first if they are not known yet.
     pub(super) async fn start_load(
@@ -59,14 +74,7 @@ impl Session {
             self.waiting_kernel_types.push((probe, reply));
             return Ok(());
         }
-        let missing: Vec<String> = events
-            .iter()
-            .filter(|e| {
-                *e != vesper_probe::compiler::TYPES_KEY
-                    && !self.kernel.formats.contains_key(e.as_str())
-            })
-            .map(|e| e.to_string())
-            .collect();
+        let missing = self.missing_formats(&events);
         if !missing.is_empty() {
             let ask = !self.waiting_kernel_info.is_empty();
             self.waiting_kernel_info.push((probe, reply));

@@ -15,6 +15,9 @@ use crate::manifest::{MapSpec, MapValue};
 
 pub const RING_MAP: &str = "events";
 pub const DROPS_MAP: &str = "drops";
+/// bpf_map_update_elem's flags: store whatever is there, or only a new key.
+const BPF_ANY: i32 = 0;
+const BPF_NOEXIST: i32 = 1;
 /// BPF stack size.
 const STACK: i32 = 512;
 
@@ -136,14 +139,8 @@ impl Gen<'_> {
                 let v = self.push_slot();
                 self.a.store(Size::DW, R10, v, R0);
                 let stored = self.a.label();
-                self.a
-                    .ld_map(R1, &self.maps[*map as usize].symbol)
-                    .mov(R2, R10)
-                    .alu64_imm(Alu::Add, R2, k.into())
-                    .mov(R3, R10)
-                    .alu64_imm(Alu::Add, R3, v.into())
-                    .mov_imm(R4, 0)
-                    .call(helper::MAP_UPDATE_ELEM);
+                let symbol = self.maps[*map as usize].symbol.clone();
+                self.map_call(&symbol, k, Some((v, BPF_ANY)), helper::MAP_UPDATE_ELEM);
                 // A full map refuses a new key: counted like a full ring.
                 self.a.jmp_imm(Cond::Sge, R0, 0, stored);
                 self.count_drop();
@@ -153,11 +150,8 @@ impl Gen<'_> {
             }
             TStmt::MapDelete { map, key } => {
                 let (k, size) = self.map_key(*map, key);
-                self.a
-                    .ld_map(R1, &self.maps[*map as usize].symbol)
-                    .mov(R2, R10)
-                    .alu64_imm(Alu::Add, R2, k.into())
-                    .call(helper::MAP_DELETE_ELEM);
+                let symbol = self.maps[*map as usize].symbol.clone();
+                self.map_call(&symbol, k, None, helper::MAP_DELETE_ELEM);
                 self.pop_bytes(size);
             }
             TStmt::If { cond, then, els } => {
@@ -191,14 +185,8 @@ impl Gen<'_> {
             self.bucket(value);
             self.a.store(Size::DW, R10, k + bucket_at as i16, R0);
         }
-        let lookup = |g: &mut Self| {
-            g.a.ld_map(R1, &symbol)
-                .mov(R2, R10)
-                .alu64_imm(Alu::Add, R2, k.into())
-                .call(helper::MAP_LOOKUP_ELEM);
-        };
         let (found, done) = (self.a.label(), self.a.label());
-        lookup(self);
+        self.map_call(&symbol, k, None, helper::MAP_LOOKUP_ELEM);
         self.a.jmp_imm(Cond::Ne, R0, 0, found);
         let zero = self.push_bytes(16);
         self.a
@@ -206,16 +194,14 @@ impl Gen<'_> {
             .store_imm(Size::DW, R10, zero + 8, 0);
         // BPF_NOEXIST: another program may have created it meanwhile; either way it exists
         // after this unless the map is full.
-        self.a
-            .ld_map(R1, &symbol)
-            .mov(R2, R10)
-            .alu64_imm(Alu::Add, R2, k.into())
-            .mov(R3, R10)
-            .alu64_imm(Alu::Add, R3, zero.into())
-            .mov_imm(R4, 1)
-            .call(helper::MAP_UPDATE_ELEM);
+        self.map_call(
+            &symbol,
+            k,
+            Some((zero, BPF_NOEXIST)),
+            helper::MAP_UPDATE_ELEM,
+        );
         self.pop_bytes(16);
-        lookup(self);
+        self.map_call(&symbol, k, None, helper::MAP_LOOKUP_ELEM);
         self.a.jmp_imm(Cond::Ne, R0, 0, found);
         self.count_drop();
         self.a.jmp(done);
@@ -305,16 +291,28 @@ impl Gen<'_> {
         self.a.bind(done);
     }
 
+    /// r0 = `helper`(map, &key) for a lookup or a delete, or (map, &key, &value, flags)
+    /// for an update; key and value are stack offsets.
+    fn map_call(&mut self, map: &str, key: i16, value: Option<(i16, i32)>, helper: i32) {
+        self.a
+            .ld_map(R1, map)
+            .mov(R2, R10)
+            .alu64_imm(Alu::Add, R2, key.into());
+        if let Some((value, flags)) = value {
+            self.a
+                .mov(R3, R10)
+                .alu64_imm(Alu::Add, R3, value.into())
+                .mov_imm(R4, flags);
+        }
+        self.a.call(helper);
+    }
+
     /// Adds one to the probe's drop counter.
     fn count_drop(&mut self) {
         let done = self.a.label();
         let key = self.push_slot();
         self.a.store_imm(Size::W, R10, key, 0);
-        self.a
-            .ld_map(R1, DROPS_MAP)
-            .mov(R2, R10)
-            .alu64_imm(Alu::Add, R2, key.into())
-            .call(helper::MAP_LOOKUP_ELEM);
+        self.map_call(DROPS_MAP, key, None, helper::MAP_LOOKUP_ELEM);
         self.a.jmp_imm(Cond::Eq, R0, 0, done);
         self.a.mov_imm(R1, 1).atomic_add64(R0, 0, R1);
         self.a.bind(done);
@@ -516,11 +514,8 @@ impl Gen<'_> {
             TExpr::MapRead { map, key } => {
                 let (k, size) = self.map_key(*map, key);
                 let none = self.a.label();
-                self.a
-                    .ld_map(R1, &self.maps[*map as usize].symbol)
-                    .mov(R2, R10)
-                    .alu64_imm(Alu::Add, R2, k.into())
-                    .call(helper::MAP_LOOKUP_ELEM);
+                let symbol = self.maps[*map as usize].symbol.clone();
+                self.map_call(&symbol, k, None, helper::MAP_LOOKUP_ELEM);
                 self.a.jmp_imm(Cond::Eq, R0, 0, none);
                 self.a.load(Size::DW, R0, R0, 0);
                 self.a.bind(none);
