@@ -117,7 +117,10 @@ impl Session {
                 let every = Duration::from_millis(spec.every_ms);
                 let at = *next.get_or_insert(now + every);
                 if now >= at {
-                    *next = Some(at.max(now - every) + every);
+                    // The next turn one interval on; after a stall, one interval from now
+                    // (turns missed are not made up).
+                    let after = at + every;
+                    *next = Some(if after <= now { now + every } else { after });
                     due.push((probe_id, spec.clone()));
                 }
             }
