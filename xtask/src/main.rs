@@ -141,6 +141,8 @@ fn test() -> anyhow::Result<()> {
         // Validates the example libvirt domain.
         ("virt-xml-validate", "libvirt-clients"),
         ("xmllint", "libxml2-utils"),
+        // A FUSE file system whose server can be stopped: the stalled disk of tests/stall.rs.
+        ("bindfs", "bindfs"),
     ])?;
     util::progress("rustfmt --check");
     util::cargo(&["fmt", "--all", "--", "--check"])?;

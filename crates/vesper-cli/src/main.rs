@@ -308,6 +308,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             } else {
                 render::status(out, &vms)?;
+                for u in v["unanswered"].as_array().into_iter().flatten() {
+                    writeln!(
+                        out,
+                        "{}: no answer from its session ({})",
+                        u["vm"].as_str().unwrap_or("?"),
+                        u["error"].as_str().unwrap_or("?")
+                    )?;
+                }
+                let queued = v["disk"]["queued_bytes"].as_u64().unwrap_or(0);
+                let wait = v["disk"]["oldest_wait_ms"].as_u64().unwrap_or(0);
+                let dropped = v["disk"]["dropped_bytes"].as_u64().unwrap_or(0);
+                // Only worth a line when the disk is behind.
+                if wait >= 1000 || dropped > 0 {
+                    writeln!(
+                        out,
+                        "disk: {queued} bytes queued, oldest for {wait} ms, {dropped} bytes dropped (records kept in memory)"
+                    )?;
+                }
                 if let Some(p) = v["pacemaker"].as_str() {
                     writeln!(out, "pacemaker: {p}")?;
                 }

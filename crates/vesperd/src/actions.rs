@@ -11,7 +11,6 @@
 //! one, on the same agent connection, are logged as debounced, not acted on. Failed actions are retried with backoff.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,16 +64,23 @@ pub struct WhyEntry {
     pub pending: bool,
 }
 
+/// Where the why-log goes on disk.
+#[derive(Debug, Clone)]
+pub struct WhyFile {
+    pub path: PathBuf,
+    pub disk: crate::disk::DiskWriter,
+}
+
 #[derive(Debug)]
 pub struct WhyLog {
     entries: VecDeque<WhyEntry>,
-    file: Option<PathBuf>,
+    file: Option<WhyFile>,
     /// Counts of every finished entry, for the metrics.
     pub stats: crate::metrics::ActionStats,
 }
 
 impl WhyLog {
-    pub fn new(file: Option<PathBuf>) -> Self {
+    pub fn new(file: Option<WhyFile>) -> Self {
         Self {
             entries: VecDeque::new(),
             file,
@@ -85,9 +91,11 @@ impl WhyLog {
     /// vesperd that reached it (its node may have been fenced right after). A verdict whose
     /// actions never finished is kept as such. Lines that do not parse are skipped; the
     /// file is bounded by its rotation.
-    pub fn load(file: PathBuf) -> Self {
-        let mut log = Self::new(Some(file.clone()));
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
+    /// (Read once at start, before any session runs.)
+    pub fn load(file: WhyFile) -> Self {
+        let text = std::fs::read_to_string(&file.path).unwrap_or_default();
+        let path = file.path.clone();
+        let mut log = Self::new(Some(file));
         let mut kept: Vec<WhyEntry> = Vec::new();
         // Newest first: the first line seen for a verdict is its last word.
         for mut e in text
@@ -120,31 +128,25 @@ impl WhyLog {
         }
         kept.reverse();
         if !kept.is_empty() {
-            tracing::info!(file = %file.display(), entries = kept.len(), "why-log: verdicts from before this start kept");
+            tracing::info!(file = %path.display(), entries = kept.len(), "why-log: verdicts from before this start kept");
         }
         log.entries.extend(kept);
         log
     }
     /// Adds an entry, or replaces the pending one for the same verdict. Every entry goes
     /// to the file, pending ones too: a verdict must survive its node being powered off
-    /// before its actions finish.
+    /// before its actions finish. The line is queued for the disk before the cluster is
+    /// called, but the call does not wait for it: on a stalled disk the failover matters
+    /// more than its log line (Pacemaker keeps its own record of the failure).
     fn push(&mut self, e: WhyEntry) {
         if !e.pending {
             self.stats.observe(&e);
         }
-        if let Some(path) = &self.file {
-            let line = serde_json::to_string(&e).unwrap_or_default();
-            if std::fs::metadata(path).is_ok_and(|m| m.len() > WHY_FILE_MAX) {
-                let _ = std::fs::rename(path, path.with_extension("jsonl.1"));
-            }
-            let ok = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
-            if let Err(err) = ok {
-                tracing::warn!(file = %path.display(), error = %err, "cannot append to the why-log; kept in memory");
-            }
+        if let Some(f) = &self.file {
+            let mut line = serde_json::to_vec(&e).unwrap_or_default();
+            line.push(b'\n');
+            // A full queue is logged and counted by the writer; the entry stays in memory.
+            f.disk.append(&f.path, line, WHY_FILE_MAX);
         }
         let same = |o: &WhyEntry| {
             o.pending && o.verdict.vm == e.verdict.vm && o.verdict.id == e.verdict.id
@@ -471,7 +473,11 @@ mod tests {
     fn a_finished_entry_replaces_its_pending_one_and_both_reach_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("why.jsonl");
-        let mut log = WhyLog::new(Some(file.clone()));
+        let disk = crate::disk::DiskWriter::start(1 << 20).unwrap();
+        let mut log = WhyLog::new(Some(WhyFile {
+            path: file.clone(),
+            disk: disk.clone(),
+        }));
         log.push(entry(1, 100, true));
         log.push(entry(2, 90, false));
         assert_eq!(log.about("vm-web1", 10).len(), 2);
@@ -483,6 +489,7 @@ mod tests {
         let all = log.about("web1", 10);
         assert_eq!(all.len(), 2);
         assert!(all.iter().all(|e| !e.pending));
+        assert!(disk.flush(Duration::from_secs(5)));
         assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
         assert!(log.about("other", 10).is_empty());
     }
@@ -491,16 +498,22 @@ mod tests {
     fn a_restart_keeps_the_verdicts_in_the_file_and_skips_broken_lines() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("why.jsonl");
-        let mut log = WhyLog::new(Some(file.clone()));
+        let disk = crate::disk::DiskWriter::start(1 << 20).unwrap();
+        let why = WhyFile {
+            path: file.clone(),
+            disk: disk.clone(),
+        };
+        let mut log = WhyLog::new(Some(why.clone()));
         log.push(entry(1, 100, true));
         log.push(entry(1, 100, false));
         // Its node lost power while this one's actions ran.
         log.push(entry(2, 200, true));
         drop(log);
+        assert!(disk.flush(Duration::from_secs(5)));
         let mut text = std::fs::read_to_string(&file).unwrap();
         text.push_str("{\"half a line\n");
         std::fs::write(&file, text).unwrap();
-        let log = WhyLog::load(file);
+        let log = WhyLog::load(why);
         let kept = log.about("web1", 10);
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert!(kept.iter().all(|e| !e.pending));

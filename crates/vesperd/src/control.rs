@@ -6,7 +6,7 @@
 //!
 //! | request | response |
 //! |---------|----------|
-//! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…],"pacemaker":"…"}` |
+//! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…],"unanswered":[{vm,error}…],"disk":DiskStats,"pacemaker":"…"}` |
 //! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
 //! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
 //! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true,"maps":[MapDump…]}` (the maps' last values) |
@@ -107,6 +107,8 @@ pub struct Daemon {
     pub(crate) actions: crate::actions::ActionConfigs,
     /// Guest kernels' types, shared by every VM on the same kernel build.
     pub(crate) kernels: Arc<crate::kernels::KernelCache>,
+    /// Writes every file the daemon keeps while it runs.
+    pub disk: crate::disk::DiskWriter,
 }
 
 impl Daemon {
@@ -115,6 +117,7 @@ impl Daemon {
         verdicts: mpsc::Sender<crate::rules::Verdict>,
         actions: crate::actions::ActionConfigs,
         kernels: Arc<crate::kernels::KernelCache>,
+        disk: crate::disk::DiskWriter,
     ) -> Self {
         Self {
             vms: Default::default(),
@@ -122,6 +125,7 @@ impl Daemon {
             verdicts,
             actions,
             kernels,
+            disk,
         }
     }
 
@@ -261,13 +265,17 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> SessionCmd,
 ) -> Result<T, String> {
     let (tx, rx) = oneshot::channel();
-    h.cmds
-        .send(make(tx))
-        .await
-        .map_err(|_| "the VM's session has stopped".to_string())?;
-    match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(_)) => Err("the VM's session dropped the request".into()),
+    // A session whose queue is full counts as not answering, like one that is slow.
+    let asked = async {
+        h.cmds
+            .send(make(tx))
+            .await
+            .map_err(|_| "the VM's session has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the VM's session dropped the request".to_string())
+    };
+    match tokio::time::timeout(REPLY_TIMEOUT, asked).await {
+        Ok(r) => r,
         Err(_) => Err(format!(
             "no answer from the VM's session within {} s",
             REPLY_TIMEOUT.as_secs()
@@ -275,16 +283,37 @@ async fn ask<T>(
     }
 }
 
-/// Every VM's status; a session that does not answer is left out (and logged).
-pub async fn statuses(vms: &Vms) -> Vec<crate::session::VmStatus> {
-    let mut all = Vec::new();
+/// A session that did not answer a status request.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Unanswered {
+    pub vm: String,
+    pub error: String,
+}
+
+/// Every VM's status, asked of all sessions at once: one session that does not answer
+/// costs one timeout, not one per VM, and is listed apart instead of failing the call.
+pub async fn statuses(vms: &Vms) -> (Vec<crate::session::VmStatus>, Vec<Unanswered>) {
+    let mut asked = tokio::task::JoinSet::new();
     for (name, h) in vms.handles() {
-        match ask(&h, |reply| SessionCmd::Status { reply }).await {
-            Ok(s) => all.push(s),
-            Err(e) => tracing::warn!(vm = %name, error = %e, "no status from the session"),
+        asked.spawn(async move {
+            let r = ask(&h, |reply| SessionCmd::Status { reply }).await;
+            (name, r)
+        });
+    }
+    let (mut all, mut missing) = (Vec::new(), Vec::new());
+    while let Some(done) = asked.join_next().await {
+        match done {
+            Ok((_, Ok(s))) => all.push(s),
+            Ok((vm, Err(error))) => {
+                tracing::warn!(vm = %vm, error = %error, "no status from the session");
+                missing.push(Unanswered { vm, error });
+            }
+            Err(e) => tracing::error!(error = %e, "a status request failed"),
         }
     }
-    all
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    missing.sort_by(|a, b| a.vm.cmp(&b.vm));
+    (all, missing)
 }
 
 async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Result<()> {
@@ -301,16 +330,13 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
     let handle_of = |vm: &str| vms.get(vm).ok_or_else(|| unknown_vm(&vms, vm));
     let result = match req {
         Request::Status => {
-            let mut all = Vec::new();
-            for (_, h) in vms.handles() {
-                match ask(&h, |reply| SessionCmd::Status { reply }).await {
-                    Ok(s) => all.push(s),
-                    Err(e) => return reply(&mut wr, Err(e)).await,
-                }
-            }
-            Ok(
-                json!({ "vms": all, "pacemaker": format!("{}; {}", crate::pacemaker::controller().describe(), crate::pacemaker::live::describe()) }),
-            )
+            let (all, unanswered) = statuses(&vms).await;
+            Ok(json!({
+                "vms": all,
+                "unanswered": unanswered,
+                "disk": vms.disk.stats(),
+                "pacemaker": format!("{}; {}", crate::pacemaker::controller().describe(), crate::pacemaker::live::describe()),
+            }))
         }
         Request::Probes { vm } => match handle_of(&vm) {
             Ok(h) => ask(&h, |reply| SessionCmd::Status { reply })

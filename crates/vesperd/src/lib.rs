@@ -7,6 +7,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod disk;
 pub mod kernels;
 pub mod metrics;
 pub mod pacemaker;
@@ -28,10 +29,12 @@ use crate::store::RecordStore;
 
 /// Starts the action task and one session per configured VM; returns what the control
 /// API reaches.
-pub fn start_sessions(cfg: &Config) -> Vms {
-    let why = Arc::new(Mutex::new(actions::WhyLog::load(
-        cfg.daemon.state_dir.join("why.jsonl"),
-    )));
+pub fn start_sessions(cfg: &Config) -> std::io::Result<Vms> {
+    let disk = disk::DiskWriter::start(disk::QUEUE_MAX_BYTES)?;
+    let why = Arc::new(Mutex::new(actions::WhyLog::load(actions::WhyFile {
+        path: cfg.daemon.state_dir.join("why.jsonl"),
+        disk: disk.clone(),
+    })));
     // The Pacemaker thread loads its library now, so `vesper status` can say which; the
     // copy of the cluster a fail is checked against follows the CIB's changes through the
     // same library series.
@@ -43,9 +46,9 @@ pub fn start_sessions(cfg: &Config) -> Vms {
     let configs = actions::ActionConfigs::default();
     let verdicts = actions::spawn(cfg.daemon.node.clone(), configs.clone(), why.clone());
     let kernels = kernels::KernelCache::new(Some(cfg.daemon.state_dir.join("kernels")));
-    let daemon = Arc::new(Daemon::new(why, verdicts, configs, kernels));
+    let daemon = Arc::new(Daemon::new(why, verdicts, configs, kernels, disk));
     reload(&daemon, cfg);
-    daemon
+    Ok(daemon)
 }
 
 /// What a reload did to the set of VMs.
@@ -138,7 +141,10 @@ fn start_vm(
     let file = records.join(format!("{}.jsonl", vm.name));
     let store = Arc::new(Mutex::new(RecordStore::new(
         vm.store_limits(&cfg.daemon),
-        Some(file),
+        Some(store::RecordFile {
+            path: file,
+            disk: daemon.disk.clone(),
+        }),
     )));
     let (tx, rx) = mpsc::channel(64);
     let session = Session::new(
@@ -156,7 +162,10 @@ fn start_vm(
     })
     .with_rate_limits(vm.rate_limits(&cfg.daemon))
     .with_boot_timeout(std::time::Duration::from_millis(vm.boot_timeout_ms))
-    .with_seen_file(records.join(format!("{}.seen", vm.name)))
+    .with_seen_file(
+        records.join(format!("{}.seen", vm.name)),
+        daemon.disk.clone(),
+    )
     .with_kernel_cache(daemon.kernels.clone());
     let mut tasks = vec![tokio::spawn(session.run()).abort_handle()];
     if let Some(path) = vm.qmp.as_deref().and_then(|q| q.strip_prefix("unix:")) {

@@ -108,7 +108,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let vms = vesperd::start_sessions(&cfg);
+    let vms = vesperd::start_sessions(&cfg).context("starting the disk writer thread")?;
     if let Some(l) = metrics {
         tracing::info!(address = %l.local_addr()?, "metrics served at /metrics");
         tokio::spawn(vesperd::metrics::serve(l, vms.clone()));
@@ -128,6 +128,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&current.daemon.socket);
+    // What is queued for the disk is written, unless the disk is stalled: then it is lost
+    // (counted in the log line), as it would be in a crash.
+    if !vms.disk.flush(std::time::Duration::from_secs(2)) {
+        let s = vms.disk.stats();
+        tracing::warn!(
+            queued_bytes = s.queued_bytes,
+            "stopping with writes still queued for a stalled disk"
+        );
+    }
     tracing::info!("vesperd stopped");
     Ok(())
 }

@@ -92,7 +92,11 @@ impl Out {
             .iter()
             .map(|(k, v)| format!("{k}=\"{}\"", label(v)))
             .collect();
-        let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{name} {value}");
+        } else {
+            let _ = writeln!(self.0, "{name}{{{}}} {value}", labels.join(","));
+        }
     }
 }
 
@@ -104,9 +108,60 @@ const STATES: [(State, &str); 5] = [
     (State::Unresponsive, "unresponsive"),
 ];
 
-/// The text exposition of every VM's status and the action statistics.
-pub fn render(vms: &[VmStatus], stats: &ActionStats) -> String {
+/// The daemon's own figures.
+#[derive(Debug, Default)]
+pub struct Daemon {
+    pub disk: crate::disk::DiskStats,
+    /// Sessions that did not answer the status request behind this page.
+    pub unanswered: usize,
+}
+
+/// The text exposition of every VM's status, the action statistics and the daemon's own.
+pub fn render(vms: &[VmStatus], stats: &ActionStats, daemon: &Daemon) -> String {
     let mut o = Out(String::new());
+    let d = &daemon.disk;
+    let own: [(&str, &str, &str, f64); 6] = [
+        (
+            "vesper_disk_queued_bytes",
+            "gauge",
+            "Bytes waiting for the disk writer (record files, why-log, seen files).",
+            d.queued_bytes as f64,
+        ),
+        (
+            "vesper_disk_oldest_wait_seconds",
+            "gauge",
+            "How long the oldest queued write has waited: above a second, the disk is stalled.",
+            d.oldest_wait_ms as f64 / 1000.0,
+        ),
+        (
+            "vesper_disk_written_bytes_total",
+            "counter",
+            "Bytes the disk writer wrote.",
+            d.written_bytes as f64,
+        ),
+        (
+            "vesper_disk_dropped_bytes_total",
+            "counter",
+            "Bytes not written because the disk fell behind and the queue was full (the records stayed in memory).",
+            d.dropped_bytes as f64,
+        ),
+        (
+            "vesper_disk_failed_writes_total",
+            "counter",
+            "Writes the disk refused (the error is in the VM's store_file_error or the log).",
+            d.failed_writes as f64,
+        ),
+        (
+            "vesper_status_unanswered_sessions",
+            "gauge",
+            "Sessions that did not answer within the reply timeout for this page (left out of it).",
+            daemon.unanswered as f64,
+        ),
+    ];
+    for (name, kind, help, v) in own {
+        o.family(name, kind, help);
+        o.sample(name, &[], v);
+    }
     o.family(
         "vesper_pacemaker_library_info",
         "gauge",
@@ -139,7 +194,7 @@ pub fn render(vms: &[VmStatus], stats: &ActionStats) -> String {
         }
     }
     type VmGetter = fn(&VmStatus) -> f64;
-    let per_vm: [(&str, &str, &str, VmGetter); 10] = [
+    let per_vm: [(&str, &str, &str, VmGetter); 11] = [
         (
             "vesper_vm_connects_total",
             "counter",
@@ -193,6 +248,12 @@ pub fn render(vms: &[VmStatus], stats: &ActionStats) -> String {
             "counter",
             "Time with no probe attached in the VM after one had been.",
             |v| v.unobserved_ms as f64 / 1000.0,
+        ),
+        (
+            "vesper_vm_store_file_dropped_records_total",
+            "counter",
+            "Records that never reached the VM's record file: the disk fell behind (kept in memory).",
+            |v| v.store_file_dropped as f64,
         ),
         (
             "vesper_vm_store_file_error",
@@ -360,7 +421,7 @@ async fn answer(mut stream: TcpStream, vms: Vms) -> std::io::Result<()> {
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, kind, body) = match (method, path) {
         ("GET", "/metrics") => {
-            let statuses = crate::control::statuses(&vms).await;
+            let (statuses, unanswered) = crate::control::statuses(&vms).await;
             let stats = match vms.why.lock() {
                 Ok(w) => w.stats.clone(),
                 Err(p) => p.into_inner().stats.clone(),
@@ -368,7 +429,14 @@ async fn answer(mut stream: TcpStream, vms: Vms) -> std::io::Result<()> {
             (
                 "200 OK",
                 "text/plain; version=0.0.4; charset=utf-8",
-                render(&statuses, &stats),
+                render(
+                    &statuses,
+                    &stats,
+                    &Daemon {
+                        disk: vms.disk.stats(),
+                        unanswered: unanswered.len(),
+                    },
+                ),
             )
         }
         ("GET", "/") => (
@@ -433,7 +501,7 @@ mod tests {
         s.observe(&entry("web1", true, 40));
         s.observe(&entry("web1", true, 60_000));
         s.observe(&entry("web1", false, 9));
-        let text = render(&[], &s);
+        let text = render(&[], &s, &Daemon::default());
         let has = |l: &str| assert!(text.lines().any(|x| x == l), "{l} not in\n{text}");
         has("vesper_verdicts_total{vm=\"web1\",rule=\"service-killed\",debounced=\"false\"} 4");
         has(

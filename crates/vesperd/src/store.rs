@@ -1,13 +1,14 @@
 //! RecordStore: a VM's records, bounded in memory (count and bytes), appended to a
-//! JSON-lines file under the state directory, and fanned out to followers.
+//! JSON-lines file under the state directory (through the [`DiskWriter`], never on the
+//! caller's thread), and fanned out to followers.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+
+use crate::disk::DiskWriter;
 
 /// One record as the host keeps it: its JSON line is built once at ingest.
 #[derive(Debug, Clone)]
@@ -24,6 +25,13 @@ pub struct StoreLimits {
     pub file_max_bytes: u64,
 }
 
+/// Where a store's records go on disk.
+#[derive(Debug, Clone)]
+pub struct RecordFile {
+    pub path: PathBuf,
+    pub disk: DiskWriter,
+}
+
 #[derive(Debug)]
 pub struct RecordStore {
     limits: StoreLimits,
@@ -32,84 +40,60 @@ pub struct RecordStore {
     /// Records pushed out of memory by the limits (still in the file).
     pub evicted: u64,
     pub total: u64,
-    file: Option<(PathBuf, File, u64)>,
-    /// Set once a write to the file failed; memory keeps serving.
-    pub file_error: Option<String>,
+    file: Option<RecordFile>,
+    /// Records that never reached the file: the disk fell behind and its queue was full
+    /// (they were kept in memory like any other).
+    pub file_dropped: u64,
     followers: broadcast::Sender<StoredRecord>,
 }
 
 impl RecordStore {
     /// `file`: where to append records (None: memory only).
-    pub fn new(limits: StoreLimits, file: Option<PathBuf>) -> Self {
+    pub fn new(limits: StoreLimits, file: Option<RecordFile>) -> Self {
         let (followers, _) = broadcast::channel(8192);
-        let mut s = Self {
+        Self {
             limits,
             records: VecDeque::new(),
             bytes: 0,
             evicted: 0,
             total: 0,
-            file: None,
-            file_error: None,
+            file,
+            file_dropped: 0,
             followers,
-        };
-        if let Some(p) = file {
-            s.open_file(p);
-        }
-        s
-    }
-
-    fn open_file(&mut self, path: PathBuf) {
-        let opened = path
-            .parent()
-            .map(std::fs::create_dir_all)
-            .transpose()
-            .and_then(|_| {
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-            });
-        match opened {
-            Ok(f) => {
-                let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                self.file = Some((path, f, len));
-            }
-            Err(e) => self.note_file_error(format!("{}: {e}", path.display())),
         }
     }
 
-    fn note_file_error(&mut self, msg: String) {
-        if self.file_error.is_none() {
-            tracing::warn!(error = %msg, "record file unavailable; records are kept in memory only");
-        }
-        self.file_error = Some(msg);
+    /// Why the record file is not being written, if its last write failed.
+    pub fn file_error(&self) -> Option<String> {
+        self.file.as_ref().and_then(|f| f.disk.error(&f.path))
     }
 
     pub fn push(&mut self, rec: StoredRecord) {
         self.push_batch(std::iter::once(rec));
     }
 
-    /// Stores a batch of records; the file gets them in one write (one system call per
-    /// batch, not per record: the ingest path's main cost otherwise).
+    /// Stores a batch of records; the file gets them as one queued write (one system call
+    /// per batch, not per record: the ingest path's main cost otherwise).
     pub fn push_batch(&mut self, recs: impl IntoIterator<Item = StoredRecord>) {
         let mut lines = Vec::new();
+        let mut count = 0;
         for rec in recs {
             if self.file.is_some() {
-                let len = self.file.as_ref().map_or(0, |f| f.2);
-                if len + (lines.len() + rec.json.len() + 1) as u64 > self.limits.file_max_bytes {
-                    self.write_lines(&lines);
-                    lines.clear();
-                    self.rotate_if_full(rec.json.len() as u64 + 1);
-                }
                 lines.extend_from_slice(rec.json.as_bytes());
                 lines.push(b'\n');
+                count += 1;
             }
             self.bytes += rec.json.len();
             self.total += 1;
             let _ = self.followers.send(rec.clone());
             self.records.push_back(rec);
         }
-        self.write_lines(&lines);
+        if let Some(f) = &self.file
+            && !lines.is_empty()
+            && !f.disk.append(&f.path, lines, self.limits.file_max_bytes)
+        {
+            self.file_dropped += count;
+        }
         while self.records.len() > self.limits.max_records || self.bytes > self.limits.max_bytes {
             match self.records.pop_front() {
                 Some(old) => {
@@ -117,50 +101,6 @@ impl RecordStore {
                     self.evicted += 1;
                 }
                 None => break,
-            }
-        }
-    }
-
-    /// Starts a new file (the old one becomes `.jsonl.1`) if `more` bytes would not fit.
-    fn rotate_if_full(&mut self, more: u64) {
-        let Some((path, file, len)) = &mut self.file else {
-            return;
-        };
-        if *len + more <= self.limits.file_max_bytes {
-            return;
-        }
-        let old = path.with_extension("jsonl.1");
-        let reopened = std::fs::rename(&*path, &old).and_then(|_| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&*path)
-        });
-        match reopened {
-            Ok(f) => {
-                *file = f;
-                *len = 0;
-            }
-            Err(e) => {
-                let msg = format!("{}: rotating: {e}", path.display());
-                self.file = None;
-                self.note_file_error(msg);
-            }
-        }
-    }
-
-    fn write_lines(&mut self, lines: &[u8]) {
-        if lines.is_empty() {
-            return;
-        }
-        let Some((path, file, len)) = &mut self.file else {
-            return;
-        };
-        match file.write_all(lines) {
-            Ok(()) => *len += lines.len() as u64,
-            Err(e) => {
-                let msg = format!("{}: {e}", path.display());
-                self.note_file_error(msg);
             }
         }
     }
@@ -251,10 +191,16 @@ mod tests {
             max_bytes: 1000,
             file_max_bytes: 25,
         };
-        let mut s = RecordStore::new(limits, Some(path.clone()));
+        let disk = DiskWriter::start(1 << 20).unwrap();
+        let file = RecordFile {
+            path: path.clone(),
+            disk: disk.clone(),
+        };
+        let mut s = RecordStore::new(limits, Some(file));
         for i in 0..3 {
             s.push(rec(i, "a", 10));
         }
+        assert!(disk.flush(std::time::Duration::from_secs(5)));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
         assert_eq!(
             std::fs::read_to_string(path.with_extension("jsonl.1"))
@@ -263,7 +209,7 @@ mod tests {
                 .count(),
             2
         );
-        assert!(s.file_error.is_none());
+        assert!(s.file_error().is_none());
     }
 
     #[test]
@@ -275,8 +221,14 @@ mod tests {
             max_bytes: 1000,
             file_max_bytes: 25,
         };
-        let mut s = RecordStore::new(limits, Some(path.clone()));
+        let disk = DiskWriter::start(1 << 20).unwrap();
+        let file = RecordFile {
+            path: path.clone(),
+            disk: disk.clone(),
+        };
+        let mut s = RecordStore::new(limits, Some(file));
         s.push_batch((0..3).map(|i| rec(i, "a", 10)));
+        assert!(disk.flush(std::time::Duration::from_secs(5)));
         let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
         assert_eq!(lines(&path.with_extension("jsonl.1")), 2);
         assert_eq!(lines(&path), 1);

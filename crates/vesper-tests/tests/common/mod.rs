@@ -198,6 +198,16 @@ impl Harness {
         vm_extra: &str,
         state_dir: Option<&Path>,
     ) -> Harness {
+        let vms: Vec<(&VmSpec, &str)> = vms.iter().map(|v| (v, vm_extra)).collect();
+        Harness::start_each(&vms, daemon_extra, state_dir)
+    }
+
+    /// Like [`Harness::start_in_state_dir`], with extra `[[vm]]` lines for each VM.
+    pub fn start_each(
+        vms: &[(&VmSpec, &str)],
+        daemon_extra: &str,
+        state_dir: Option<&Path>,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = Harness {
             dir,
@@ -210,7 +220,7 @@ impl Harness {
             h.socket().display(),
             state.display()
         );
-        for vm in vms {
+        for (vm, vm_extra) in vms {
             let sock = h.agent_socket(vm.name);
             let probes: Vec<String> = vm.probes.iter().map(|p| format!("\"{p}\"")).collect();
             cfg.push_str(&format!(
@@ -537,4 +547,16 @@ pub fn vesperd_refuses(text: impl FnOnce(&Path) -> String) -> (tempfile::TempDir
     assert_eq!(o.status.code(), Some(1), "{o:?}");
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     (dir, cfg, err)
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of a native probe's `ts_ns`
+/// (bpf_ktime_get_ns), so the age of a record read on this host is known.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -11,7 +11,8 @@ use super::{ProbePhase, Session, State, now_ms};
 impl Session {
     /// Keeps the time probes were last attached in `path`, so that the time vesperd was
     /// not running is reported as a gap when the probes are back.
-    pub fn with_seen_file(mut self, path: PathBuf) -> Self {
+    /// (Read here, at start; written through the disk writer.)
+    pub fn with_seen_file(mut self, path: PathBuf, disk: crate::disk::DiskWriter) -> Self {
         if let Some(ms) = std::fs::read_to_string(&path)
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
@@ -19,7 +20,7 @@ impl Session {
             self.observed_until_ms = Some(ms);
             self.gap_reason = "vesperd was not watching the VM";
         }
-        self.seen_file = Some(path);
+        self.seen_file = Some((path, disk));
         self
     }
 
@@ -56,9 +57,9 @@ impl Session {
 
     /// Keeps `ms` as the time probes were last known attached.
     pub(super) fn write_seen(&self, ms: u64) {
-        if let Some(path) = &self.seen_file {
+        if let Some((path, disk)) = &self.seen_file {
             // A full disk only costs the gap's start after a restart: the next write retries.
-            let _ = std::fs::write(path, ms.to_string());
+            disk.replace(path, ms.to_string().into_bytes());
         }
     }
 
@@ -91,8 +92,8 @@ impl Session {
         self.set_state(State::Elsewhere);
         self.observed_until_ms = None;
         self.reset_at = None;
-        if let Some(path) = &self.seen_file {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, disk)) = &self.seen_file {
+            disk.remove(path);
         }
         self.last_error = None;
         if was_here {

@@ -220,7 +220,7 @@ pub struct Session {
     /// Where `observed_until_ms` survives a vesperd restart: written at every probe load
     /// and once a second while probes are attached, so a gap after a crash is overstated
     /// by at most a second.
-    seen_file: Option<PathBuf>,
+    seen_file: Option<(PathBuf, crate::disk::DiskWriter)>,
     seen_written: Option<Instant>,
     gaps: u64,
     unobserved_ms: u64,

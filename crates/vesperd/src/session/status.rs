@@ -59,6 +59,8 @@ pub struct VmStatus {
     pub stored_bytes: usize,
     pub evicted_records: u64,
     pub store_file_error: Option<String>,
+    /// Records that never reached the record file (the disk fell behind; kept in memory).
+    pub store_file_dropped: u64,
     pub rate_limits: RateLimits,
     /// Bytes read from the VM's channel (all connections).
     pub bytes_received: u64,
@@ -104,7 +106,8 @@ impl Session {
             stored_records: store.len(),
             stored_bytes: store.bytes(),
             evicted_records: store.evicted,
-            store_file_error: store.file_error.clone(),
+            store_file_error: store.file_error(),
+            store_file_dropped: store.file_dropped,
             rate_limits: self.limits,
             bytes_received: self.counters.bytes(),
             rate_limited_ms: self.counters.ms(),
