@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::pacemaker::calls::ClusterCalls;
 use crate::rules::Verdict;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -256,9 +257,10 @@ async fn act(v: Verdict, cfg: VmActions, node: Option<String>, why: Arc<Mutex<Wh
             Some(n) => Some(n),
             None => crm_node_name().await,
         };
-        let outcome = pacemaker(node.as_deref(), resource, &v.cause, started).await;
+        let cm = crate::pacemaker::calls::Pacemaker;
+        let outcome = pacemaker(&cm, node.as_deref(), resource, &v.cause, started).await;
         if outcome.ok {
-            entry.cluster = failcount(node.as_deref(), resource).await;
+            entry.cluster = failcount(&cm, node.as_deref(), resource).await;
         }
         entry.actions.push(outcome);
     }
@@ -310,35 +312,30 @@ pub(crate) async fn run_tool(
     }
 }
 
-/// Runs `step` until it succeeds or the backoff schedule is used up.
-pub(crate) async fn with_retries<F, Fut>(kind: &str, started: Instant, mut step: F) -> ActionOutcome
+/// Runs `step` until it succeeds or the backoff schedule is used up; its value and the
+/// attempts it took, or the failed outcome.
+pub(crate) async fn retrying<T, F, Fut>(
+    kind: &str,
+    started: Instant,
+    mut step: F,
+) -> Result<(T, u32), ActionOutcome>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<String, String>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let r = step().await;
-        let ms = started.elapsed().as_millis() as u64;
-        match r {
-            Ok(detail) => {
-                return ActionOutcome {
-                    kind: kind.into(),
-                    ok: true,
-                    attempts,
-                    ms,
-                    detail,
-                };
-            }
+        match step().await {
+            Ok(v) => return Ok((v, attempts)),
             Err(e) if attempts as usize > BACKOFF.len() => {
-                return ActionOutcome {
+                return Err(ActionOutcome {
                     kind: kind.into(),
                     ok: false,
                     attempts,
-                    ms,
+                    ms: started.elapsed().as_millis() as u64,
                     detail: e,
-                };
+                });
             }
             Err(e) => {
                 tracing::warn!(action = kind, attempt = attempts, error = %e, "action failed; retrying");
@@ -348,7 +345,27 @@ where
     }
 }
 
-async fn pacemaker(
+/// [`retrying`] for a step whose value is its outcome's detail.
+pub(crate) async fn with_retries<F, Fut>(kind: &str, started: Instant, step: F) -> ActionOutcome
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    match retrying(kind, started, step).await {
+        Ok((detail, attempts)) => ActionOutcome {
+            kind: kind.into(),
+            ok: true,
+            attempts,
+            ms: started.elapsed().as_millis() as u64,
+            detail,
+        },
+        Err(failed) => failed,
+    }
+}
+
+/// Fails the resource (counted once) and records the cause as a node attribute.
+pub(crate) async fn pacemaker(
+    cm: &impl ClusterCalls,
     node: Option<&str>,
     resource: &str,
     cause: &str,
@@ -367,25 +384,13 @@ async fn pacemaker(
     let attr = crate::cluster::cause_attribute(resource);
     // The failure first: it is what starts recovery, and the cause's write is a CIB change
     // that would make the live copy the fail is checked against stale for a moment.
-    let mut out = crate::pacemaker::fail::fail_once(node, resource, started).await;
-    let cause_step = with_retries("pacemaker", started, || async {
-        run_tool(
-            "crm_attribute",
-            &[
-                "--node",
-                node,
-                "--name",
-                &attr,
-                "--update",
-                cause,
-                "--lifetime",
-                "reboot",
-            ],
-            None,
-        )
-        .await
-    });
-    let cause_out = cause_step.await;
+    let mut out = crate::pacemaker::fail::fail_once(cm, node, resource, started).await;
+    let cause_out = with_retries("pacemaker", started, || async {
+        cm.set_transient(node, &attr, cause)
+            .await
+            .map(|()| String::new())
+    })
+    .await;
     out.attempts = out.attempts.max(cause_out.attempts);
     out.ms = started.elapsed().as_millis() as u64;
     if !cause_out.ok {
@@ -401,15 +406,9 @@ async fn pacemaker(
 }
 
 /// The cluster's reaction as the operator would read it: "fail-count 3 on node1".
-async fn failcount(node: Option<&str>, resource: &str) -> Option<String> {
+async fn failcount(cm: &impl ClusterCalls, node: Option<&str>, resource: &str) -> Option<String> {
     let node = node?;
-    let out = run_tool(
-        "crm_failcount",
-        &["--query", "--resource", resource, "--node", node],
-        None,
-    )
-    .await
-    .ok()?;
+    let out = cm.failcount(node, resource).await.ok()?;
     // "scope=status  name=fail-count-R value=N"
     let n = out.rsplit("value=").next()?.trim();
     Some(format!("Pacemaker: fail-count {n} on {node}"))

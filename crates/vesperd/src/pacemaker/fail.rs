@@ -4,7 +4,20 @@
 use std::time::{Duration, Instant};
 
 use super::Agent;
-use crate::actions::{ActionOutcome, run_tool, with_retries};
+use super::calls::ClusterCalls;
+use crate::actions::{ActionOutcome, retrying, with_retries};
+
+/// The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
+fn counter(resource: &str) -> String {
+    format!("fail-count-{resource}#asyncmon_0")
+}
+
+/// The fail-count before the fail, and whether it was lowered by one first.
+#[derive(Debug, Clone, Copy)]
+struct Prepared {
+    before: i64,
+    lowered: bool,
+}
 
 /// A fail, counted exactly once.
 ///
@@ -24,24 +37,25 @@ use crate::actions::{ActionOutcome, run_tool, with_retries};
 ///   copy nothing is read before the fail and the count is watched in the copy.
 ///
 /// A DC whose version is not known yet is treated as one that may count twice.
-pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> ActionOutcome {
-    use crate::pacemaker::version;
-    let dc = match version::dc_release() {
-        Some(r) => Some(r),
-        None => version::read_dc_release().await.ok(),
-    };
+pub(crate) async fn fail_once(
+    cm: &impl ClusterCalls,
+    node: &str,
+    resource: &str,
+    started: Instant,
+) -> ActionOutcome {
+    let dc = cm.dc_release().await;
     if let Some(dc) = dc.filter(|r| r.counts_once()) {
-        let placed = match where_it_runs(node, resource, started).await {
+        let placed = match where_it_runs(cm, node, resource, started).await {
             Ok(w) => w,
             Err(refused) => return refused,
         };
         if let Some(refused) = not_ours(node, resource, &placed.nodes, started) {
             return refused;
         }
-        let (fail, path) = fail_request(node, resource, placed.agent, started).await;
+        let (fail, path) = fail_request(cm, node, resource, placed.agent, started).await;
         let from = placed.from;
         let counted = match placed.fail_count {
-            Some(before) if fail.ok => count_kept(node, resource, before).await,
+            Some(before) if fail.ok => count_kept(cm, node, resource, before).await,
             _ => String::new(),
         };
         let counted = if counted.is_empty() {
@@ -59,7 +73,7 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
     let dc_is = dc.map_or("a Pacemaker of unknown version".into(), |r| {
         format!("Pacemaker {r}")
     });
-    let placed = match where_it_runs(node, resource, started).await {
+    let placed = match where_it_runs(cm, node, resource, started).await {
         Ok(w) => w,
         Err(refused) => return refused,
     };
@@ -70,9 +84,9 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
             return refused;
         }
         let from = placed.from;
-        let (fail, path) = fail_request(node, resource, placed.agent, started).await;
+        let (fail, path) = fail_request(cm, node, resource, placed.agent, started).await;
         let fixed = if fail.ok {
-            settle(node, resource, before).await
+            settle(cm, node, resource, before).await
         } else {
             String::new()
         };
@@ -83,19 +97,22 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
             ..fail
         };
     }
-    // The counter `crm_resource --fail` raises: its synthetic operation is "asyncmon".
-    let counter = format!("fail-count-{resource}#asyncmon_0");
-    let prepare = with_retries("pacemaker", started, || async {
-        let (before, threshold) = tokio::join!(attr_value(&counter, node), migration_thresholds());
+    let counter = counter(resource);
+    let prepare = retrying("pacemaker", started, || async {
+        let (before, threshold) =
+            tokio::join!(cm.attr_value(&counter, node), cm.migration_thresholds());
         let before = before?;
         // An unreadable CIB is treated as "a threshold is set": the careful way.
         if !threshold.is_ok_and(|xml| !has_finite_threshold(&xml)) {
-            attr_set(&counter, node, before - 1).await?;
+            cm.attr_set(&counter, node, before - 1).await?;
             // attrd_updater returns before attrd applies the value; the controller's
             // increments must come after it.
             for _ in 0..50 {
-                if attr_value(&counter, node).await? == before - 1 {
-                    return Ok(format!("{before} lowered"));
+                if cm.attr_value(&counter, node).await? == before - 1 {
+                    return Ok(Prepared {
+                        before,
+                        lowered: true,
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -104,30 +121,26 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
                 before - 1
             ));
         }
-        Ok(before.to_string())
+        Ok(Prepared {
+            before,
+            lowered: false,
+        })
     });
-    let prepared = prepare.await;
-    if !prepared.ok {
-        return prepared;
-    }
+    let Prepared { before, lowered } = match prepare.await {
+        Ok((p, _)) => p,
+        Err(failed) => return failed,
+    };
     let (place, agent, from) = (placed.nodes, placed.agent, placed.from);
-    let lowered = prepared.detail.ends_with(" lowered");
-    let before: i64 = prepared
-        .detail
-        .split(' ')
-        .next()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
     if let Some(refused) = not_ours(node, resource, &place, started) {
         if lowered {
-            let _ = attr_set(&counter, node, before).await;
+            let _ = cm.attr_set(&counter, node, before).await;
         }
         return refused;
     }
-    let (fail, path) = fail_request(node, resource, agent, started).await;
+    let (fail, path) = fail_request(cm, node, resource, agent, started).await;
     if !fail.ok {
         if lowered {
-            let _ = attr_set(&counter, node, before).await;
+            let _ = cm.attr_set(&counter, node, before).await;
         }
         return fail;
     }
@@ -136,15 +149,15 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
     // then briefly for a second.
     let start_value = if lowered { before - 1 } else { before };
     let mut after = start_value;
-    let mut first_seen: Option<Instant> = None;
-    let t = Instant::now();
+    let mut first_seen: Option<tokio::time::Instant> = None;
+    let t = tokio::time::Instant::now();
     while t.elapsed() < Duration::from_secs(2) {
-        after = attr_value(&counter, node).await.unwrap_or(after);
+        after = cm.attr_value(&counter, node).await.unwrap_or(after);
         if after >= start_value + 2 {
             break;
         }
         if after == start_value + 1 {
-            let seen = *first_seen.get_or_insert_with(Instant::now);
+            let seen = *first_seen.get_or_insert_with(tokio::time::Instant::now);
             if seen.elapsed() > Duration::from_millis(300) {
                 break;
             }
@@ -153,22 +166,22 @@ pub(crate) async fn fail_once(node: &str, resource: &str, started: Instant) -> A
     }
     let fixed = match after - before {
         1 => String::new(),
-        0 if lowered => match attr_set(&counter, node, before + 1).await {
+        0 if lowered => match cm.attr_set(&counter, node, before + 1).await {
             Ok(()) => {
                 "; Pacemaker counted the failure once, the lowered counter was restored".into()
             }
             Err(e) => format!("; the fail-count could not be restored: {e}"),
         },
-        2 if !lowered => match attr_set(&counter, node, before + 1).await {
+        2 if !lowered => match cm.attr_set(&counter, node, before + 1).await {
             Ok(()) => "; Pacemaker counted the failure twice, one was taken back".into(),
             Err(e) => format!("; the double count could not be taken back: {e}"),
         },
         // Not counted at all: the DC changed while the fail was sent (see count_kept).
-        0 if !lowered => match attr_set(&counter, node, before + 1).await {
+        0 if !lowered => match cm.attr_set(&counter, node, before + 1).await {
             Ok(()) => "; Pacemaker did not count the failure (the DC changed while it was sent?), so vesperd counted it".into(),
             Err(e) => format!("; Pacemaker did not count the failure, and counting it failed: {e}"),
         },
-        -1 if lowered => match attr_set(&counter, node, before + 1).await {
+        -1 if lowered => match cm.attr_set(&counter, node, before + 1).await {
             Ok(()) => "; Pacemaker did not count the failure (the DC changed while it was sent?), so vesperd counted it".into(),
             Err(e) => format!("; Pacemaker did not count the failure, and counting it failed: {e}"),
         },
@@ -210,44 +223,27 @@ const INFINITY: u64 = 1_000_000;
 /// After a fail to a DC that may count it twice, with no threshold the count could move:
 /// takes back what Pacemaker counted beyond one, or counts it if Pacemaker did not, with
 /// attrd's own arithmetic (`value+=N`, applied by attrd against its current value).
-async fn settle(node: &str, resource: &str, before: u64) -> String {
-    use crate::pacemaker::live::count_rises;
-    let Some(first) = count_rises(resource, node, before, COUNT_SHOWS).await else {
-        return count_lost(node, resource).await;
+async fn settle(cm: &impl ClusterCalls, node: &str, resource: &str, before: u64) -> String {
+    let Some(first) = cm.count_rises(resource, node, before, COUNT_SHOWS).await else {
+        return count_lost(cm, node, resource).await;
     };
     let last = if first > before + 1 {
         first
     } else {
-        count_rises(resource, node, first, SECOND_SHOWS)
+        cm.count_rises(resource, node, first, SECOND_SHOWS)
             .await
             .unwrap_or(first)
     };
     match correction(before, last) {
         0 => String::new(),
-        n => {
-            let counter = format!("fail-count-{resource}#asyncmon_0");
-            match run_tool(
-                "attrd_updater",
-                &[
-                    "--name",
-                    &counter,
-                    "--update",
-                    &format!("value+={n}"),
-                    "--node",
-                    node,
-                ],
-                None,
-            )
-            .await
-            {
-                Ok(_) => format!(
-                    "; Pacemaker counted the failure {} times, {} taken back",
-                    last - before,
-                    -n
-                ),
-                Err(e) => format!("; the double count could not be taken back: {e}"),
-            }
-        }
+        n => match cm.attr_add(&counter(resource), node, n).await {
+            Ok(()) => format!(
+                "; Pacemaker counted the failure {} times, {} taken back",
+                last - before,
+                -n
+            ),
+            Err(e) => format!("; the double count could not be taken back: {e}"),
+        },
     }
 }
 
@@ -261,32 +257,27 @@ fn correction(before: u64, after: u64) -> i64 {
 /// acted on but not counted (seen on Pacemaker 2.1.5 and 3.0.0): an operator's
 /// migration-threshold would then never be reached, so vesperd counts it itself, once,
 /// with attrd's own increment (`value++`).
-async fn count_kept(node: &str, resource: &str, before: u64) -> String {
-    if crate::pacemaker::live::count_rises(resource, node, before, COUNT_SHOWS)
+async fn count_kept(cm: &impl ClusterCalls, node: &str, resource: &str, before: u64) -> String {
+    if cm
+        .count_rises(resource, node, before, COUNT_SHOWS)
         .await
         .is_some()
     {
         return String::new();
     }
-    count_lost(node, resource).await
+    count_lost(cm, node, resource).await
 }
 
 /// Counts a failure Pacemaker acted on but did not count.
-async fn count_lost(node: &str, resource: &str) -> String {
-    let counter = format!("fail-count-{resource}#asyncmon_0");
+async fn count_lost(cm: &impl ClusterCalls, node: &str, resource: &str) -> String {
+    let counter = counter(resource);
     tracing::warn!(
         resource,
         node,
         "Pacemaker did not count the failure (a DC election?); counting it"
     );
-    match run_tool(
-        "attrd_updater",
-        &["--name", &counter, "--update", "value++", "--node", node],
-        None,
-    )
-    .await
-    {
-        Ok(_) => format!(
+    match cm.attr_add(&counter, node, 1).await {
+        Ok(()) => format!(
             "; Pacemaker had not counted it after {} s (the DC changed while it was sent?), so vesperd raised {counter} by one",
             COUNT_SHOWS.as_secs()
         ),
@@ -298,11 +289,12 @@ async fn count_lost(node: &str, resource: &str) -> String {
 /// current, else read now (`crm_resource --locate`); and where it says so. A resource or
 /// node the cluster does not have is refused with the fix (the verdict stays).
 async fn where_it_runs(
+    cm: &impl ClusterCalls,
     node: &str,
     resource: &str,
     started: Instant,
 ) -> Result<Placed, ActionOutcome> {
-    use crate::pacemaker::live::{Known, lookup};
+    use crate::pacemaker::live::Known;
     let refuse = |detail: String| {
         tracing::error!(resource, node, "{detail}");
         ActionOutcome {
@@ -313,7 +305,7 @@ async fn where_it_runs(
             detail,
         }
     };
-    match lookup(resource).await {
+    match cm.lookup(resource).await {
         Some(Known::NoSuchResource { known }) => Err(refuse(format!(
             "not failed: Pacemaker has no resource {resource} (it has {}): set `resource` of this VM in vesper.toml to its resource's id",
             if known.is_empty() {
@@ -338,7 +330,7 @@ async fn where_it_runs(
             from: "the live CIB copy",
         }),
         None => Ok(Placed {
-            nodes: crate::cluster::resource_nodes(resource).await,
+            nodes: cm.locate(resource).await,
             agent: None,
             from: "crm_resource --locate (no current CIB copy)",
             fail_count: None,
@@ -376,19 +368,20 @@ fn not_ours(
 /// Sends the fail: over the controller connection when it is there, else with
 /// `crm_resource --fail`. Returns the outcome and how it went, for the why-log.
 async fn fail_request(
+    cm: &impl ClusterCalls,
     node: &str,
     resource: &str,
     agent: Option<Agent>,
     started: Instant,
 ) -> (ActionOutcome, String) {
-    use crate::pacemaker::{Sent, Unavailable, controller};
+    use crate::pacemaker::{Sent, Unavailable};
     let tool = format!("crm_resource --fail --resource {resource} --node {node}");
-    let fallback = match controller().fail(node, resource, agent).await {
+    let fallback = match cm.fail_ipc(node, resource, agent).await {
         Ok(sent) => {
             let how = match sent {
                 Sent::Accepted { us, reconnected } => format!(
                     "failed {resource} on {node} over the controller's IPC ({}) in {:.2} ms, accepted {:.1} ms after the verdict{}",
-                    lib_label(),
+                    cm.library(),
                     us as f64 / 1000.0,
                     started.elapsed().as_secs_f64() * 1000.0,
                     if reconnected {
@@ -399,7 +392,7 @@ async fn fail_request(
                 ),
                 Sent::ReplyLost(why) => format!(
                     "fail of {resource} on {node} sent over the controller's IPC ({}); its reply was lost ({why}), so it was not sent again",
-                    lib_label()
+                    cm.library()
                 ),
             };
             let out = ActionOutcome {
@@ -426,44 +419,8 @@ async fn fail_request(
         Err(e) => e,
     };
     tracing::info!(resource, node, "fail with crm_resource: {fallback}");
-    let out = with_retries("pacemaker", started, || async {
-        run_tool(
-            "crm_resource",
-            &["--fail", "--resource", resource, "--node", node],
-            None,
-        )
-        .await
-    })
-    .await;
+    let out = with_retries("pacemaker", started, || cm.fail_tool(node, resource)).await;
     (out, format!("{tool} ({fallback})"))
-}
-
-fn lib_label() -> String {
-    match crate::pacemaker::controller().library() {
-        Ok((soname, series)) => format!("{soname}, Pacemaker {series}"),
-        Err(e) => e.to_string(),
-    }
-}
-
-/// Every `migration-threshold` setting in the CIB (resources' meta attributes and
-/// `rsc_defaults`), as XML; empty when there is none.
-async fn migration_thresholds() -> Result<String, String> {
-    match run_tool(
-        "cibadmin",
-        &[
-            "--query",
-            "--xpath",
-            "//nvpair[@name='migration-threshold']",
-        ],
-        None,
-    )
-    .await
-    {
-        Ok(xml) => Ok(xml),
-        // cibadmin's answer to an XPath that matches nothing.
-        Err(e) if e.contains("No such device or address") => Ok(String::new()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Whether any `migration-threshold` in `xml` is finite (so the scheduler acts on counts).
@@ -476,45 +433,6 @@ fn has_finite_threshold(xml: &str) -> bool {
                 .trim_start_matches('+')
                 .eq_ignore_ascii_case("INFINITY")
         })
-}
-
-/// A numeric node attribute from attrd (absent or empty: 0).
-async fn attr_value(name: &str, node: &str) -> Result<i64, String> {
-    match run_tool(
-        "attrd_updater",
-        &["--query", "--name", name, "--node", node],
-        None,
-    )
-    .await
-    {
-        Ok(line) => {
-            let v = line
-                .split("value=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-                .unwrap_or("");
-            Ok(v.trim().parse().unwrap_or(0))
-        }
-        Err(e) if e.contains("does not exist") => Ok(0),
-        Err(e) => Err(e),
-    }
-}
-
-async fn attr_set(name: &str, node: &str, value: i64) -> Result<(), String> {
-    run_tool(
-        "attrd_updater",
-        &[
-            "--name",
-            name,
-            "--update",
-            &value.to_string(),
-            "--node",
-            node,
-        ],
-        None,
-    )
-    .await
-    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -10,10 +10,13 @@
 //! sent again on a new connection; one that was sent but whose reply was lost is reported
 //! as sent ([`Sent::ReplyLost`]) and not repeated.
 
+pub(crate) mod calls;
 mod cib_ffi;
 pub(crate) mod fail;
 mod ffi;
 pub mod live;
+#[cfg(test)]
+mod scripted;
 pub mod version;
 
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
