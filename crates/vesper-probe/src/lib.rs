@@ -9,6 +9,7 @@ pub mod builtin;
 pub mod compiler;
 pub mod disasm;
 pub mod elf;
+pub mod eval;
 pub mod format;
 pub mod insn;
 pub mod kernel_symbols;

@@ -221,6 +221,7 @@ impl Config {
         })?;
         cfg.validate(path)?;
         cfg.resolve_probes(path)?;
+        cfg.check_rules(path)?;
         Ok(cfg)
     }
 
@@ -295,24 +296,50 @@ impl Config {
                     format!("no [[vm]] is named {vm:?}"),
                 ));
             }
-            let rule = crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause)
+            crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause)
                 .map_err(|e| invalid(format!("rule[{i}].when"), format!("\n{e}")))?;
-            if let Some((field, known)) = rule.unknown_field() {
-                return Err(invalid(
-                    format!("rule[{i}]"),
-                    format!(
-                        "records of probe {:?} have no field {field:?}; they have: {}",
-                        r.probe,
-                        known.join(", ")
-                    ),
-                ));
-            }
         }
         if self.daemon.store_max_records == 0 {
             return Err(invalid(
                 "daemon.store_max_records".into(),
                 "must be at least 1".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Checks each rule against the records of its probe in every VM it applies to: the
+    /// fields it names exist, and its condition evaluates over their types (a type only
+    /// the guest's kernel decides is checked when the probe is compiled for the guest).
+    fn check_rules(&self, path: &Path) -> Result<(), ConfigError> {
+        for (i, r) in self.rule.iter().enumerate() {
+            let invalid = |e: crate::rules::RuleError| ConfigError::Invalid {
+                path: path.into(),
+                key: match e {
+                    crate::rules::RuleError::UnknownField { .. } => format!("rule[{i}]"),
+                    _ => format!("rule[{i}].when"),
+                },
+                reason: e.to_string(),
+            };
+            let rule =
+                crate::rules::Rule::new(&r.name, &r.probe, &r.when, &r.cause).map_err(invalid)?;
+            let mut vms = self
+                .vm
+                .iter()
+                .filter(|vm| r.vm.as_deref().is_none_or(|v| v == vm.name))
+                .map(|vm| vm.sources.as_slice())
+                .peekable();
+            let none: &[vesper_probe::ProbeSource] = &[];
+            let sources: Vec<_> = if vms.peek().is_none() {
+                vec![none]
+            } else {
+                vms.collect()
+            };
+            for s in sources {
+                if let Some(fields) = crate::rules::fields_of(&r.probe, s) {
+                    rule.validate(&fields).map_err(invalid)?;
+                }
+            }
         }
         Ok(())
     }
@@ -499,10 +526,47 @@ resource = "web1"
         .to_string();
         assert!(
             e.starts_with(
-                "vesper.toml: key `rule[0]`: records of probe \"oom\" have no field \"victim\""
+                "vesper.toml: key `rule[0]`: rule \"r\": records of probe \"oom\" have no field \"victim\""
             ),
             "{e}"
         );
         assert!(e.contains("victim_comm"), "{e}");
+    }
+
+    #[test]
+    fn a_rule_with_a_literal_of_the_wrong_type_is_refused_with_the_fix() {
+        let e = parse(
+            "[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\n[[rule]]\nname = \"kill9\"\nprobe = \"signal\"\nwhen = 'sig == \"9\"'\ncause = \"c\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "vesper.toml: key `rule[0].when`: rule \"kill9\" on probe \"signal\": sig is an integer and \"9\" is a string: write sig == 9"
+        );
+    }
+
+    #[test]
+    fn a_rule_on_a_script_probe_is_typed_by_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("opens.vsp"),
+            "tracepoint:syscalls:sys_enter_openat { emit { who = comm, n = pid } }\n",
+        )
+        .unwrap();
+        let config = dir.path().join("vesper.toml");
+        let text = |when: &str| {
+            format!(
+                "[[vm]]\nname = \"a\"\nchannel = \"unix:/x\"\nprobes = [\"opens.vsp\"]\n[[rule]]\nname = \"o\"\nprobe = \"opens\"\nwhen = '{when}'\ncause = \"{{who}}\"\n"
+            )
+        };
+        assert!(Config::parse(&config, &text("who == \"cat\" && n > 1")).is_ok());
+        let e = Config::parse(&config, &text("who == 1"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.ends_with("who is a string and 1 is an integer: write who == \"1\""),
+            "{e}"
+        );
     }
 }

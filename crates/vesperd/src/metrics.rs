@@ -337,6 +337,18 @@ pub fn render(vms: &[VmStatus], stats: &ActionStats, daemon: &Daemon) -> String 
         );
     }
     o.family(
+        "vesper_rule_errors_total",
+        "counter",
+        "Records a rule could not judge (a field missing or of another type, or the rule refused by its probe's record types); the first is logged.",
+    );
+    for ((vm, rule), n) in crate::rules::error_counts() {
+        o.sample(
+            "vesper_rule_errors_total",
+            &[("vm", &vm), ("rule", &rule)],
+            n,
+        );
+    }
+    o.family(
         "vesper_action_failures_total",
         "counter",
         "Actions that failed after every retry.",
@@ -513,6 +525,19 @@ mod tests {
         has("vesper_action_latency_seconds_bucket{vm=\"web1\",action=\"pacemaker\",le=\"+Inf\"} 3");
         has("vesper_action_latency_seconds_count{vm=\"web1\",action=\"pacemaker\"} 3");
         has("vesper_action_failures_total{vm=\"web1\",action=\"pacemaker\"} 1");
+    }
+
+    #[test]
+    fn records_a_rule_could_not_judge_are_counted() {
+        let r = crate::rules::Rule::new("big", "oom", "anon_rss_kb > 1", "c").unwrap();
+        let odd = serde_json::json!({"vm": "metrics-vm", "probe": "oom"});
+        assert_eq!(r.check(&odd), None);
+        assert_eq!(r.check(&odd), None);
+        let text = render(&[], &ActionStats::default(), &Daemon::default());
+        assert!(
+            text.contains("vesper_rule_errors_total{vm=\"metrics-vm\",rule=\"big\"} 2\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -267,7 +267,11 @@ impl<'a> Checker<'a> {
             ExprKind::Field(name) => self.field(name, e.span, ctx),
             ExprKind::Unary(op, inner) => {
                 let t = self.int(inner, ctx, if *op == UnOp::Not { "`!`" } else { "`-`" })?;
-                Some(Checked::Int(TExpr::Unary(*op, Box::new(t))))
+                // Constants are folded by the semantics the host's rules use too.
+                Some(Checked::Int(match t {
+                    TExpr::Int(v) => TExpr::Int(crate::eval::int_unary(*op, v)),
+                    t => TExpr::Unary(*op, Box::new(t)),
+                }))
             }
             ExprKind::Binary(op, l, r) => self.binary(*op, l, r, e.span, ctx),
             ExprKind::In(x, items) => {
@@ -276,8 +280,19 @@ impl<'a> Checker<'a> {
                     .iter()
                     .map(|i| self.int(i, ctx, "an `in` list"))
                     .collect();
-                let items: Option<Vec<TExpr>> = items.into_iter().collect();
-                Some(Checked::Int(TExpr::In(Box::new(x?), items?)))
+                let (x, items) = (x?, items.into_iter().collect::<Option<Vec<TExpr>>>()?);
+                if let TExpr::Int(v) = x
+                    && let Some(consts) = items
+                        .iter()
+                        .map(|i| match i {
+                            TExpr::Int(c) => Some(*c),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<i64>>>()
+                {
+                    return Some(Checked::Int(TExpr::Int(i64::from(consts.contains(&v)))));
+                }
+                Some(Checked::Int(TExpr::In(Box::new(x), items)))
             }
             ExprKind::Call(name, args) if name == "str" => self.str_of(args, e.span, ctx),
             ExprKind::Map(m) => self.map_read(m, ctx),
@@ -402,6 +417,9 @@ impl<'a> Checker<'a> {
         let rv = self.value(r, ctx).map(decay);
         let (lv, rv) = (lv?, rv?);
         match (lv, rv) {
+            (Checked::Int(TExpr::Int(a)), Checked::Int(TExpr::Int(b))) => {
+                Some(Checked::Int(TExpr::Int(crate::eval::int_binary(op, a, b))))
+            }
             (Checked::Int(a), Checked::Int(b)) => {
                 Some(Checked::Int(TExpr::Binary(op, Box::new(a), Box::new(b))))
             }

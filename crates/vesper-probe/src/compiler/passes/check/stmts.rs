@@ -304,14 +304,8 @@ impl<'a> Checker<'a> {
                 None
             }
             (MapValue::Lhist { .. }, [x, lo, hi, step]) => {
-                let lit = |e: &Expr| match e.kind {
-                    ExprKind::Int(v) => Some(v),
-                    ExprKind::Unary(UnOp::Neg, ref inner) => match inner.kind {
-                        ExprKind::Int(v) => Some(-v),
-                        _ => None,
-                    },
-                    _ => None,
-                };
+                // Constant bounds: `-10`, `60 * 1000`.
+                let lit = crate::eval::constant;
                 let x = self.int(x, ctx, "lhist()");
                 match (lit(lo), lit(hi), lit(step)) {
                     (Some(min), Some(max), Some(step))
