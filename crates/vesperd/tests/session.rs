@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use vesper_proto::{EventFormat, Hello, KernelInfo, Message, Records};
-use vesperd::session::{Session, SessionCmd, State, VmStatus};
+use vesperd::session::{HostEvent, LoadOutcome, Session, SessionCmd, State, VmStatus};
 use vesperd::store::{RecordStore, StoreLimits};
 use vesperd::testing::{FakeGuest, MemoryListener, memory_channel};
 
@@ -21,6 +21,11 @@ struct Rig {
 }
 
 fn rig(probes: &[&str]) -> Rig {
+    rig_with(probes, vesperd::session::DEFAULT_BOOT_TIMEOUT)
+}
+
+/// A session whose deadtime is 300 ms and whose reset guests get `boot_timeout`.
+fn rig_with(probes: &[&str], boot_timeout: Duration) -> Rig {
     let (connector, listener) = memory_channel();
     let limits = StoreLimits {
         max_records: 1000,
@@ -40,7 +45,8 @@ fn rig(probes: &[&str]) -> Rig {
         Duration::from_millis(300),
         store.clone(),
         rx,
-    );
+    )
+    .with_boot_timeout(boot_timeout);
     tokio::spawn(s.run());
     Rig {
         cmds: tx,
@@ -319,4 +325,161 @@ async fn a_vm_elsewhere_is_no_error_and_its_arrival_and_departure_are_recorded()
         host_events(&r).iter().filter(|e| e.0 == "arrived").count(),
         2
     );
+}
+
+/// A QMP event, as the hypervisor watcher sends it.
+async fn host(r: &Rig, ev: HostEvent) {
+    r.cmds.send(SessionCmd::Host(ev)).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_reset_guest_is_given_its_boot_timeout_and_its_new_boot_closes_the_gap() {
+    let r = rig_with(&["signal"], Duration::from_secs(30));
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    wait_for(&r, "the probe loaded", |st| {
+        st.probes.iter().any(|p| p.load_us.is_some())
+    })
+    .await;
+    host(&r, HostEvent::Reset).await;
+    // Silent for three deadtimes: a rebooting guest, not an unresponsive one.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let st = status(&r).await;
+    assert_eq!(st.state, State::Ready, "{st:?}");
+    assert!(
+        host_events(&r).iter().all(|e| e.0 != "agent_unresponsive"),
+        "{:?}",
+        host_events(&r)
+    );
+    // The new boot's agent, on a new connection: its probes are loaded again and the time
+    // since the reset is one gap.
+    drop(g);
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    let st = wait_for(&r, "the reset's gap", |st| st.gaps == 1).await;
+    assert!(st.unobserved_ms >= 900, "{st:?}");
+    let events = host_events(&r);
+    assert_eq!(events[0].0, "guest_reset", "{events:?}");
+    let gap = events.iter().find(|e| e.0 == "unobserved").unwrap();
+    assert!(gap.1.contains("the guest was reset"), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_reset_guest_whose_agent_never_returns_is_unresponsive_after_its_boot_timeout() {
+    let r = rig_with(&[], Duration::from_millis(600));
+    let mut g = r.listener.guest().await;
+    g.send(&Message::Hello(Hello {
+        agent_version: "f".into(),
+        kernel_release: "k".into(),
+        capabilities: 0,
+        boot_id: "b".into(),
+    }))
+    .await;
+    wait_state(&r, State::Ready).await;
+    host(&r, HostEvent::Reset).await;
+    let t = std::time::Instant::now();
+    wait_state(&r, State::Unresponsive).await;
+    assert!(
+        t.elapsed() >= Duration::from_millis(600),
+        "before the boot timeout: {:?}",
+        t.elapsed()
+    );
+    let events = host_events(&r);
+    let silent = events.iter().find(|e| e.0 == "agent_unresponsive").unwrap();
+    assert!(
+        silent.1.contains("no agent since the guest reset")
+            && silent.1.contains("boot_timeout_ms 600"),
+        "{events:?}"
+    );
+    drop(g);
+}
+
+#[tokio::test]
+async fn a_reconnect_is_one_gap_and_the_probes_come_back() {
+    let r = rig(&["signal"]);
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    wait_for(&r, "the probe loaded", |st| {
+        st.probes.iter().any(|p| p.load_us.is_some())
+    })
+    .await;
+    drop(g);
+    let st = wait_dropped(&r).await;
+    assert!(st.probes.is_empty() && st.agent.is_none(), "{st:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut g = r.listener.guest().await;
+    handshake_and_load(&mut g).await;
+    let st = wait_for(&r, "the reconnect's gap", |st| st.gaps == 1).await;
+    assert!(st.unobserved_ms >= 200, "{st:?}");
+    let events = host_events(&r);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.0 == "unobserved" && e.1.contains("the agent's connection ended")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_load_during_the_handshake_waits_for_hello_and_for_the_kernels_layouts() {
+    let r = rig(&[]);
+    let mut g = r.listener.guest().await;
+    wait_state(&r, State::Handshake).await;
+    let (reply, answer) = oneshot::channel();
+    r.cmds
+        .send(SessionCmd::Load {
+            probe: vesper_probe::ProbeSource::Builtin("signal".into()),
+            reply,
+        })
+        .await
+        .unwrap();
+    // Loaded once the agent said Hello and sent the event's layout.
+    let (probe_id, _) = handshake_and_load(&mut g).await;
+    match answer.await.unwrap() {
+        Ok(LoadOutcome::Loaded { probe_id: id, .. }) => assert_eq!(id, probe_id),
+        other => panic!("expected the load done, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn waits_on_the_agent_are_answered_when_it_goes() {
+    let r = rig(&[]);
+    let mut g = r.listener.guest().await;
+    g.send(&Message::Hello(Hello {
+        agent_version: "f".into(),
+        kernel_release: "k".into(),
+        capabilities: 0,
+        boot_id: "b".into(),
+    }))
+    .await;
+    wait_state(&r, State::Ready).await;
+    // A load waiting for its event's layout, and a kernel-info question.
+    let (load, load_answer) = oneshot::channel();
+    r.cmds
+        .send(SessionCmd::Load {
+            probe: vesper_probe::ProbeSource::Builtin("signal".into()),
+            reply: load,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(g.recv().await, Message::KernelInfoRequest { .. }));
+    let (info, info_answer) = oneshot::channel();
+    r.cmds
+        .send(SessionCmd::KernelInfo {
+            keys: vec!["signal:signal_generate".into()],
+            reply: info,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(g.recv().await, Message::KernelInfoRequest { .. }));
+    drop(g);
+    // The load runs at the next connect (the probe is wanted); the question has no answer.
+    assert!(matches!(
+        load_answer.await.unwrap(),
+        Ok(LoadOutcome::Pending)
+    ));
+    let err = info_answer.await.unwrap().unwrap_err();
+    assert!(err.contains("disconnected before answering"), "{err}");
+    let st = wait_dropped(&r).await;
+    assert_eq!(st.desired_probes, ["signal"], "{st:?}");
 }

@@ -33,14 +33,16 @@ impl Session {
             SessionCmd::Maps { reply, .. } => {
                 let _ = reply.send(Err(format!(
                     "{} is not connected (state {:?}): its maps live in its kernel, read through its agent",
-                    self.name, self.state
+                    self.name,
+                    self.link.state()
                 )));
             }
             SessionCmd::Host(ev) => self.on_host_event(ev),
             SessionCmd::KernelInfo { reply, .. } => {
                 let _ = reply.send(Err(format!(
                     "{} is not connected (state {:?}); its agent must be up to ask its kernel",
-                    self.name, self.state
+                    self.name,
+                    self.link.state()
                 )));
             }
         }
@@ -51,11 +53,11 @@ impl Session {
         cmd: SessionCmd,
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
-        if self.state == State::Handshake {
+        if matches!(self.link, Link::Handshake { .. }) {
             // Not ready to talk to the agent yet: loads wait for Hello (moments away),
             // anything else is answered as if offline.
             match cmd {
-                SessionCmd::Load { probe, reply } => self.waiting_hello.push((probe, reply)),
+                SessionCmd::Load { probe, reply } => self.pending.hello.push((probe, reply)),
                 other => self.command_offline(other),
             }
             return Ok(());
@@ -100,7 +102,7 @@ impl Session {
                     return Ok(());
                 }
                 let missing = self.missing_formats(&keys);
-                self.info_waiters.push((keys, reply));
+                self.pending.info.push((keys, reply));
                 self.send(wr, &Message::KernelInfoRequest { events: missing })
                     .await
             }

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::{ProbePhase, Session, State, now_ms};
+use super::{Link, ProbePhase, Session, now_ms};
 
 impl Session {
     /// Keeps the time probes were last attached in `path`, so that the time vesperd was
@@ -85,13 +85,12 @@ impl Session {
     /// The VM's channel is not on this host. Nothing here can miss its events, so a gap
     /// that was open is closed without being counted (the node it moved to reports its own).
     pub(super) fn depart(&mut self, e: &std::io::Error) {
-        if self.state == State::Elsewhere {
+        if matches!(self.link, Link::Elsewhere) {
             return;
         }
-        let was_here = self.state == State::Disconnected && self.last_heard.is_some();
-        self.set_state(State::Elsewhere);
+        let was_here = matches!(self.link, Link::Disconnected) && self.last_heard.is_some();
+        self.enter(Link::Elsewhere);
         self.observed_until_ms = None;
-        self.reset_at = None;
         if let Some((path, disk)) = &self.seen_file {
             disk.remove(path);
         }
@@ -119,7 +118,7 @@ impl Session {
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as u64);
         let newer = matches!((self.observed_until_ms, appeared), (Some(seen), Some(a)) if a > seen);
-        if self.state != State::Elsewhere && !newer {
+        if !matches!(self.link, Link::Elsewhere) && !newer {
             return;
         }
         let since = appeared.unwrap_or_else(now_ms).min(now_ms());
@@ -132,6 +131,6 @@ impl Session {
         );
         self.observed_until_ms = Some(since);
         self.gap_reason = "the VM arrived on this node";
-        self.set_state(State::Disconnected);
+        self.enter(Link::Disconnected);
     }
 }

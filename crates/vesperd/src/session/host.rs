@@ -56,7 +56,11 @@ impl Session {
                 tracing::info!(vm = %self.name, "guest reset (QMP RESET)");
                 // The probes went with the old boot, whatever the channel still shows.
                 self.begin_gap(now_ms(), "the guest was reset");
-                self.reset_at.get_or_insert_with(Instant::now);
+                // The new boot's agent has the boot timeout to say Hello. (With no agent
+                // greeted, its Hello is awaited anyway.)
+                if let Some(g) = self.link.greeted_mut() {
+                    g.reset_at.get_or_insert_with(Instant::now);
+                }
                 self.guest = GuestState::Running;
                 self.host_record("guest_reset", String::new(), false);
             }

@@ -470,7 +470,7 @@ impl super::Session {
         if self.types_pending() {
             return Ok(());
         }
-        for (probe, reply) in std::mem::take(&mut self.waiting_kernel_types) {
+        for (probe, reply) in std::mem::take(&mut self.pending.kernel_types) {
             self.start_load(probe, reply, wr).await?;
         }
         Ok(())

@@ -30,7 +30,7 @@ pub(super) struct MapRead {
     waiting: Vec<String>,
     got: Vec<(String, MapDump)>,
     errors: Vec<String>,
-    then: After,
+    pub(super) then: After,
 }
 
 impl Session {
@@ -51,9 +51,9 @@ impl Session {
         };
         let symbols: Vec<String> = p.manifest.maps.iter().map(|m| m.symbol.clone()).collect();
         let can = self
-            .agent
-            .as_ref()
-            .is_some_and(|a| a.capabilities & vesper_proto::message::caps::MAPS != 0);
+            .link
+            .greeted()
+            .is_some_and(|g| g.agent.capabilities & vesper_proto::message::caps::MAPS != 0);
         if symbols.is_empty() || !can {
             if then_unload {
                 return self.unload_now(probe_id, reply, Vec::new(), wr).await;
@@ -94,7 +94,7 @@ impl Session {
             };
             self.send(wr, &msg).await?;
         }
-        self.map_reads.push(MapRead {
+        self.pending.map_reads.push(MapRead {
             probe_id,
             waiting: symbols,
             got: Vec::new(),
@@ -127,6 +127,7 @@ impl Session {
         }
         for (probe_id, spec) in due {
             let busy = self
+                .pending
                 .map_reads
                 .iter()
                 .any(|r| r.probe_id == probe_id && matches!(r.then, After::Store { .. }));
@@ -185,6 +186,7 @@ impl Session {
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
         let Some(i) = self
+            .pending
             .map_reads
             .iter()
             .position(|r| r.probe_id == m.probe_id && r.waiting.contains(&m.map))
@@ -197,7 +199,7 @@ impl Session {
             .get(&m.probe_id)
             .and_then(|p| p.manifest.maps.iter().find(|s| s.symbol == m.map))
             .cloned();
-        let read = &mut self.map_reads[i];
+        let read = &mut self.pending.map_reads[i];
         read.waiting.retain(|s| *s != m.map);
         match spec
             .map(|s| map_values::decode(&s, m.cpus, m.key_size, m.value_size, m.total, &m.entries))
@@ -211,7 +213,7 @@ impl Session {
         if !read.waiting.is_empty() {
             return Ok(());
         }
-        let read = self.map_reads.remove(i);
+        let read = self.pending.map_reads.remove(i);
         // In the order of the manifest, whatever order the answers came in.
         let mut got = read.got;
         if let Some(p) = self.probes.get(&read.probe_id) {
@@ -256,10 +258,15 @@ impl Session {
         message: &str,
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
-        let Some(i) = self.map_reads.iter().position(|r| r.probe_id == probe_id) else {
+        let Some(i) = self
+            .pending
+            .map_reads
+            .iter()
+            .position(|r| r.probe_id == probe_id)
+        else {
             return Ok(());
         };
-        let read = self.map_reads.remove(i);
+        let read = self.pending.map_reads.remove(i);
         let why = format!("the agent in {} could not read a map: {message}", self.name);
         match read.then {
             After::Unload(reply) => {
@@ -285,22 +292,7 @@ impl Session {
         last: Vec<MapDump>,
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
-        self.unload_replies.insert(probe_id, (reply, last));
+        self.pending.unloads.insert(probe_id, (reply, last));
         self.send(wr, &Message::UnloadProbe { probe_id }).await
-    }
-
-    /// The connection ended: reads fail, unloads are done (the agent's end unloads all).
-    pub(super) fn end_map_reads(&mut self) {
-        for r in self.map_reads.drain(..) {
-            match r.then {
-                After::Unload(reply) => {
-                    let _ = reply.send(Ok(Vec::new()));
-                }
-                After::Reply(reply) => {
-                    let _ = reply.send(Err("the agent disconnected before answering".into()));
-                }
-                After::Store { .. } => {}
-            }
-        }
     }
 }

@@ -11,9 +11,22 @@
 //!        hello timeout                 └────┴───────────── Unresponsive ───────────────┘
 //! ```
 //!
-//! The session is split by job: connection and messages here, `commands.rs` (control API
-//! requests), `probes.rs` (compile and ship), `ingest.rs` (records and the frame reader),
-//! `gaps.rs` (unobserved time, arrival and departure), `status.rs` (what status shows).
+//! Each state carries the data only it has ([`Link`]); the replies the session owes, in
+//! any state, are in one place (`pending.rs`). The session is split by job:
+//!
+//! | file | what |
+//! |------|------|
+//! | `mod.rs` | the states, the connection loop, timers |
+//! | `messages.rs` | what the agent sends, by state |
+//! | `commands.rs` | control API requests, connected or not |
+//! | `pending.rs` | replies owed, and how each ends with the connection |
+//! | `probes.rs` | compiling probes for this guest and shipping them |
+//! | `ingest.rs` | the frame reader and records: accounted, stored, judged |
+//! | `gaps.rs` | unobserved time, arrival and departure |
+//! | `host.rs` | what the hypervisor reports (QMP) |
+//! | `maps.rs` | reading probes' maps, interval probes |
+//! | `kernel_fetch.rs` | the guest kernel's types, its own small state machine |
+//! | `status.rs` | what status shows |
 //!
 //! - **Disconnected**: no stream. Connects with backoff (100 ms doubling to 5 s).
 //!   Commands still work: `load`/`unload` edit the desired probe set.
@@ -34,7 +47,7 @@
 //! Anything malformed from the guest ends the connection with one log line and
 //! nothing else: the guest is untrusted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -58,6 +71,8 @@ mod host;
 mod ingest;
 mod kernel_fetch;
 mod maps;
+mod messages;
+mod pending;
 mod probes;
 mod status;
 
@@ -74,6 +89,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The session's state as status and metrics name it (see [`Link`] for each one's data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -82,6 +98,57 @@ pub enum State {
     Handshake,
     Ready,
     Unresponsive,
+}
+
+/// The connection's state, each with what only it has.
+#[derive(Debug)]
+enum Link {
+    /// No stream; connecting with backoff.
+    Disconnected,
+    /// The VM's channel is not on this host (no socket, or nobody serves it).
+    Elsewhere,
+    /// Connected since `since`; the agent's Hello is due within [`HELLO_TIMEOUT`].
+    Handshake { since: Instant },
+    /// The agent said Hello and has been heard from within its deadtime.
+    Ready(Greeted),
+    /// The agent said Hello but has been silent for longer than the deadtime.
+    Unresponsive(Greeted),
+}
+
+/// What a Hello brought, kept while that agent is on the connection.
+#[derive(Debug)]
+struct Greeted {
+    agent: AgentInfo,
+    /// When QMP reported a guest reset that no Hello has followed yet: the old agent is
+    /// gone, and the new boot's has the boot timeout to connect before the VM counts as
+    /// silent.
+    reset_at: Option<Instant>,
+}
+
+impl Link {
+    fn state(&self) -> State {
+        match self {
+            Link::Disconnected => State::Disconnected,
+            Link::Elsewhere => State::Elsewhere,
+            Link::Handshake { .. } => State::Handshake,
+            Link::Ready(_) => State::Ready,
+            Link::Unresponsive(_) => State::Unresponsive,
+        }
+    }
+
+    fn greeted(&self) -> Option<&Greeted> {
+        match self {
+            Link::Ready(g) | Link::Unresponsive(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    fn greeted_mut(&mut self) -> Option<&mut Greeted> {
+        match self {
+            Link::Ready(g) | Link::Unresponsive(g) => Some(g),
+            _ => None,
+        }
+    }
 }
 
 /// Requests from the control API to a session.
@@ -177,24 +244,14 @@ pub struct Session {
     deadtime: Duration,
     store: Arc<Mutex<RecordStore>>,
     cmds: mpsc::Receiver<SessionCmd>,
-    state: State,
+    link: Link,
     desired: Vec<ProbeSource>,
-    agent: Option<AgentInfo>,
     kernel: KernelInfo,
     probes: BTreeMap<u32, ActiveProbe>,
     next_probe_id: u32,
-    /// Loads waiting for kernel info.
-    waiting_kernel_info: Vec<(ProbeSource, Option<LoadReply>)>,
-    /// Loads waiting for the guest kernel's types (a transfer under way).
-    waiting_kernel_types: Vec<(ProbeSource, Option<LoadReply>)>,
-    /// `vesper kernel-info` requests waiting for the agent's answer.
-    info_waiters: Vec<(Vec<String>, KernelInfoReply)>,
-    /// Loads asked for during the handshake: started once the agent said Hello.
-    waiting_hello: Vec<(ProbeSource, LoadReply)>,
-    load_replies: HashMap<u32, LoadReply>,
-    /// Unloads sent, with the maps' last values read before.
-    unload_replies: HashMap<u32, (maps::MapsReply, Vec<vesper_probe::map_values::MapDump>)>,
-    map_reads: Vec<maps::MapRead>,
+    /// Replies owed to the control API, answered as the agent does or the connection ends.
+    pending: pending::Pending,
+    /// When the agent was last heard from (on this connection or an earlier one).
     last_heard: Option<Instant>,
     /// Unix ms of the last Hello: verdicts older than this are history.
     connected_since_ms: Option<u64>,
@@ -224,9 +281,7 @@ pub struct Session {
     seen_written: Option<Instant>,
     gaps: u64,
     unobserved_ms: u64,
-    /// When QMP reported a guest reset that no agent Hello has followed yet: the old
-    /// agent is gone, and the new boot's has `boot_timeout` to connect.
-    reset_at: Option<Instant>,
+    /// How long a reset guest's new agent may take to connect (see [`Greeted::reset_at`]).
     boot_timeout: Duration,
     /// The guest kernel's types: where their transfer is, and the cache shared by all VMs.
     kernel_fetch: KernelFetch,
@@ -248,7 +303,7 @@ impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("name", &self.name)
-            .field("state", &self.state)
+            .field("link", &self.link)
             .finish_non_exhaustive()
     }
 }
@@ -270,19 +325,12 @@ impl Session {
             deadtime,
             store,
             cmds,
-            state: State::Disconnected,
+            link: Link::Disconnected,
             desired: probes,
-            agent: None,
             kernel: KernelInfo::default(),
             probes: BTreeMap::new(),
             next_probe_id: 1,
-            waiting_kernel_info: Vec::new(),
-            waiting_kernel_types: Vec::new(),
-            waiting_hello: Vec::new(),
-            info_waiters: Vec::new(),
-            load_replies: HashMap::new(),
-            unload_replies: HashMap::new(),
-            map_reads: Vec::new(),
+            pending: pending::Pending::default(),
             last_heard: None,
             connected_since_ms: None,
             judge: None,
@@ -307,7 +355,6 @@ impl Session {
             seen_written: None,
             gaps: 0,
             unobserved_ms: 0,
-            reset_at: None,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             kernel_fetch: KernelFetch::Idle,
             kernels: crate::kernels::KernelCache::new(None),
@@ -373,10 +420,26 @@ impl Session {
         }
     }
 
-    fn set_state(&mut self, s: State) {
-        if self.state != s {
-            tracing::info!(vm = %self.name, from = ?self.state, to = ?s, "session state");
-            self.state = s;
+    /// Moves to `next` (logged when the state's name changes).
+    fn enter(&mut self, next: Link) {
+        let (from, to) = (self.link.state(), next.state());
+        if from != to {
+            tracing::info!(vm = %self.name, from = ?from, to = ?to, "session state");
+        }
+        self.link = next;
+    }
+
+    /// Ready and Unresponsive swap; the agent's data goes along.
+    fn set_responsive(&mut self, responsive: bool) {
+        let from = self.link.state();
+        self.link = match std::mem::replace(&mut self.link, Link::Disconnected) {
+            Link::Ready(g) | Link::Unresponsive(g) if responsive => Link::Ready(g),
+            Link::Ready(g) | Link::Unresponsive(g) => Link::Unresponsive(g),
+            other => other,
+        };
+        let to = self.link.state();
+        if from != to {
+            tracing::info!(vm = %self.name, from = ?from, to = ?to, "session state");
         }
     }
 
@@ -384,8 +447,8 @@ impl Session {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         loop {
-            if self.state != State::Elsewhere {
-                self.set_state(State::Disconnected);
+            if !matches!(self.link, Link::Elsewhere) {
+                self.enter(Link::Disconnected);
             }
             let connected = tokio::select! {
                 r = self.connector.connect() => r,
@@ -419,7 +482,7 @@ impl Session {
                         tracing::warn!(vm = %self.name, error = %msg, "cannot reach the agent; retrying");
                     }
                     self.last_error = Some(msg);
-                    self.set_state(State::Disconnected);
+                    self.enter(Link::Disconnected);
                     backoff
                 }
             };
@@ -444,30 +507,16 @@ impl Session {
             now_ms().saturating_sub(t.elapsed().as_millis() as u64)
         });
         self.begin_gap(last_alive, "the agent's connection ended");
-        for (_, reply) in self
-            .waiting_kernel_info
-            .drain(..)
-            .chain(self.waiting_kernel_types.drain(..))
-        {
-            if let Some(r) = reply {
-                let _ = r.send(Ok(LoadOutcome::Pending));
+        // Loads still waiting were answered "pending": they run at the next connect.
+        let waiting: Vec<ProbeSource> = self.pending.waiting_probes().cloned().collect();
+        for probe in waiting {
+            if !self.desired.iter().any(|d| d.name() == probe.name()) {
+                self.desired.push(probe);
             }
         }
-        for (_, r) in self.info_waiters.drain(..) {
-            let _ = r.send(Err("the agent disconnected before answering".into()));
-        }
-        for (_, r) in self.waiting_hello.drain(..) {
-            let _ = r.send(Ok(LoadOutcome::Pending));
-        }
-        for (_, r) in self.load_replies.drain() {
-            let _ = r.send(Ok(LoadOutcome::Pending));
-        }
-        for (_, (r, last)) in self.unload_replies.drain() {
-            let _ = r.send(Ok(last));
-        }
-        self.end_map_reads();
+        self.pending.connection_ended();
         self.probes.clear();
-        self.agent = None;
+        self.enter(Link::Disconnected);
         self.kernel = KernelInfo::default();
         // The next agent may run another kernel: asked again (one round trip when cached).
         self.kernel_fetch = KernelFetch::Idle;
@@ -488,8 +537,9 @@ impl Session {
             self.counters.clone(),
         ));
         self.out_seq = 0;
-        self.set_state(State::Handshake);
-        let connected_at = Instant::now();
+        self.enter(Link::Handshake {
+            since: Instant::now(),
+        });
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let end = loop {
             let step = tokio::select! {
@@ -506,7 +556,7 @@ impl Session {
                     let step = self.kernel_fetch.check_timeout();
                     match self.kernel_step(step, &mut wr).await {
                         Ok(()) => match self.run_intervals(&mut wr).await {
-                        Ok(()) => self.on_tick(connected_at),
+                        Ok(()) => self.on_tick(),
                         Err(e) => Err(e),
                     },
                         Err(e) => Err(e),
@@ -528,39 +578,36 @@ impl Session {
         end
     }
 
-    fn on_tick(&mut self, connected_at: Instant) -> Result<(), End> {
+    fn on_tick(&mut self) -> Result<(), End> {
         if self.observing() {
             self.note_observing(false);
         }
-        match self.state {
-            State::Handshake if connected_at.elapsed() > HELLO_TIMEOUT => Err(format!(
+        let silent = self.last_heard.map(|t| t.elapsed());
+        match &self.link {
+            Link::Handshake { since } if since.elapsed() > HELLO_TIMEOUT => Err(format!(
                 "no Hello from the agent within {} s",
                 HELLO_TIMEOUT.as_secs()
             )),
             // A rebooting guest has no agent until its new boot starts one.
-            State::Ready
-                if self
-                    .reset_at
-                    .is_some_and(|t| t.elapsed() <= self.boot_timeout) =>
-            {
-                Ok(())
-            }
-            State::Ready if self.last_heard.is_some_and(|t| t.elapsed() > self.deadtime) => {
-                let silent = self.last_heard.map_or(0, |t| t.elapsed().as_millis());
-                let detail = match self.reset_at {
+            Link::Ready(Greeted {
+                reset_at: Some(t), ..
+            }) if t.elapsed() <= self.boot_timeout => Ok(()),
+            Link::Ready(g) if silent.is_some_and(|s| s > self.deadtime) => {
+                let detail = match g.reset_at {
                     Some(t) => format!(
                         "no agent since the guest reset {} ms ago (boot_timeout_ms {})",
                         t.elapsed().as_millis(),
                         self.boot_timeout.as_millis()
                     ),
                     None => format!(
-                        "no frame for {silent} ms (deadtime {} ms)",
+                        "no frame for {} ms (deadtime {} ms)",
+                        silent.unwrap_or_default().as_millis(),
                         self.deadtime.as_millis()
                     ),
                 };
                 self.host_record("agent_unresponsive", detail, false);
                 tracing::warn!(vm = %self.name, deadtime_ms = self.deadtime.as_millis() as u64, "agent unresponsive");
-                self.set_state(State::Unresponsive);
+                self.set_responsive(false);
                 Ok(())
             }
             _ => Ok(()),
@@ -573,175 +620,6 @@ impl Session {
         wr.write_all(&frame)
             .await
             .map_err(|e| format!("writing to the agent: {e}"))
-    }
-
-    async fn on_message(&mut self, msg: Message, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
-        if self.state != State::Handshake && matches!(msg, Message::Hello(_)) {
-            // Not "heard from": the agent that was is gone (a new one on the same channel).
-            return Err("agent sent a second Hello".into());
-        }
-        self.last_heard = Some(Instant::now());
-        if self.state == State::Unresponsive {
-            tracing::info!(vm = %self.name, "agent heard from again");
-            self.host_record("agent_responsive", String::new(), false);
-            self.set_state(State::Ready);
-        }
-        match (self.state, msg) {
-            (State::Handshake, Message::Hello(h)) => self.on_hello(h, wr).await,
-            (State::Handshake, other) => Err(format!("agent sent {:?} before Hello", other.kind())),
-            (_, Message::KernelInfo(k)) => {
-                for f in k.formats {
-                    let parsed = f.format.and_then(|t| parse_format(&f.event, &t).ok());
-                    self.kernel.formats.insert(f.event, parsed);
-                }
-                self.kernel.btf = k.btf;
-                self.kernel.release = k.release;
-                for (keys, reply) in std::mem::take(&mut self.info_waiters) {
-                    let _ = reply.send(
-                        self.kernel_subset(&keys)
-                            .ok_or_else(|| "the agent did not answer every key".to_string()),
-                    );
-                }
-                let waiting: Vec<_> = self.waiting_kernel_info.drain(..).collect();
-                for (probe, reply) in waiting {
-                    self.start_load(probe, reply, wr).await?;
-                }
-                Ok(())
-            }
-            (_, Message::ProbeLoaded { probe_id, load_us }) => {
-                if let Some(p) = self.probes.get_mut(&probe_id) {
-                    p.status.phase = ProbePhase::Loaded;
-                    p.status.load_us = Some(load_us);
-                    tracing::info!(vm = %self.name, probe = %p.name, probe_id, load_us, "probe loaded");
-                    self.end_gap();
-                    self.note_observing(true);
-                }
-                if let Some(r) = self.load_replies.remove(&probe_id) {
-                    let _ = r.send(Ok(LoadOutcome::Loaded { probe_id, load_us }));
-                }
-                Ok(())
-            }
-            (_, Message::ProbeUnloaded { probe_id }) => {
-                if let Some(p) = self.probes.remove(&probe_id) {
-                    tracing::info!(vm = %self.name, probe = %p.name, probe_id, "probe unloaded");
-                }
-                if let Some((r, last)) = self.unload_replies.remove(&probe_id) {
-                    let _ = r.send(Ok(last));
-                }
-                Ok(())
-            }
-            (
-                _,
-                Message::Error {
-                    probe_id: 0,
-                    code,
-                    message,
-                },
-            ) if code == vesper_proto::message::error_code::KERNEL_FILE => {
-                let step = self.kernel_fetch.refused(&truncate(&message, 4096));
-                self.kernel_step(step, wr).await
-            }
-            (
-                _,
-                Message::Error {
-                    probe_id,
-                    code,
-                    message,
-                },
-            ) if code == vesper_proto::message::error_code::MAP_READ => {
-                self.map_read_failed(probe_id, &truncate(&message, 4096), wr)
-                    .await
-            }
-            (
-                _,
-                Message::Error {
-                    probe_id,
-                    code,
-                    message,
-                },
-            ) => {
-                let failed = self
-                    .probes
-                    .get(&probe_id)
-                    .filter(|p| p.status.phase == ProbePhase::Loading)
-                    .is_some();
-                let mut at_source = None;
-                if failed && let Some(p) = self.probes.remove(&probe_id) {
-                    tracing::warn!(vm = %self.name, probe = %p.name, error = %message, "probe failed to load");
-                    at_source = probes::refusal_at_source(&self.desired, &p, &message);
-                    self.desired.retain(|d| d.name() != &*p.name);
-                }
-                let message = truncate(&message, 4096);
-                if let Some(r) = self.load_replies.remove(&probe_id) {
-                    let _ = r.send(Err(match at_source {
-                        Some(d) => {
-                            format!("the agent in {} could not load the probe:\n{d}", self.name)
-                        }
-                        None => format!(
-                            "the agent in {} could not load the probe: {message}",
-                            self.name
-                        ),
-                    }));
-                } else if let Some((r, _)) = self.unload_replies.remove(&probe_id) {
-                    let _ = r.send(Err(message));
-                } else if !failed {
-                    tracing::warn!(vm = %self.name, probe_id, code, error = %message, "agent reported an error");
-                }
-                Ok(())
-            }
-            (_, Message::MapEntries(m)) => self.on_map_entries(m, wr).await,
-            (_, Message::Records(batch)) => {
-                self.on_records(batch);
-                Ok(())
-            }
-            (_, Message::KernelFile(piece)) => {
-                let kernels = &self.kernels;
-                let step = self
-                    .kernel_fetch
-                    .on_piece(piece, |id| kernels.in_memory(id));
-                self.kernel_step(step, wr).await
-            }
-            (_, Message::Heartbeat { .. } | Message::ProbeList { .. }) => Ok(()),
-            (_, other) => Err(format!(
-                "agent sent a host-only message ({:?})",
-                other.kind()
-            )),
-        }
-    }
-
-    async fn on_hello(&mut self, h: Hello, wr: &mut WriteHalf<BoxStream>) -> Result<(), End> {
-        let agent = AgentInfo {
-            version: truncate(&h.agent_version, 64),
-            kernel_release: truncate(&h.kernel_release, 128),
-            boot_id: truncate(&h.boot_id, 64),
-            capabilities: h.capabilities,
-        };
-        tracing::info!(vm = %self.name, agent = %agent.version, kernel = %agent.kernel_release, "session up");
-        self.unknown_probe_logged = false;
-        self.kernel.release = agent.kernel_release.clone();
-        if self.guest != GuestState::Running {
-            self.guest = GuestState::Running;
-            self.host_record(
-                "guest_back",
-                format!("agent connected, boot id {}", agent.boot_id),
-                false,
-            );
-        }
-        self.agent = Some(agent);
-        self.reset_at = None;
-        self.connected_since_ms = Some(now_ms());
-        self.set_state(State::Ready);
-        if h.capabilities & vesper_proto::message::caps::KERNEL_FILES != 0 {
-            let step = self.kernel_fetch.start();
-            self.kernel_step(step, wr).await?;
-        }
-        for probe in self.desired.clone() {
-            self.start_load(probe, None, wr).await?;
-        }
-        for (probe, reply) in std::mem::take(&mut self.waiting_hello) {
-            self.start_load(probe, Some(reply), wr).await?;
-        }
-        Ok(())
     }
 }
 

@@ -71,13 +71,13 @@ impl Session {
             .any(|e| e == vesper_probe::compiler::TYPES_KEY)
             && self.types_pending()
         {
-            self.waiting_kernel_types.push((probe, reply));
+            self.pending.kernel_types.push((probe, reply));
             return Ok(());
         }
         let missing = self.missing_formats(&events);
         if !missing.is_empty() {
-            let ask = !self.waiting_kernel_info.is_empty();
-            self.waiting_kernel_info.push((probe, reply));
+            let ask = !self.pending.kernel_info.is_empty();
+            self.pending.kernel_info.push((probe, reply));
             if !ask {
                 self.send(wr, &Message::KernelInfoRequest { events: missing })
                     .await?;
@@ -145,7 +145,7 @@ impl Session {
             },
         );
         if let Some(r) = reply {
-            self.load_replies.insert(probe_id, r);
+            self.pending.loads.insert(probe_id, r);
         }
         self.send(wr, &Message::LoadProbe(load)).await
     }

@@ -90,11 +90,11 @@ impl Session {
         };
         VmStatus {
             name: self.name.clone(),
-            state: self.state,
+            state: self.link.state(),
             guest: self.guest,
             channel: self.connector.describe(),
             resource: self.resource.clone(),
-            agent: self.agent.clone(),
+            agent: self.link.greeted().map(|g| g.agent.clone()),
             connected_since_ms: self.connected_since_ms,
             last_heard_ms: self.last_heard.map(|t| t.elapsed().as_millis() as u64),
             connects: self.connects,
