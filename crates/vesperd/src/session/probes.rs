@@ -101,6 +101,12 @@ impl Session {
             }
         };
         let name = probe.name().to_string();
+        // The rules on this probe, against its records as this guest's kernel shapes them.
+        if let Some(j) = &self.judge {
+            for r in j.rules.iter().filter(|r| r.probe == name) {
+                r.bind(&self.name, &compiled.manifest);
+            }
+        }
         if !self.desired.iter().any(|d| d.name() == name) {
             self.desired.push(probe);
         }
