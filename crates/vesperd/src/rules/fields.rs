@@ -17,7 +17,7 @@ const COMMON_FIELDS: &[(&str, Type)] = &[
     ("host_ms", Type::Int),
 ];
 /// The host's own events (pseudo-probe `vesper`).
-pub const HOST_PROBE_FIELDS: &[(&str, Type)] = &[
+const HOST_PROBE_FIELDS: &[(&str, Type)] = &[
     ("event", Type::Str),
     ("detail", Type::Str),
     ("by_guest", Type::Int),
@@ -60,11 +60,6 @@ pub fn fields_of(probe: &str, sources: &[ProbeSource]) -> Option<Fields> {
 /// The fields of a probe compiled for a guest, every one typed.
 pub fn fields_of_manifest(m: &vesper_probe::Manifest) -> Fields {
     with_common(Fields::of_manifest(m))
-}
-
-/// The names of the fields a built-in probe's or the host's records carry.
-pub fn known_fields(probe: &str) -> Option<Vec<String>> {
-    fields_of(probe, &[]).map(|f| f.names())
 }
 
 /// A decoded record's field as the language sees it. An unsigned 64-bit number above

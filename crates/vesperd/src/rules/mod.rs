@@ -17,7 +17,7 @@ use vesper_probe::compiler::ast::{Expr, ExprKind};
 use vesper_probe::eval::{EvalError, Fields, TypeError};
 
 mod fields;
-pub use fields::{error_count, error_counts, fields_of, fields_of_manifest, known_fields};
+pub use fields::{error_count, error_counts, fields_of, fields_of_manifest};
 
 /// Signals whose default action ends a process (SIGPIPE and SIGALRM left out: they are
 /// routine for servers that handle them).
@@ -45,11 +45,14 @@ pub struct Rule {
 pub enum RuleError {
     #[error("{0}")]
     Condition(Box<vesper_probe::Diagnostics>),
-    #[error("rule {rule:?}: records of probe {probe:?} have no field {field:?}; they have: {}", .known.join(", "))]
+    #[error("rule {rule:?}: records of probe {probe:?} have no field {field:?}{}; they have: {}",
+        .near.as_ref().map(|n| format!(" (did you mean {n:?}?)")).unwrap_or_default(), .known.join(", "))]
     UnknownField {
         rule: String,
         probe: String,
         field: String,
+        /// The known field closest to it, for a typo.
+        near: Option<String>,
         known: Vec<String>,
     },
     #[error("rule {rule:?} on probe {probe:?}: {source}")]
@@ -116,11 +119,18 @@ impl Rule {
             .into_iter()
             .find(|f| fields.get(f).is_none())
         {
+            let known = fields.names();
+            let near = vesper_probe::compiler::diag::did_you_mean(
+                &field,
+                known.iter().map(String::as_str),
+            )
+            .map(str::to_string);
             return Err(RuleError::UnknownField {
                 rule: self.name.clone(),
                 probe: self.probe.clone(),
                 field,
-                known: fields.names(),
+                near,
+                known,
             });
         }
         vesper_probe::eval::check_condition(&self.when, fields).map_err(|source| RuleError::Type {

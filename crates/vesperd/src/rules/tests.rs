@@ -96,6 +96,13 @@ fn fields_are_checked_against_the_probes_schema() {
         panic!("target_com is no field");
     };
     assert_eq!(field, "target_com");
+    assert_eq!(
+        typo.validate(&signal_fields()).unwrap_err().to_string(),
+        format!(
+            "rule \"b\": records of probe \"signal\" have no field \"target_com\" (did you mean \"target_comm\"?); they have: {}",
+            known.join(", ")
+        )
+    );
     assert!(known.contains(&"target_comm".to_string()));
     let bad_cause = Rule::new("c", "vesper", "event == \"guest_panicked\"", "{detial}").unwrap();
     let e = bad_cause.validate(&fields_of("vesper", &[]).unwrap());
