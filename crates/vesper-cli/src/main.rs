@@ -1,17 +1,22 @@
 //! vesper: the operator's tool. Talks to vesperd's control socket.
 
 mod build;
+mod client;
 mod libvirt;
 mod render;
 mod top;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use serde_json::{Value, json};
+use client::{CallError, call, call_streaming};
+use serde_json::Value;
+use vesper_api::{
+    CheckReply, Empty, ErrorCode, KernelInfoReply, LoadOutcome, LoadReply, MapsReply, ProbesReply,
+    Request, StatusReply, WhyReply,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -210,40 +215,18 @@ fn main() {
     }
 }
 
-/// Sends one request; returns the first response line (checked for `ok`) and the reader.
-fn request(socket: &PathBuf, req: Value) -> anyhow::Result<(Value, BufReader<UnixStream>)> {
-    let mut s = UnixStream::connect(socket).map_err(|e| {
-        anyhow!(
-            "cannot reach vesperd at {}: {e} (is vesperd running? use --socket or VESPER_SOCKET)",
-            socket.display()
-        )
-    })?;
-    let mut line = req.to_string();
-    line.push('\n');
-    s.write_all(line.as_bytes())
-        .context("sending the request to vesperd")?;
-    let mut r = BufReader::new(s);
-    let mut first = String::new();
-    r.read_line(&mut first)
-        .context("reading vesperd's answer")?;
-    if first.is_empty() {
-        bail!("vesperd closed the connection without an answer");
-    }
-    let v: Value = serde_json::from_str(&first).context("vesperd's answer is not JSON")?;
-    if v["ok"] != json!(true) {
-        bail!(
-            "{}",
-            v["error"].as_str().unwrap_or("vesperd refused the request")
-        );
-    }
-    Ok((v, r))
-}
-
 /// A load request: a built-in by name, or a file's script or object.
-fn load_request(vm: &str, probe: &str) -> anyhow::Result<Value> {
+fn load_request(vm: &str, probe: &str) -> anyhow::Result<Request> {
     let is_file = probe.ends_with(".vsp") || probe.ends_with(".o") || probe.contains('/');
+    let load = |name: &str, source, file, object_hex| Request::Load {
+        vm: vm.into(),
+        probe: name.into(),
+        source,
+        file,
+        object_hex,
+    };
     if !is_file {
-        return Ok(json!({"cmd": "load", "vm": vm, "probe": probe}));
+        return Ok(load(probe, None, None, None));
     }
     let name = vesper_probe::probe_name_from_path(probe).ok_or_else(|| {
         anyhow!("{probe}: the file name must be letters, digits, '-' or '_' (it names the probe)")
@@ -251,10 +234,10 @@ fn load_request(vm: &str, probe: &str) -> anyhow::Result<Value> {
     if probe.ends_with(".o") {
         let bytes = std::fs::read(probe).with_context(|| format!("reading {probe}"))?;
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Ok(json!({"cmd": "load", "vm": vm, "probe": name, "object_hex": hex}))
+        Ok(load(&name, None, None, Some(hex)))
     } else {
         let text = std::fs::read_to_string(probe).with_context(|| format!("reading {probe}"))?;
-        Ok(json!({"cmd": "load", "vm": vm, "probe": name, "source": text, "file": probe}))
+        Ok(load(&name, Some(text), Some(probe.into()), None))
     }
 }
 
@@ -263,72 +246,73 @@ const OCF_SUCCESS: i32 = 0;
 const OCF_ERR_GENERIC: i32 = 1;
 const OCF_ERR_CONFIGURED: i32 = 6;
 
-fn check(socket: &PathBuf, vm: &str) -> anyhow::Result<()> {
-    let code = match request(socket, json!({"cmd": "check", "vm": vm})) {
-        Ok((v, _)) if v["healthy"] == json!(true) => {
-            println!(
-                "{vm}: healthy (agent {}, guest {})",
-                v["state"].as_str().unwrap_or("?"),
-                v["guest"].as_str().unwrap_or("?")
-            );
-            OCF_SUCCESS
+/// The OCF exit code for a check's answer: decided by vesperd's error code, never by
+/// its words.
+fn check_code(answer: &Result<CheckReply, CallError>) -> i32 {
+    match answer {
+        Ok(c) if c.healthy => OCF_SUCCESS,
+        Ok(_) => OCF_ERR_GENERIC,
+        // No vesperd, no judgement: the resource agent's own monitor decides.
+        Err(CallError::Unreachable { .. }) => OCF_SUCCESS,
+        Err(e) if e.code() == Some(ErrorCode::UnknownVm) => OCF_ERR_CONFIGURED,
+        Err(_) => OCF_ERR_GENERIC,
+    }
+}
+
+fn check(socket: &Path, vm: &str) -> anyhow::Result<()> {
+    let answer: Result<CheckReply, CallError> = call(socket, &Request::Check { vm: vm.into() });
+    let code = check_code(&answer);
+    match &answer {
+        Ok(c) if c.healthy => println!(
+            "{vm}: healthy (agent {}, guest {})",
+            state_name(&c.state),
+            state_name(&c.guest)
+        ),
+        Ok(c) => println!(
+            "{vm}: FAILED: {}",
+            render::clean(c.cause.as_deref().unwrap_or("unknown cause"))
+        ),
+        Err(e @ CallError::Unreachable { .. }) => {
+            eprintln!("vesper check {vm}: {e}; not judging (exit 0)")
         }
-        Ok((v, _)) => {
-            println!(
-                "{vm}: FAILED: {}",
-                render::clean(v["cause"].as_str().unwrap_or("unknown cause"))
-            );
-            OCF_ERR_GENERIC
-        }
-        Err(e) if e.to_string().contains("cannot reach vesperd") => {
-            eprintln!("vesper check {vm}: {e:#}; not judging (exit 0)");
-            OCF_SUCCESS
-        }
-        Err(e) if e.to_string().starts_with("unknown VM") => {
-            eprintln!("vesper check: {e:#}");
-            OCF_ERR_CONFIGURED
-        }
-        Err(e) => {
-            eprintln!("vesper check {vm}: {e:#}");
-            OCF_ERR_GENERIC
-        }
-    };
+        Err(e) if e.code() == Some(ErrorCode::UnknownVm) => eprintln!("vesper check: {e}"),
+        Err(e) => eprintln!("vesper check {vm}: {e}"),
+    }
     std::process::exit(code);
+}
+
+/// A state's wire name ("ready", "running").
+fn state_name(s: &impl serde::Serialize) -> String {
+    match serde_json::to_value(s) {
+        Ok(Value::String(n)) => n,
+        _ => "?".into(),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let out = &mut std::io::stdout().lock();
     match cli.cmd {
         Cmd::Status { json } => {
-            let (v, _) = request(&cli.socket, json!({"cmd": "status"}))?;
-            let vms = v["vms"].as_array().cloned().unwrap_or_default();
+            let v: StatusReply = call(&cli.socket, &Request::Status)?;
             if json {
-                for vm in vms {
-                    writeln!(out, "{vm}")?;
+                for vm in &v.vms {
+                    writeln!(out, "{}", serde_json::to_string(vm)?)?;
                 }
             } else {
-                render::status(out, &vms)?;
-                for u in v["unanswered"].as_array().into_iter().flatten() {
-                    writeln!(
-                        out,
-                        "{}: no answer from its session ({})",
-                        u["vm"].as_str().unwrap_or("?"),
-                        u["error"].as_str().unwrap_or("?")
-                    )?;
+                render::status(out, &v.vms)?;
+                for u in &v.unanswered {
+                    writeln!(out, "{}: no answer from its session ({})", u.vm, u.error)?;
                 }
-                let queued = v["disk"]["queued_bytes"].as_u64().unwrap_or(0);
-                let wait = v["disk"]["oldest_wait_ms"].as_u64().unwrap_or(0);
-                let dropped = v["disk"]["dropped_bytes"].as_u64().unwrap_or(0);
+                let d = v.disk;
                 // Only worth a line when the disk is behind.
-                if wait >= 1000 || dropped > 0 {
+                if d.oldest_wait_ms >= 1000 || d.dropped_bytes > 0 {
                     writeln!(
                         out,
-                        "disk: {queued} bytes queued, oldest for {wait} ms, {dropped} bytes dropped (records kept in memory)"
+                        "disk: {} bytes queued, oldest for {} ms, {} bytes dropped (records kept in memory)",
+                        d.queued_bytes, d.oldest_wait_ms, d.dropped_bytes
                     )?;
                 }
-                if let Some(p) = v["pacemaker"].as_str() {
-                    writeln!(out, "pacemaker: {p}")?;
-                }
+                writeln!(out, "pacemaker: {}", v.pacemaker)?;
             }
         }
         Cmd::Top { interval, frames } => {
@@ -336,9 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--interval {interval}: give seconds between 0.1 and 3600");
             }
             let socket = cli.socket.clone();
-            let status = move || -> anyhow::Result<Vec<Value>> {
-                let (v, _) = request(&socket, json!({"cmd": "status"}))?;
-                Ok(v["vms"].as_array().cloned().unwrap_or_default())
+            let status = move || -> anyhow::Result<Vec<vesper_api::VmStatus>> {
+                let v: StatusReply = call(&socket, &Request::Status)?;
+                Ok(v.vms)
             };
             let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             top::run(
@@ -350,13 +334,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
         }
         Cmd::Probes { vm, json } => {
-            let (v, _) = request(&cli.socket, json!({"cmd": "probes", "vm": vm}))?;
+            let v: ProbesReply = call(&cli.socket, &Request::Probes { vm })?;
             if json {
-                for p in v["vm"]["probes"].as_array().into_iter().flatten() {
-                    writeln!(out, "{p}")?;
+                for p in &v.vm.probes {
+                    writeln!(out, "{}", serde_json::to_string(p)?)?;
                 }
             } else {
-                render::probes(out, &v["vm"])?;
+                render::probes(out, &v.vm)?;
             }
         }
         Cmd::Load { vm, probes } => {
@@ -369,23 +353,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     String::new()
                 };
                 let loaded = load_request(&vm, probe).and_then(|req| {
-                    let name = req["probe"].as_str().unwrap_or_default().to_string();
-                    request(&cli.socket, req).map(|(v, _)| (name, v))
+                    let name = match &req {
+                        Request::Load { probe, .. } => probe.clone(),
+                        _ => probe.clone(),
+                    };
+                    call::<LoadReply>(&cli.socket, &req)
+                        .map(|v| (name, v.result))
+                        .map_err(anyhow::Error::from)
                 });
                 match loaded {
-                    Ok((name, v)) => match v["result"]["state"].as_str() {
-                        Some("loaded") => writeln!(
-                            out,
-                            "{step}{name} loaded in {vm} (attached in {} us)",
-                            v["result"]["load_us"]
-                        )?,
-                        _ => writeln!(
-                            out,
-                            "{step}{name} will load in {vm} when its agent connects"
-                        )?,
-                    },
+                    Ok((name, LoadOutcome::Loaded { load_us, .. })) => writeln!(
+                        out,
+                        "{step}{name} loaded in {vm} (attached in {load_us} us)"
+                    )?,
+                    Ok((name, LoadOutcome::Pending)) => writeln!(
+                        out,
+                        "{step}{name} will load in {vm} when its agent connects"
+                    )?,
                     // One clear line per failure; an unreachable vesperd ends the run.
-                    Err(e) if n == 1 || e.to_string().contains("cannot reach vesperd") => {
+                    Err(e)
+                        if n == 1
+                            || matches!(
+                                e.downcast_ref::<CallError>(),
+                                Some(CallError::Unreachable { .. })
+                            ) =>
+                    {
                         return Err(e);
                     }
                     Err(e) => {
@@ -409,30 +401,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             last,
             cluster,
         } => {
-            let (v, _) = request(
+            let v: WhyReply = call(
                 &cli.socket,
-                json!({"cmd": "why", "target": target, "last": last}),
+                &Request::Why {
+                    target: target.clone(),
+                    last: Some(last),
+                },
             )?;
-            let entries = v["entries"].as_array().cloned().unwrap_or_default();
             if json {
                 if cluster {
-                    writeln!(out, "{}", json!({ "cluster": v["cluster"] }))?;
+                    let c = serde_json::json!({ "cluster": v.cluster });
+                    writeln!(out, "{c}")?;
                 }
-                for e in &entries {
-                    writeln!(out, "{e}")?;
+                for e in &v.entries {
+                    writeln!(out, "{}", serde_json::to_string(e)?)?;
                 }
             } else {
-                if entries.is_empty() {
+                if v.entries.is_empty() {
                     writeln!(
                         out,
                         "{target}: no verdicts on this node (nothing has failed here since vesperd started)"
                     )?;
                 }
-                for e in &entries {
+                for e in &v.entries {
                     render::why(out, e)?;
                 }
-                if v["cluster"].is_object() {
-                    render::cluster(out, &target, &v["cluster"])?;
+                if let Some(c) = &v.cluster {
+                    render::cluster(out, &target, c)?;
                 }
             }
         }
@@ -459,11 +454,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "name the keys (signal:signal_generate, kprobe:do_exit) or a script with --for FILE.vsp"
                 );
             }
-            let (v, _) = request(
-                &cli.socket,
-                json!({"cmd": "kernel-info", "vm": vm, "keys": keys}),
-            )?;
-            writeln!(out, "{}", serde_json::to_string_pretty(&v["kernel"])?)?;
+            let v: KernelInfoReply = call(&cli.socket, &Request::KernelInfo { vm, keys })?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&v.kernel)?)?;
         }
         Cmd::Build {
             file,
@@ -531,26 +523,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Unload { vm, probe, json } => {
-            let (v, _) = request(
-                &cli.socket,
-                json!({"cmd": "unload", "vm": vm, "probe": probe}),
-            )?;
+            let req = Request::Unload {
+                vm: vm.clone(),
+                probe: probe.clone(),
+            };
+            let v: MapsReply = call(&cli.socket, &req)?;
             if json {
-                writeln!(out, "{}", v["maps"])?;
+                writeln!(out, "{}", serde_json::to_string(&v.maps)?)?;
             } else {
                 writeln!(out, "{probe} unloaded from {vm}")?;
-                write!(out, "{}", render::maps(&v["maps"])?)?;
+                write!(out, "{}", render::maps(&v.maps))?;
             }
         }
         Cmd::Maps { vm, probe, json } => {
-            let (v, _) = request(
-                &cli.socket,
-                json!({"cmd": "maps", "vm": vm, "probe": probe}),
-            )?;
+            let req = Request::Maps {
+                vm: vm.clone(),
+                probe: probe.clone(),
+            };
+            let v: MapsReply = call(&cli.socket, &req)?;
             if json {
-                writeln!(out, "{}", v["maps"])?;
+                writeln!(out, "{}", serde_json::to_string(&v.maps)?)?;
             } else {
-                let text = render::maps(&v["maps"])?;
+                let text = render::maps(&v.maps);
                 if text.is_empty() {
                     writeln!(out, "{probe} in {vm} has no maps")?;
                 }
@@ -564,10 +558,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             last,
         } => {
-            let (_, reader) = request(
-                &cli.socket,
-                json!({"cmd": "events", "vm": vm, "probe": probe, "follow": follow, "last": last}),
-            )?;
+            let req = Request::Events {
+                vm,
+                probe,
+                follow,
+                last,
+            };
+            let (Empty {}, reader) = call_streaming(&cli.socket, &req)?;
             for line in reader.lines() {
                 let line = line.context("reading records from vesperd")?;
                 if json {

@@ -4,6 +4,8 @@
 use std::io::Write;
 
 use serde_json::Value;
+use vesper_api::{ClusterReport, GuestState, ProbeStatus, State, VmStatus, WhyEntry};
+use vesper_probe::map_values::MapDump;
 
 /// Guest text, safe for a terminal.
 pub fn clean(s: &str) -> String {
@@ -98,58 +100,50 @@ fn signal_result(v: &Value) -> String {
 }
 
 /// One why-log entry as a timeline: evidence, verdict, actions, cluster reaction.
-pub fn why(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
-    let v = &e["verdict"];
-    let t0 = v["time_ms"].as_u64().unwrap_or(0);
-    let resource = v["resource"]
-        .as_str()
+pub fn why(out: &mut impl Write, e: &WhyEntry) -> std::io::Result<()> {
+    let v = &e.verdict;
+    let resource = v
+        .resource
+        .as_deref()
         .map(|r| format!(" (resource {})", clean(r)))
         .unwrap_or_default();
-    writeln!(out, "{} {}{resource}", clock(t0), s(&v["vm"]))?;
-    for ev in v["evidence"].as_array().into_iter().flatten() {
+    writeln!(out, "{} {}{resource}", clock(v.time_ms), clean(&v.vm))?;
+    for ev in &v.evidence {
         writeln!(out, "  evidence  {}", record(ev))?;
     }
     writeln!(
         out,
         "  verdict   {}  [rule {}]",
-        s(&v["cause"]),
-        s(&v["rule"])
+        clean(&v.cause),
+        clean(&v.rule)
     )?;
-    if e["pending"] == Value::Bool(true) {
+    if e.pending {
         writeln!(out, "  action    running…")?;
     }
-    if e["debounced"] == Value::Bool(true) {
+    if e.debounced {
         writeln!(
             out,
             "  action    none: the resource was already failed for this fault (debounced)"
         )?;
     }
-    let actions = e["actions"].as_array().cloned().unwrap_or_default();
-    if actions.is_empty()
-        && e["pending"] != Value::Bool(true)
-        && e["debounced"] != Value::Bool(true)
-    {
+    if e.actions.is_empty() && !e.pending && !e.debounced {
         writeln!(
             out,
             "  action    none configured (no pacemaker, no hooks for this VM)"
         )?;
     }
-    for a in &actions {
-        let status = if a["ok"] == Value::Bool(true) {
-            "ok"
-        } else {
-            "FAILED"
-        };
+    for a in &e.actions {
+        let status = if a.ok { "ok" } else { "FAILED" };
         writeln!(
             out,
             "  action    {} {status} after {} ms ({} attempt(s)): {}",
-            s(&a["kind"]),
-            a["ms"],
-            a["attempts"],
-            s(&a["detail"])
+            clean(&a.kind),
+            a.ms,
+            a.attempts,
+            clean(&a.detail)
         )?;
     }
-    if let Some(c) = e["cluster"].as_str() {
+    if let Some(c) = &e.cluster {
         writeln!(out, "  cluster   {}", clean(c))?;
     }
     Ok(())
@@ -157,71 +151,86 @@ pub fn why(out: &mut impl Write, e: &Value) -> std::io::Result<()> {
 
 /// What Pacemaker holds about the VM's resource, from every node: on the node a VM
 /// moved to, this is why it is there.
-pub fn cluster(out: &mut impl Write, vm: &str, c: &Value) -> std::io::Result<()> {
-    let rsc = s(&c["resource"]);
-    if let Some(e) = c["error"].as_str() {
-        return writeln!(out, "Pacemaker: could not ask about {rsc}: {}", clean(e));
-    }
-    let on: Vec<String> = c["running_on"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(s)
-        .collect();
-    let place = if on.is_empty() {
+pub fn cluster(out: &mut impl Write, vm: &str, c: &ClusterReport) -> std::io::Result<()> {
+    let c = match c {
+        ClusterReport::Unreadable { resource, error } => {
+            return writeln!(
+                out,
+                "Pacemaker: could not ask about {}: {}",
+                clean(resource),
+                clean(error)
+            );
+        }
+        ClusterReport::View(v) => v,
+    };
+    let rsc = clean(&c.resource);
+    let place = if c.running_on.is_empty() {
         "runs nowhere".to_string()
     } else {
+        let on: Vec<String> = c.running_on.iter().map(|n| clean(n)).collect();
         format!("runs on {}", on.join(", "))
     };
     writeln!(out, "Pacemaker now: {rsc} {place}")?;
-    for cause in c["causes"].as_array().into_iter().flatten() {
-        let node = s(&cause["node"]);
-        writeln!(out, "  cause     on {node}: {}", s(&cause["cause"]))?;
+    for cause in &c.causes {
+        let node = clean(&cause.node);
+        writeln!(out, "  cause     on {node}: {}", clean(&cause.cause))?;
         writeln!(
             out,
             "            full timeline on {node}: `vesper why {vm}` there (why.jsonl in its state_dir)"
         )?;
     }
-    for f in c["failures"].as_array().into_iter().flatten() {
-        let reason = s(&f["reason"]);
+    for f in &c.failures {
         writeln!(
             out,
             "  failed    {} on {} at {}: {}{}",
-            s(&f["op"]),
-            s(&f["node"]),
-            s(&f["when"]),
-            s(&f["status"]),
-            if reason.is_empty() {
+            clean(&f.op),
+            clean(&f.node),
+            clean(&f.when),
+            clean(&f.status),
+            if f.reason.is_empty() {
                 String::new()
             } else {
-                format!(" ({reason})")
+                format!(" ({})", clean(&f.reason))
             }
         )?;
     }
-    for f in c["fencing"].as_array().into_iter().flatten() {
+    for f in &c.fencing {
         writeln!(
             out,
             "  fenced    {} ({}) by {} at {}: {}",
-            s(&f["target"]),
-            s(&f["action"]),
-            s(&f["by"]),
-            s(&f["completed"]),
-            s(&f["status"])
+            clean(&f.target),
+            clean(&f.action),
+            clean(&f.by),
+            clean(&f.completed),
+            clean(&f.status)
         )?;
     }
-    for n in c["fail_counts"].as_array().into_iter().flatten() {
+    for n in &c.fail_counts {
         writeln!(
             out,
             "  fail-count {} on {} (migration-threshold {})",
-            s(&n["count"]),
-            s(&n["node"]),
-            s(&n["migration_threshold"])
+            clean(&n.count),
+            clean(&n.node),
+            clean(&n.migration_threshold)
         )?;
     }
     Ok(())
 }
 
-pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
+/// A state's wire name ("ready", "panicked").
+pub(crate) fn name_of(s: &impl serde::Serialize) -> String {
+    match serde_json::to_value(s) {
+        Ok(Value::String(n)) => n,
+        _ => "?".into(),
+    }
+}
+
+/// Records lost on the way, of every kind.
+pub(crate) fn lost(p: &ProbeStatus) -> u64 {
+    p.kernel_drops + p.agent_drops + p.transport_lost
+}
+
+pub fn status(out: &mut impl Write, vms: &[VmStatus]) -> std::io::Result<()> {
     if vms.is_empty() {
         return writeln!(out, "no VMs configured");
     }
@@ -231,34 +240,30 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
         "VM", "STATE", "KERNEL", "HEARD", "RECORDS", "LOST"
     )?;
     for vm in vms {
-        let probes = vm["probes"].as_array().cloned().unwrap_or_default();
-        let received: u64 = probes.iter().filter_map(|p| p["received"].as_u64()).sum();
-        let lost: u64 = probes
-            .iter()
-            .map(|p| {
-                ["kernel_drops", "agent_drops", "transport_lost"]
-                    .iter()
-                    .filter_map(|k| p[*k].as_u64())
-                    .sum::<u64>()
-            })
-            .sum();
-        let state = match vm["guest"].as_str() {
-            Some("running") | None => s(&vm["state"]),
-            Some(g) => format!("{}/{g}", s(&vm["state"])),
+        let received: u64 = vm.probes.iter().map(|p| p.received).sum();
+        let lost: u64 = vm.probes.iter().map(lost).sum();
+        let state = match vm.guest {
+            GuestState::Running => name_of(&vm.state),
+            g => format!("{}/{}", name_of(&vm.state), name_of(&g)),
         };
-        let heard = vm["last_heard_ms"]
-            .as_u64()
+        let heard = vm
+            .last_heard_ms
             .map_or("-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-        let names: Vec<String> = probes
+        let names: Vec<String> = vm
+            .probes
             .iter()
-            .map(|p| format!("{}({})", s(&p["name"]), s(&p["phase"])))
+            .map(|p| format!("{}({})", clean(&p.name), name_of(&p.phase)))
             .collect();
+        let kernel = vm
+            .agent
+            .as_ref()
+            .map_or("-".into(), |a| clean(&a.kernel_release));
         writeln!(
             out,
             "{:<12} {:<22} {:<24} {:>8} {:>10} {:>8}  {}",
-            s(&vm["name"]),
+            clean(&vm.name),
             state,
-            s(&vm["agent"]["kernel_release"]),
+            kernel,
             heard,
             received,
             lost,
@@ -268,98 +273,104 @@ pub fn status(out: &mut impl Write, vms: &[Value]) -> std::io::Result<()> {
                 names.join(" ")
             }
         )?;
-        if vm["state"] == "disconnected"
-            && let Some(e) = vm["last_error"].as_str()
-        {
-            writeln!(out, "{:<12} last error: {}", "", clean(e))?;
-        }
-        if vm["state"] == "elsewhere" {
-            writeln!(
-                out,
-                "{:<12} not on this node: no VM serves {} here (it runs on another host, or nowhere)",
-                "",
-                clean(&s(&vm["channel"]))
-            )?;
-        }
-        if let Some(v) = vm["last_verdict"].as_object() {
-            writeln!(
-                out,
-                "{:<12} last verdict {}: {} (vesper why {})",
-                "",
-                clock(v["time_ms"].as_u64().unwrap_or(0)),
-                s(&v["cause"]),
-                s(&vm["name"])
-            )?;
-        }
-        if let Some(ms) = vm["rate_limited_ms"].as_u64().filter(|&ms| ms > 0) {
-            writeln!(
-                out,
-                "{:<12} rate limited: reading paused {:.1}s in all (limit {} records/s, {} bytes/s)",
-                "",
-                ms as f64 / 1000.0,
-                s(&vm["rate_limits"]["records_per_sec"]),
-                s(&vm["rate_limits"]["bytes_per_sec"])
-            )?;
-        }
-        let k = &vm["kernel_types"];
-        match k["state"].as_str() {
-            Some("known") => {
-                let how = k["fetched_ms"]
-                    .as_u64()
-                    .map_or("from the cache".to_string(), |ms| {
-                        format!("fetched in {:.2}s", ms as f64 / 1000.0)
-                    });
-                writeln!(
-                    out,
-                    "{:<12} kernel types: {} types ({:.1} MiB BTF), {} symbols, {how}",
-                    "",
-                    s(&k["types"]),
-                    k["btf_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
-                    s(&k["symbols"]),
-                )?;
-            }
-            Some("failed") => writeln!(
-                out,
-                "{:<12} kernel types unavailable: {}",
-                "",
-                clean(&s(&k["error"]))
-            )?,
-            Some("receiving") => writeln!(
-                out,
-                "{:<12} kernel types: receiving ({} KiB so far)",
-                "",
-                k["received_bytes"].as_u64().unwrap_or(0) / 1024
-            )?,
-            _ => {}
-        }
-        if let Some(ms) = vm["unobserved_ms"].as_u64().filter(|&ms| ms > 0) {
-            writeln!(
-                out,
-                "{:<12} unobserved: {:.1}s in {} gaps with no probe attached (vesper events {} --probe vesper)",
-                "",
-                ms as f64 / 1000.0,
-                s(&vm["gaps"]),
-                s(&vm["name"])
-            )?;
-        }
+        status_notes(out, vm)?;
     }
     Ok(())
 }
 
-pub fn probes(out: &mut impl Write, vm: &Value) -> std::io::Result<()> {
-    let probes = vm["probes"].as_array().cloned().unwrap_or_default();
-    if probes.is_empty() {
-        let desired: Vec<String> = vm["desired_probes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(s)
-            .collect();
+/// The lines under a VM's row: what is wrong or worth knowing.
+fn status_notes(out: &mut impl Write, vm: &VmStatus) -> std::io::Result<()> {
+    if vm.state == State::Disconnected
+        && let Some(e) = &vm.last_error
+    {
+        writeln!(out, "{:<12} last error: {}", "", clean(e))?;
+    }
+    if vm.state == State::Elsewhere {
+        writeln!(
+            out,
+            "{:<12} not on this node: no VM serves {} here (it runs on another host, or nowhere)",
+            "",
+            clean(&vm.channel)
+        )?;
+    }
+    if let Some(v) = &vm.last_verdict {
+        writeln!(
+            out,
+            "{:<12} last verdict {}: {} (vesper why {})",
+            "",
+            clock(v.time_ms),
+            clean(&v.cause),
+            clean(&vm.name)
+        )?;
+    }
+    if vm.rate_limited_ms > 0 {
+        writeln!(
+            out,
+            "{:<12} rate limited: reading paused {:.1}s in all (limit {} records/s, {} bytes/s)",
+            "",
+            vm.rate_limited_ms as f64 / 1000.0,
+            vm.rate_limits.records_per_sec,
+            vm.rate_limits.bytes_per_sec
+        )?;
+    }
+    if vm.store_file_dropped > 0 {
+        writeln!(
+            out,
+            "{:<12} record file: {} records not written (the disk fell behind; they are in memory)",
+            "", vm.store_file_dropped
+        )?;
+    }
+    let k = &vm.kernel_types;
+    match k.state.as_str() {
+        "known" => {
+            let how = k.fetched_ms.map_or("from the cache".to_string(), |ms| {
+                format!("fetched in {:.2}s", ms as f64 / 1000.0)
+            });
+            let shown = |n: Option<usize>| n.map_or("-".into(), |n| n.to_string());
+            writeln!(
+                out,
+                "{:<12} kernel types: {} types ({:.1} MiB BTF), {} symbols, {how}",
+                "",
+                shown(k.types),
+                k.btf_bytes.unwrap_or(0) as f64 / (1 << 20) as f64,
+                shown(k.symbols),
+            )?;
+        }
+        "failed" => writeln!(
+            out,
+            "{:<12} kernel types unavailable: {}",
+            "",
+            clean(k.error.as_deref().unwrap_or("-"))
+        )?,
+        "receiving" => writeln!(
+            out,
+            "{:<12} kernel types: receiving ({} KiB so far)",
+            "",
+            k.received_bytes / 1024
+        )?,
+        _ => {}
+    }
+    if vm.unobserved_ms > 0 {
+        writeln!(
+            out,
+            "{:<12} unobserved: {:.1}s in {} gaps with no probe attached (vesper events {} --probe vesper)",
+            "",
+            vm.unobserved_ms as f64 / 1000.0,
+            vm.gaps,
+            clean(&vm.name)
+        )?;
+    }
+    Ok(())
+}
+
+pub fn probes(out: &mut impl Write, vm: &VmStatus) -> std::io::Result<()> {
+    if vm.probes.is_empty() {
+        let desired: Vec<String> = vm.desired_probes.iter().map(|d| clean(d)).collect();
         return writeln!(
             out,
             "no probes loaded in {} (state {}; will load on connect: {})",
-            s(&vm["name"]),
-            s(&vm["state"]),
+            clean(&vm.name),
+            name_of(&vm.state),
             if desired.is_empty() {
                 "none".into()
             } else {
@@ -372,36 +383,31 @@ pub fn probes(out: &mut impl Write, vm: &Value) -> std::io::Result<()> {
         "{:<12} {:>4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}",
         "PROBE", "ID", "PHASE", "RECEIVED", "KDROPS", "ADROPS", "LOST", "LOAD_US"
     )?;
-    for p in probes {
+    for p in &vm.probes {
         writeln!(
             out,
             "{:<12} {:>4} {:<8} {:>10} {:>10} {:>10} {:>10} {:>8}",
-            s(&p["name"]),
-            s(&p["probe_id"]),
-            s(&p["phase"]),
-            s(&p["received"]),
-            s(&p["kernel_drops"]),
-            s(&p["agent_drops"]),
-            s(&p["transport_lost"]),
-            s(&p["load_us"])
+            clean(&p.name),
+            p.probe_id,
+            name_of(&p.phase),
+            p.received,
+            p.kernel_drops,
+            p.agent_drops,
+            p.transport_lost,
+            p.load_us.map_or("-".into(), |us| us.to_string())
         )?;
     }
     Ok(())
 }
 
 /// A probe's maps as bpftrace prints them, one after another.
-pub fn maps(v: &Value) -> anyhow::Result<String> {
-    let dumps: Vec<vesper_probe::map_values::MapDump> = match v {
-        Value::Null => Vec::new(),
-        v => serde_json::from_value(v.clone())
-            .map_err(|e| anyhow::anyhow!("vesperd sent maps this vesper cannot read: {e}"))?,
-    };
+pub fn maps(dumps: &[MapDump]) -> String {
     let mut out = String::new();
     for d in dumps {
         out.push_str(&d.to_text());
         out.push('\n');
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use vesper_api::{GuestState, ProbeStatus, State, VmStatus};
 
-use crate::render::{clean, clock, s};
+use crate::render::{clean, clock, lost, name_of};
 
 /// Counters of one sample, per VM and per (VM, probe).
 #[derive(Debug, Default, Clone)]
@@ -17,38 +17,28 @@ pub struct Sample {
     probe: HashMap<(String, String), u64>,
 }
 
-const GUEST_DROPS: [&str; 3] = ["kernel_drops", "agent_drops", "transport_lost"];
-const HOST_DROPS: [&str; 2] = ["replayed", "malformed"];
-
-fn sum(probes: &[Value], keys: &[&str]) -> u64 {
-    probes
-        .iter()
-        .flat_map(|p| keys.iter().filter_map(move |k| p[*k].as_u64()))
-        .sum()
+/// Records dropped on the host: replayed or not matching their schema.
+fn host_drops(p: &ProbeStatus) -> u64 {
+    p.replayed + p.malformed
 }
 
 impl Sample {
-    pub fn of(vms: &[Value]) -> Self {
+    pub fn of(vms: &[VmStatus]) -> Self {
         let mut out = Sample::default();
         for vm in vms {
-            let name = s(&vm["name"]);
-            let probes = vm["probes"].as_array().cloned().unwrap_or_default();
-            let host =
-                sum(&probes, &HOST_DROPS) + vm["unknown_probe_records"].as_u64().unwrap_or(0);
+            let name = clean(&vm.name);
+            let host = vm.probes.iter().map(host_drops).sum::<u64>() + vm.unknown_probe_records;
             out.vm.insert(
                 name.clone(),
                 [
-                    sum(&probes, &["received"]),
-                    vm["bytes_received"].as_u64().unwrap_or(0),
-                    sum(&probes, &GUEST_DROPS),
+                    vm.probes.iter().map(|p| p.received).sum(),
+                    vm.bytes_received,
+                    vm.probes.iter().map(lost).sum(),
                     host,
                 ],
             );
-            for p in &probes {
-                out.probe.insert(
-                    (name.clone(), s(&p["name"])),
-                    p["received"].as_u64().unwrap_or(0),
-                );
+            for p in &vm.probes {
+                out.probe.insert((name.clone(), clean(&p.name)), p.received);
             }
         }
         out
@@ -75,7 +65,7 @@ fn cut(text: &str, max: usize) -> String {
 /// One frame: `vms` now, rates against `prev` taken `secs` earlier.
 pub fn frame(
     out: &mut impl Write,
-    vms: &[Value],
+    vms: &[VmStatus],
     prev: Option<&Sample>,
     secs: f64,
     now_ms: u64,
@@ -94,12 +84,12 @@ pub fn frame(
         "VM", "STATE", "REC/S", "KiB/S", "GUEST DROP", "HOST DROP", "LIMITED"
     )?;
     for vm in vms {
-        let name = s(&vm["name"]);
+        let name = clean(&vm.name);
         let c = cur.vm.get(&name).copied().unwrap_or_default();
         let p = prev.and_then(|p| p.vm.get(&name).copied());
-        let state = match vm["guest"].as_str() {
-            Some("running") | None => s(&vm["state"]),
-            Some(g) => format!("{}/{g}", s(&vm["state"])),
+        let state = match vm.guest {
+            GuestState::Running => name_of(&vm.state),
+            g => format!("{}/{}", name_of(&vm.state), name_of(&g)),
         };
         let kib = match p {
             Some(p) if secs > 0.0 => {
@@ -107,16 +97,12 @@ pub fn frame(
             }
             _ => "-".into(),
         };
-        let limited = match vm["rate_limited_ms"].as_u64() {
-            Some(ms) if ms > 0 => format!("{:.1}s", ms as f64 / 1000.0),
-            _ => "-".into(),
+        let limited = match vm.rate_limited_ms {
+            0 => "-".into(),
+            ms => format!("{:.1}s", ms as f64 / 1000.0),
         };
-        let verdict = match vm["last_verdict"].as_object() {
-            Some(v) => format!(
-                "{} {}",
-                &clock(v["time_ms"].as_u64().unwrap_or(0))[..8],
-                s(&v["cause"])
-            ),
+        let verdict = match &vm.last_verdict {
+            Some(v) => format!("{} {}", &clock(v.time_ms)[..8], clean(&v.cause)),
             None => "-".into(),
         };
         writeln!(
@@ -131,24 +117,24 @@ pub fn frame(
             limited,
             cut(&verdict, 60)
         )?;
-        for probe in vm["probes"].as_array().into_iter().flatten() {
-            let pname = s(&probe["name"]);
-            let received = probe["received"].as_u64().unwrap_or(0);
+        for probe in &vm.probes {
+            let pname = clean(&probe.name);
             let before = prev.and_then(|p| p.probe.get(&(name.clone(), pname.clone())).copied());
             writeln!(
                 out,
                 "  {:<12} {:<14} {:>9} {:>9} {:>11} {:>10}",
                 cut(&pname, 12),
-                s(&probe["phase"]),
-                rate(received, before, secs),
+                name_of(&probe.phase),
+                rate(probe.received, before, secs),
                 "",
-                sum(std::slice::from_ref(probe), &GUEST_DROPS),
-                sum(std::slice::from_ref(probe), &HOST_DROPS),
+                lost(probe),
+                host_drops(probe),
             )?;
         }
-        if let Some(e) = vm["last_error"]
-            .as_str()
-            .filter(|_| vm["state"] == "disconnected")
+        if let Some(e) = vm
+            .last_error
+            .as_deref()
+            .filter(|_| vm.state == State::Disconnected)
         {
             writeln!(out, "  {}", cut(&clean(e), 100))?;
         }
@@ -160,7 +146,7 @@ pub fn frame(
 /// first sample, which only sets the baseline for rates).
 pub fn run(
     out: &mut impl Write,
-    mut status: impl FnMut() -> anyhow::Result<Vec<Value>>,
+    mut status: impl FnMut() -> anyhow::Result<Vec<VmStatus>>,
     interval: Duration,
     frames: Option<u64>,
     terminal: bool,
@@ -196,15 +182,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn vm(received: u64, bytes: u64, kdrops: u64) -> Value {
-        json!({
-            "name": "web1", "state": "ready", "guest": "running",
+    /// A VM's status as vesperd sends it (the wire form: every field is required).
+    fn vm(received: u64, bytes: u64, kdrops: u64) -> VmStatus {
+        serde_json::from_value(json!({
+            "name": "web1", "state": "ready", "guest": "running", "channel": "unix:/x",
+            "resource": null, "agent": null, "connected_since_ms": 1, "last_heard_ms": 5,
+            "connects": 1, "last_error": null, "desired_probes": ["signal"],
+            "stored_records": 0, "stored_bytes": 0, "evicted_records": 0,
+            "store_file_error": null, "store_file_dropped": 0,
+            "rate_limits": {"records_per_sec": 0, "bytes_per_sec": 0},
+            "rate_limited_pauses": 1, "gaps": 0, "unobserved_ms": 0,
+            "kernel_types": {"state": "idle", "kernel_id": null, "types": null, "symbols": null,
+                "btf_bytes": null, "symbol_bytes": null, "fetched_ms": null,
+                "received_bytes": 0, "error": null},
             "bytes_received": bytes, "unknown_probe_records": 2, "rate_limited_ms": 1500,
-            "last_verdict": {"time_ms": 3_723_000u64, "cause": "httpd killed\x1b[31m"},
-            "probes": [{"name": "signal", "phase": "loaded", "received": received,
+            "last_verdict": {"time_ms": 3_723_000u64, "rule": "service-killed",
+                "cause": "httpd killed\x1b[31m"},
+            "probes": [{"name": "signal", "probe_id": 1, "phase": "loaded", "received": received,
+                        "next_seq": received, "load_us": 10,
                         "kernel_drops": kdrops, "agent_drops": 0, "transport_lost": 1,
                         "replayed": 0, "malformed": 3}]
-        })
+        }))
+        .unwrap()
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
@@ -42,28 +41,7 @@ pub struct VmActions {
     pub debounce: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ActionOutcome {
-    pub kind: String,
-    pub ok: bool,
-    pub attempts: u32,
-    /// From the verdict to the action's success (or last failure).
-    pub ms: u64,
-    pub detail: String,
-}
-
-/// One line of the why-log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WhyEntry {
-    pub verdict: Verdict,
-    /// Acted on an earlier verdict for the same resource within the debounce window.
-    pub debounced: bool,
-    pub actions: Vec<ActionOutcome>,
-    /// What the cluster reported afterwards (fail-count), if asked.
-    pub cluster: Option<String>,
-    /// Its actions are still running (shown at once; replaced when they finish).
-    pub pending: bool,
-}
+pub use vesper_api::{ActionOutcome, WhyEntry};
 
 /// Where the why-log goes on disk.
 #[derive(Debug, Clone)]

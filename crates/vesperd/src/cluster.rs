@@ -3,60 +3,8 @@
 //! fail-counts. Read for `vesper why` on whichever node the operator is on, so the node a
 //! VM moved to can tell why it is there. Never read at fault time.
 
-use serde::Serialize;
+pub use vesper_api::{FailCount, Failure, FenceEvent, NodeCause, ResourceView};
 
-/// A resource as `crm_mon --output-as=xml` shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ResourceView {
-    pub resource: String,
-    /// Nodes it is active on now.
-    pub running_on: Vec<String>,
-    /// The cause a vesperd put in, per node (where that vesperd's full timeline is).
-    pub causes: Vec<NodeCause>,
-    pub failures: Vec<Failure>,
-    /// Non-zero fail-counts, per node.
-    pub fail_counts: Vec<FailCount>,
-    /// Nodes the cluster powered off: a VM that moved after its host was lost moved
-    /// because of one of these.
-    pub fencing: Vec<FenceEvent>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FenceEvent {
-    pub target: String,
-    pub action: String,
-    pub status: String,
-    /// The node that carried it out (or asked for it).
-    pub by: String,
-    pub completed: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NodeCause {
-    pub node: String,
-    pub cause: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Failure {
-    pub node: String,
-    /// The operation, e.g. `vm-web1_asyncmon_0` (a failure vesperd reported) or
-    /// `vm-web1_monitor_10000` (Pacemaker's own monitor).
-    pub op: String,
-    pub status: String,
-    pub reason: String,
-    /// As Pacemaker writes it, e.g. "Wed Dec  2 18:04:11 2026".
-    pub when: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FailCount {
-    pub node: String,
-    pub count: String,
-    pub migration_threshold: String,
-}
-
-/// The attribute in which vesperd keeps a resource's cause.
 pub fn cause_attribute(resource: &str) -> String {
     format!("vesper-cause-{resource}")
 }

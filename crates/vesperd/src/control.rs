@@ -2,29 +2,17 @@
 //! members of `[daemon] socket_group` may use it (see `access`): loading a probe runs code
 //! in a guest's kernel. Every probe load and unload is logged with who asked.
 //!
-//! Each connection sends one request line and reads response lines:
-//!
-//! | request | response |
-//! |---------|----------|
-//! | `{"cmd":"status"}` | `{"ok":true,"vms":[VmStatus…],"unanswered":[{vm,error}…],"disk":DiskStats,"pacemaker":"…"}` |
-//! | `{"cmd":"probes","vm":V}` | `{"ok":true,"vm":VmStatus}` |
-//! | `{"cmd":"load","vm":V,"probe":P}` (built-in), `+"source":TEXT,"file":F` (script), `+"object_hex":HEX` (object) | `{"ok":true,"result":{"state":"loaded"…}}` |
-//! | `{"cmd":"unload","vm":V,"probe":P}` | `{"ok":true,"maps":[MapDump…]}` (the maps' last values) |
-//! | `{"cmd":"maps","vm":V,"probe":P}` | `{"ok":true,"maps":[MapDump…]}` |
-//! | `{"cmd":"kernel-info","vm":V,"keys":["cat:name","kprobe:func"]}` | `{"ok":true,"kernel":KernelInfo}` |
-//! | `{"cmd":"why","target":VM_OR_RESOURCE,"last":N?}` | `{"ok":true,"entries":[WhyEntry…]}` |
-//! | `{"cmd":"check","vm":V}` | `{"ok":true,"healthy":bool,"state":S,"cause":C?}` |
-//! | `{"cmd":"events","vm":V,"probe":P?,"follow":bool,"last":N?}` | `{"ok":true}` then one record per line |
-//!
-//! Any failure is `{"ok":false,"error":"one line that says what and how to fix it"}`.
+//! Each connection sends one request line and reads response lines. The requests, the
+//! answers and the error codes are `vesper_api`'s types, shared with the CLI: see that
+//! crate for the table of requests and their answers.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -36,53 +24,11 @@ use crate::store::RecordStore;
 const MAX_REQUEST: u64 = 64 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum Request {
-    KernelInfo {
-        vm: String,
-        keys: Vec<String>,
-    },
-    /// The latest verdicts about a VM or a resource.
-    Why {
-        target: String,
-        last: Option<usize>,
-    },
-    /// Health for a cluster monitor: unhealthy while a verdict is newer than the agent's
-    /// last connect.
-    Check {
-        vm: String,
-    },
-    Status,
-    Probes {
-        vm: String,
-    },
-    Load {
-        vm: String,
-        probe: String,
-        /// A script's text, and the file it came from (for messages).
-        source: Option<String>,
-        file: Option<String>,
-        /// A prebuilt object, hex-encoded.
-        object_hex: Option<String>,
-    },
-    Unload {
-        vm: String,
-        probe: String,
-    },
-    /// A probe's maps, read from the guest's kernel now.
-    Maps {
-        vm: String,
-        probe: String,
-    },
-    Events {
-        vm: String,
-        probe: Option<String>,
-        #[serde(default)]
-        follow: bool,
-        last: Option<usize>,
-    },
-}
+pub use vesper_api::Request;
+use vesper_api::{
+    Answer, ApiError, CheckReply, ClusterReport, Empty, ErrorCode, KernelInfoReply, LoadReply,
+    MapsReply, ProbesReply, StatusReply, Unanswered, WhyReply,
+};
 
 /// What the control API can reach of one VM.
 #[derive(Debug, Clone)]
@@ -235,7 +181,9 @@ pub async fn serve(listener: UnixListener, vms: Vms, access: Access) {
                         let _ = BufReader::new(rd.take(MAX_REQUEST))
                             .read_line(&mut line)
                             .await;
-                        let _ = reply(&mut wr, Err(why)).await;
+                        let _ =
+                            answer::<Empty>(&mut wr, Err(ApiError::new(ErrorCode::Denied, why)))
+                                .await;
                         return;
                     }
                     if let Err(e) = handle(stream, vms, peer).await {
@@ -251,43 +199,50 @@ pub async fn serve(listener: UnixListener, vms: Vms, access: Access) {
     }
 }
 
-fn unknown_vm(vms: &Vms, vm: &str) -> String {
+fn unknown_vm(vms: &Vms, vm: &str) -> ApiError {
     let known = vms.names();
-    if known.is_empty() {
-        format!("unknown VM {vm:?}: no VMs are configured (add a [[vm]] section to vesper.toml)")
-    } else {
-        format!("unknown VM {vm:?} (configured: {})", known.join(", "))
-    }
+    ApiError::new(
+        ErrorCode::UnknownVm,
+        if known.is_empty() {
+            format!(
+                "unknown VM {vm:?}: no VMs are configured (add a [[vm]] section to vesper.toml)"
+            )
+        } else {
+            format!("unknown VM {vm:?} (configured: {})", known.join(", "))
+        },
+    )
 }
 
 async fn ask<T>(
     h: &VmHandle,
     make: impl FnOnce(oneshot::Sender<T>) -> SessionCmd,
-) -> Result<T, String> {
+) -> Result<T, ApiError> {
     let (tx, rx) = oneshot::channel();
+    let gone = |why: &str| ApiError::new(ErrorCode::NoAnswer, why);
     // A session whose queue is full counts as not answering, like one that is slow.
     let asked = async {
         h.cmds
             .send(make(tx))
             .await
-            .map_err(|_| "the VM's session has stopped".to_string())?;
+            .map_err(|_| gone("the VM's session has stopped"))?;
         rx.await
-            .map_err(|_| "the VM's session dropped the request".to_string())
+            .map_err(|_| gone("the VM's session dropped the request"))
     };
     match tokio::time::timeout(REPLY_TIMEOUT, asked).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
+        Err(_) => Err(gone(&format!(
             "no answer from the VM's session within {} s",
             REPLY_TIMEOUT.as_secs()
-        )),
+        ))),
     }
 }
 
-/// A session that did not answer a status request.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Unanswered {
-    pub vm: String,
-    pub error: String,
+/// Asks a session something it answers with a result of its own.
+async fn ask_for<T>(
+    h: &VmHandle,
+    make: impl FnOnce(oneshot::Sender<Result<T, ApiError>>) -> SessionCmd,
+) -> Result<T, ApiError> {
+    ask(h, make).await?
 }
 
 /// Every VM's status, asked of all sessions at once: one session that does not answer
@@ -304,9 +259,9 @@ pub async fn statuses(vms: &Vms) -> (Vec<crate::session::VmStatus>, Vec<Unanswer
     while let Some(done) = asked.join_next().await {
         match done {
             Ok((_, Ok(s))) => all.push(s),
-            Ok((vm, Err(error))) => {
-                tracing::warn!(vm = %vm, error = %error, "no status from the session");
-                missing.push(Unanswered { vm, error });
+            Ok((vm, Err(e))) => {
+                tracing::warn!(vm = %vm, error = %e, "no status from the session");
+                missing.push(Unanswered { vm, error: e.error });
             }
             Err(e) => tracing::error!(error = %e, "a status request failed"),
         }
@@ -325,54 +280,68 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
         .await?;
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
-        Err(e) => return reply(&mut wr, Err(format!("bad request: {e}"))).await,
+        Err(e) => {
+            let bad = ApiError::new(ErrorCode::BadRequest, format!("bad request: {e}"));
+            return answer::<Empty>(&mut wr, Err(bad)).await;
+        }
     };
     let handle_of = |vm: &str| vms.get(vm).ok_or_else(|| unknown_vm(&vms, vm));
-    let result = match req {
+    let wr = &mut wr;
+    match req {
         Request::Status => {
             let (all, unanswered) = statuses(&vms).await;
-            Ok(json!({
-                "vms": all,
-                "unanswered": unanswered,
-                "disk": vms.disk.stats(),
-                "pacemaker": format!("{}; {}", crate::pacemaker::controller().describe(), crate::pacemaker::live::describe()),
-            }))
+            let pacemaker = format!(
+                "{}; {}",
+                crate::pacemaker::controller().describe(),
+                crate::pacemaker::live::describe()
+            );
+            let reply = StatusReply {
+                vms: all,
+                unanswered,
+                disk: vms.disk.stats(),
+                pacemaker,
+            };
+            answer(wr, Ok(reply)).await
         }
-        Request::Probes { vm } => match handle_of(&vm) {
-            Ok(h) => ask(&h, |reply| SessionCmd::Status { reply })
-                .await
-                .map(|s| json!({ "vm": s })),
-            Err(e) => Err(e),
-        },
+        Request::Probes { vm } => {
+            let r = match handle_of(&vm) {
+                Ok(h) => ask(&h, |reply| SessionCmd::Status { reply }).await,
+                Err(e) => Err(e),
+            };
+            answer(wr, r.map(|vm| ProbesReply { vm })).await
+        }
         Request::Load {
             vm,
             probe,
             source,
             file,
             object_hex,
-        } => match (
-            handle_of(&vm),
-            probe_source(probe, source, file, object_hex),
-        ) {
-            (Ok(h), Ok(probe)) => {
-                tracing::info!(%vm, probe = %probe.name(), by = %access::describe(peer), "probe load requested");
-                match ask(&h, |reply| SessionCmd::Load { probe, reply }).await {
-                    Ok(Ok(outcome)) => Ok(json!({ "result": outcome })),
-                    Ok(Err(e)) | Err(e) => Err(e),
+        } => {
+            let r = match (
+                handle_of(&vm),
+                probe_source(probe, source, file, object_hex),
+            ) {
+                (Ok(h), Ok(probe)) => {
+                    tracing::info!(%vm, probe = %probe.name(), by = %access::describe(peer), "probe load requested");
+                    ask_for(&h, |reply| SessionCmd::Load { probe, reply }).await
                 }
-            }
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        },
-        Request::KernelInfo { vm, keys } => match handle_of(&vm) {
-            Ok(h) if keys.len() <= 256 => {
-                match ask(&h, |reply| SessionCmd::KernelInfo { keys, reply }).await {
-                    Ok(Ok(k)) => Ok(json!({ "kernel": k })),
-                    Ok(Err(e)) | Err(e) => Err(e),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            };
+            answer(wr, r.map(|result| LoadReply { result })).await
+        }
+        Request::KernelInfo { vm, keys } => {
+            let r = match handle_of(&vm) {
+                Ok(h) if keys.len() <= 256 => {
+                    ask_for(&h, |reply| SessionCmd::KernelInfo { keys, reply }).await
                 }
-            }
-            Ok(_) => Err("at most 256 keys per request".into()),
-            Err(e) => Err(e),
-        },
+                Ok(_) => Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "at most 256 keys per request",
+                )),
+                Err(e) => Err(e),
+            };
+            answer(wr, r.map(|kernel| KernelInfoReply { kernel })).await
+        }
         Request::Why { target, last } => {
             let entries = match vms.why.lock() {
                 Ok(w) => w.about(&target, last.unwrap_or(10)),
@@ -380,74 +349,69 @@ async fn handle(stream: UnixStream, vms: Vms, peer: Option<Peer>) -> std::io::Re
             };
             let vm = vms.vm_or_resource(&target);
             if vm.is_none() && entries.is_empty() {
-                Err(unknown_vm(&vms, &target))
-            } else {
-                // What the cluster holds, from every node: on the node a VM moved to, the
-                // cause and the failure that moved it were recorded elsewhere.
-                let resource = vm
-                    .and_then(|h| h.resource.clone())
-                    .or_else(|| entries.iter().find_map(|e| e.verdict.resource.clone()));
-                let cluster = match resource {
-                    Some(r) => match crate::cluster::resource_view(&r).await {
-                        Ok(view) => json!(view),
-                        Err(e) => json!({ "resource": r, "error": e }),
-                    },
-                    None => Value::Null,
-                };
-                Ok(json!({ "entries": entries, "cluster": cluster }))
+                return answer::<Empty>(wr, Err(unknown_vm(&vms, &target))).await;
             }
+            // What the cluster holds, from every node: on the node a VM moved to, the
+            // cause and the failure that moved it were recorded elsewhere.
+            let resource = vm
+                .and_then(|h| h.resource.clone())
+                .or_else(|| entries.iter().find_map(|e| e.verdict.resource.clone()));
+            let cluster = match resource {
+                Some(r) => Some(match crate::cluster::resource_view(&r).await {
+                    Ok(view) => ClusterReport::View(view),
+                    Err(error) => ClusterReport::Unreadable { resource: r, error },
+                }),
+                None => None,
+            };
+            answer(wr, Ok(WhyReply { entries, cluster })).await
         }
         Request::Check { vm } => {
-            match vms.vm_or_resource(&vm) {
-                Some(h) => match ask(&h, |reply| SessionCmd::Status { reply }).await {
-                    // A verdict stands until the agent connects again (the guest was
-                    // restarted, or its agent was).
-                    Ok(st) => {
-                        let since = st.connected_since_ms.unwrap_or(0);
-                        let open = st.last_verdict.filter(|v| v.time_ms >= since);
-                        Ok(json!({
-                            "vm": st.name,
-                            "healthy": open.is_none(),
-                            "state": st.state,
-                            "guest": st.guest,
-                            "cause": open.map(|v| v.cause),
-                        }))
-                    }
-                    Err(e) => Err(e),
-                },
+            let r = match vms.vm_or_resource(&vm) {
+                Some(h) => ask(&h, |reply| SessionCmd::Status { reply }).await,
                 None => Err(unknown_vm(&vms, &vm)),
-            }
-        }
-        Request::Unload { vm, probe } => match handle_of(&vm) {
-            Ok(h) => {
-                tracing::info!(%vm, %probe, by = %access::describe(peer), "probe unload requested");
-                match ask(&h, |reply| SessionCmd::Unload { probe, reply }).await {
-                    Ok(Ok(maps)) => Ok(json!({ "maps": maps })),
-                    Ok(Err(e)) | Err(e) => Err(e),
+            };
+            // A verdict stands until the agent connects again (the guest was restarted,
+            // or its agent was).
+            let r = r.map(|st| {
+                let since = st.connected_since_ms.unwrap_or(0);
+                let open = st.last_verdict.filter(|v| v.time_ms >= since);
+                CheckReply {
+                    vm: st.name,
+                    healthy: open.is_none(),
+                    state: st.state,
+                    guest: st.guest,
+                    cause: open.map(|v| v.cause),
                 }
-            }
-            Err(e) => Err(e),
-        },
-        Request::Maps { vm, probe } => match handle_of(&vm) {
-            Ok(h) => match ask(&h, |reply| SessionCmd::Maps { probe, reply }).await {
-                Ok(Ok(maps)) => Ok(json!({ "maps": maps })),
-                Ok(Err(e)) | Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
+            });
+            answer(wr, r).await
+        }
+        Request::Unload { vm, probe } => {
+            let r = match handle_of(&vm) {
+                Ok(h) => {
+                    tracing::info!(%vm, %probe, by = %access::describe(peer), "probe unload requested");
+                    ask_for(&h, |reply| SessionCmd::Unload { probe, reply }).await
+                }
+                Err(e) => Err(e),
+            };
+            answer(wr, r.map(|maps| MapsReply { maps })).await
+        }
+        Request::Maps { vm, probe } => {
+            let r = match handle_of(&vm) {
+                Ok(h) => ask_for(&h, |reply| SessionCmd::Maps { probe, reply }).await,
+                Err(e) => Err(e),
+            };
+            answer(wr, r.map(|maps| MapsReply { maps })).await
+        }
         Request::Events {
             vm,
             probe,
             follow,
             last,
-        } => {
-            return match handle_of(&vm) {
-                Ok(h) => events(&mut wr, &h, probe, follow, last).await,
-                Err(e) => reply(&mut wr, Err(e)).await,
-            };
-        }
-    };
-    reply(&mut wr, result).await
+        } => match handle_of(&vm) {
+            Ok(h) => events(wr, &h, probe, follow, last).await,
+            Err(e) => answer::<Empty>(wr, Err(e)).await,
+        },
+    }
 }
 
 fn probe_source(
@@ -455,7 +419,29 @@ fn probe_source(
     source: Option<String>,
     file: Option<String>,
     object_hex: Option<String>,
-) -> Result<vesper_probe::ProbeSource, String> {
+) -> Result<vesper_probe::ProbeSource, ApiError> {
+    let bad = |why: String| ApiError::new(ErrorCode::BadRequest, why);
+    match probe_source_of(probe, source, file, object_hex) {
+        Ok(p) => Ok(p),
+        Err(Refused::Bad(why)) => Err(bad(why)),
+        Err(Refused::Object(why)) => Err(ApiError::new(ErrorCode::ProbeRefused, why)),
+    }
+}
+
+/// Why a load request names no probe vesperd can load.
+enum Refused {
+    /// The request is malformed.
+    Bad(String),
+    /// The object is not one vesperd can load.
+    Object(String),
+}
+
+fn probe_source_of(
+    probe: String,
+    source: Option<String>,
+    file: Option<String>,
+    object_hex: Option<String>,
+) -> Result<vesper_probe::ProbeSource, Refused> {
     use vesper_probe::ProbeSource;
     let valid = !probe.is_empty()
         && probe.len() <= 64
@@ -463,9 +449,9 @@ fn probe_source(
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if !valid {
-        return Err(format!(
+        return Err(Refused::Bad(format!(
             "{probe:?} is not a probe name (letters, digits, '-', '_')"
-        ));
+        )));
     }
     match (source, object_hex) {
         (Some(text), None) => Ok(ProbeSource::Script {
@@ -474,17 +460,18 @@ fn probe_source(
             text,
         }),
         (None, Some(hex)) => {
-            let bytes = decode_hex(&hex).ok_or("object_hex is not valid hex")?;
-            ProbeSource::from_object(&probe, bytes).map_err(|e| e.to_string())
+            let bytes = decode_hex(&hex)
+                .ok_or_else(|| Refused::Bad("object_hex is not valid hex".into()))?;
+            ProbeSource::from_object(&probe, bytes).map_err(|e| Refused::Object(e.to_string()))
         }
         (None, None) if vesper_probe::builtin::is_builtin(&probe) => {
             Ok(ProbeSource::Builtin(probe))
         }
-        (None, None) => Err(format!(
+        (None, None) => Err(Refused::Bad(format!(
             "unknown built-in probe {probe:?} (built-in probes: {}; or give a .vsp or .o file)",
             vesper_probe::builtin::names().join(", ")
-        )),
-        (Some(_), Some(_)) => Err("give a script or an object, not both".into()),
+        ))),
+        (Some(_), Some(_)) => Err(Refused::Bad("give a script or an object, not both".into())),
     }
 }
 
@@ -498,22 +485,18 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-async fn reply(
+/// One answer line: `{"ok":true, …}` or the refusal.
+async fn answer<T: Serialize>(
     wr: &mut tokio::net::unix::OwnedWriteHalf,
-    r: Result<serde_json::Value, String>,
+    r: Result<T, ApiError>,
 ) -> std::io::Result<()> {
-    let v = match r {
-        Ok(mut v) => {
-            if let Some(o) = v.as_object_mut() {
-                o.insert("ok".into(), true.into());
-            }
-            v
-        }
-        Err(e) => json!({ "ok": false, "error": e }),
+    let line = match r {
+        Ok(v) => serde_json::to_string(&Answer::ok(v)),
+        Err(e) => serde_json::to_string(&Answer::<Empty>::refused(e)),
     };
-    let mut s = v.to_string();
-    s.push('\n');
-    wr.write_all(s.as_bytes()).await
+    let mut line = line.map_err(std::io::Error::other)?;
+    line.push('\n');
+    wr.write_all(line.as_bytes()).await
 }
 
 async fn events(
@@ -534,7 +517,7 @@ async fn events(
             follow.then(|| store.subscribe()),
         )
     };
-    reply(wr, Ok(json!({}))).await?;
+    answer(wr, Ok(Empty {})).await?;
     let mut out = Vec::with_capacity(64 * 1024);
     for r in backlog {
         out.extend_from_slice(r.json.as_bytes());

@@ -59,19 +59,7 @@ impl Job {
 }
 
 /// What the writer has done and dropped, for status and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DiskStats {
-    /// Bytes waiting in the queue.
-    pub queued_bytes: u64,
-    /// How long the write at the head of the queue has waited (0: none waiting).
-    pub oldest_wait_ms: u64,
-    pub written_bytes: u64,
-    /// Writes dropped because the queue was full, and their bytes.
-    pub dropped_writes: u64,
-    pub dropped_bytes: u64,
-    /// Writes that failed (the error is kept per file).
-    pub failed_writes: u64,
-}
+pub use vesper_api::DiskStats;
 
 #[derive(Debug, Default)]
 struct Queue {

@@ -10,12 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// What one VM may send per second (0: no limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct RateLimits {
-    pub records_per_sec: u64,
-    pub bytes_per_sec: u64,
-}
+pub use vesper_api::RateLimits;
 
 /// A token bucket holding at most one second of its rate.
 #[derive(Debug)]

@@ -163,7 +163,7 @@ async fn expect_requests(g: &mut FakeGuest, clear: bool) -> Vec<String> {
     maps
 }
 
-async fn ask_maps(r: &Rig) -> oneshot::Receiver<Result<Vec<MapDump>, String>> {
+async fn ask_maps(r: &Rig) -> oneshot::Receiver<Result<Vec<MapDump>, vesperd::session::ApiError>> {
     let (reply, rx) = oneshot::channel();
     let probe = "counts".into();
     r.cmds
@@ -206,6 +206,8 @@ async fn a_guest_that_answers_wrong_fails_that_read_only() {
     r.guest.send(&counts(r.probe_id, 16, &[(15, 1, 1)])).await;
     r.guest.send(&hist(r.probe_id, &[(99, 1)])).await;
     let err = rx.await.unwrap().unwrap_err();
+    assert_eq!(err.code, vesperd::session::ErrorCode::AgentFailed);
+    let err = err.to_string();
     assert!(err.contains("keys of 16 bytes"), "{err}");
     assert!(err.contains("bucket 99"), "{err}");
     // The agent says it could not read: the caller hears it in words.
@@ -218,7 +220,7 @@ async fn a_guest_that_answers_wrong_fails_that_read_only() {
             message: "map map_0: lookup: Operation not permitted".into(),
         })
         .await;
-    let err = rx.await.unwrap().unwrap_err();
+    let err = rx.await.unwrap().unwrap_err().to_string();
     assert!(err.contains("could not read a map: map map_0"), "{err}");
     // And the session goes on: a good read after.
     let rx = ask_maps(&r).await;
@@ -261,7 +263,7 @@ async fn an_unload_reads_the_maps_first_and_returns_their_last_values() {
 #[tokio::test]
 async fn an_older_agent_is_not_asked_and_the_caller_is_told_why() {
     let r = rig(COUNTS, 0).await;
-    let err = ask_maps(&r).await.await.unwrap().unwrap_err();
+    let err = ask_maps(&r).await.await.unwrap().unwrap_err().to_string();
     assert!(err.contains("older vesper-agent"), "{err}");
 }
 
@@ -336,6 +338,8 @@ async fn a_verifier_refusal_is_shown_at_the_line_it_came_from() {
     })
     .await;
     let err = answer.await.unwrap().unwrap_err();
+    assert_eq!(err.code, vesperd::session::ErrorCode::ProbeRefused);
+    let err = err.to_string();
     assert!(err.contains("--> counts.vsp:2:5"), "{err}");
     assert!(err.contains("@n[args.sig] = count();"), "{err}");
     assert!(

@@ -479,7 +479,8 @@ async fn waits_on_the_agent_are_answered_when_it_goes() {
         Ok(LoadOutcome::Pending)
     ));
     let err = info_answer.await.unwrap().unwrap_err();
-    assert!(err.contains("disconnected before answering"), "{err}");
+    assert_eq!(err.code, vesperd::session::ErrorCode::NotConnected);
+    assert!(err.error.contains("disconnected before answering"), "{err}");
     let st = wait_dropped(&r).await;
     assert_eq!(st.desired_probes, ["signal"], "{st:?}");
 }

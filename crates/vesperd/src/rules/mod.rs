@@ -11,7 +11,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use vesper_probe::compiler::ast::{Expr, ExprKind};
 use vesper_probe::eval::{EvalError, Fields, TypeError};
@@ -292,20 +291,7 @@ pub fn fill(template: &str, record: &Value) -> String {
 }
 
 /// What a rule concluded, with the evidence, as kept in the why-log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Verdict {
-    pub id: u64,
-    pub vm: String,
-    pub resource: Option<String>,
-    pub rule: String,
-    pub cause: String,
-    pub time_ms: u64,
-    /// The agent connection it was judged on: a verdict after the agent reconnected (the
-    /// guest came back) is a new fault, never debounced into the old one.
-    pub connection: u64,
-    /// The records that led to it (first evidence first).
-    pub evidence: Vec<Value>,
-}
+pub use vesper_api::Verdict;
 
 #[cfg(test)]
 mod tests;

@@ -3,12 +3,16 @@
 
 use super::*;
 
+fn not_connected(why: String) -> ApiError {
+    ApiError::new(ErrorCode::NotConnected, why)
+}
+
 impl Session {
     pub(super) fn command_offline(&mut self, cmd: SessionCmd) {
         match cmd {
             SessionCmd::Load { probe, reply } => {
                 if let Err(e) = probe.kernel_keys() {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(ApiError::new(ErrorCode::ProbeRefused, e.to_string())));
                     return;
                 }
                 if self.desired.iter().any(|d| d.name() == probe.name()) {
@@ -23,7 +27,10 @@ impl Session {
                     self.desired.retain(|d| d.name() != probe);
                     Ok(Vec::new())
                 } else {
-                    Err(format!("probe {probe:?} is not loaded in {}", self.name))
+                    Err(ApiError::new(
+                        ErrorCode::NotLoaded,
+                        format!("probe {probe:?} is not loaded in {}", self.name),
+                    ))
                 };
                 let _ = reply.send(r);
             }
@@ -31,19 +38,19 @@ impl Session {
                 let _ = reply.send(self.status());
             }
             SessionCmd::Maps { reply, .. } => {
-                let _ = reply.send(Err(format!(
+                let _ = reply.send(Err(not_connected(format!(
                     "{} is not connected (state {:?}): its maps live in its kernel, read through its agent",
                     self.name,
                     self.link.state()
-                )));
+                ))));
             }
             SessionCmd::Host(ev) => self.on_host_event(ev),
             SessionCmd::KernelInfo { reply, .. } => {
-                let _ = reply.send(Err(format!(
+                let _ = reply.send(Err(not_connected(format!(
                     "{} is not connected (state {:?}); its agent must be up to ask its kernel",
                     self.name,
                     self.link.state()
-                )));
+                ))));
             }
         }
     }
@@ -83,16 +90,16 @@ impl Session {
                     && self.kernel.types.is_none()
                 {
                     let why = match self.kernel_fetch.status() {
-                        s if self.types_pending() => format!(
+                        s if self.types_pending() => ApiError::new(ErrorCode::TryAgain, format!(
                             "the guest kernel's types are still arriving ({} KiB so far): try again in a moment",
                             s.received_bytes / 1024
-                        ),
-                        s => format!(
+                        )),
+                        s => ApiError::new(ErrorCode::AgentFailed, format!(
                             "the guest kernel's types are unavailable: {}",
                             s.error.unwrap_or_else(|| {
                                 "its agent does not send them (an older agent, or a kernel without /sys/kernel/btf/vmlinux)".into()
                             })
-                        ),
+                        )),
                     };
                     let _ = reply.send(Err(why));
                     return Ok(());

@@ -18,7 +18,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use vesper_proto::{KernelFileKind, KernelFilePiece, Message};
 
 use crate::kernels::GuestKernel;
@@ -361,7 +360,7 @@ impl KernelFetch {
             _ => 0,
         };
         KernelTypesStatus {
-            state: self.name(),
+            state: self.name().into(),
             kernel_id: kernel.map(|k| k.id.clone()),
             types: kernel.map(|k| k.types.len()),
             symbols: kernel.map(|k| k.symbols.len()),
@@ -377,22 +376,7 @@ impl KernelFetch {
     }
 }
 
-/// The guest kernel's types as `vesper status` shows them.
-#[derive(Debug, Clone, Serialize)]
-pub struct KernelTypesStatus {
-    pub state: &'static str,
-    pub kernel_id: Option<String>,
-    pub types: Option<usize>,
-    pub symbols: Option<usize>,
-    pub btf_bytes: Option<usize>,
-    pub symbol_bytes: Option<usize>,
-    /// Transfer and parse time when fetched from the guest on this connection; `None` when
-    /// it came from the cache.
-    pub fetched_ms: Option<u64>,
-    /// Bytes received so far, during a transfer.
-    pub received_bytes: usize,
-    pub error: Option<String>,
-}
+pub use vesper_api::KernelTypesStatus;
 
 impl super::Session {
     /// Does what the transfer asks for: a request to the agent, or blocking-pool work whose

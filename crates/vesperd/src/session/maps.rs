@@ -7,7 +7,7 @@ use super::*;
 use vesper_probe::map_values::{self, MapDump};
 use vesper_proto::MapEntries;
 
-pub type MapsReply = oneshot::Sender<Result<Vec<MapDump>, String>>;
+pub type MapsReply = oneshot::Sender<Result<Vec<MapDump>, ApiError>>;
 
 /// Bytes of entries one read may bring: a frame's payload is at most 1 MiB.
 const READ_BYTES: u32 = 960 * 1024;
@@ -43,9 +43,9 @@ impl Session {
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
         let Some((&probe_id, p)) = self.probes.iter().find(|(_, p)| &*p.name == name) else {
-            let _ = reply.send(Err(format!(
-                "probe {name:?} is not loaded in {}",
-                self.name
+            let _ = reply.send(Err(ApiError::new(
+                ErrorCode::NotLoaded,
+                format!("probe {name:?} is not loaded in {}", self.name),
             )));
             return Ok(());
         };
@@ -61,10 +61,10 @@ impl Session {
             let _ = reply.send(if symbols.is_empty() {
                 Ok(Vec::new())
             } else {
-                Err(format!(
+                Err(ApiError::new(ErrorCode::AgentFailed, format!(
                     "the agent in {} cannot read maps (an older vesper-agent): update the guest's vesper-agent package",
                     self.name
-                ))
+                )))
             });
             return Ok(());
         }
@@ -232,7 +232,10 @@ impl Session {
                 let _ = reply.send(if read.errors.is_empty() {
                     Ok(got.into_iter().map(|(_, d)| d).collect())
                 } else {
-                    Err(read.errors.join("; "))
+                    Err(ApiError::new(
+                        ErrorCode::AgentFailed,
+                        read.errors.join("; "),
+                    ))
                 });
                 Ok(())
             }
@@ -275,7 +278,7 @@ impl Session {
                 self.unload_now(probe_id, reply, dumps, wr).await
             }
             After::Reply(reply) => {
-                let _ = reply.send(Err(why));
+                let _ = reply.send(Err(ApiError::new(ErrorCode::AgentFailed, why)));
                 Ok(())
             }
             After::Store { .. } => {

@@ -31,10 +31,9 @@ impl Session {
                 self.kernel.btf = k.btf;
                 self.kernel.release = k.release;
                 for (keys, reply) in std::mem::take(&mut self.pending.info) {
-                    let _ = reply.send(
-                        self.kernel_subset(&keys)
-                            .ok_or_else(|| "the agent did not answer every key".to_string()),
-                    );
+                    let _ = reply.send(self.kernel_subset(&keys).ok_or_else(|| {
+                        ApiError::new(ErrorCode::AgentFailed, "the agent did not answer every key")
+                    }));
                 }
                 let waiting: Vec<_> = self.pending.kernel_info.drain(..).collect();
                 for (probe, reply) in waiting {
@@ -107,7 +106,7 @@ impl Session {
                 }
                 let message = truncate(&message, 4096);
                 if let Some(r) = self.pending.loads.remove(&probe_id) {
-                    let _ = r.send(Err(match at_source {
+                    let why = match at_source {
                         Some(d) => {
                             format!("the agent in {} could not load the probe:\n{d}", self.name)
                         }
@@ -115,9 +114,10 @@ impl Session {
                             "the agent in {} could not load the probe: {message}",
                             self.name
                         ),
-                    }));
+                    };
+                    let _ = r.send(Err(ApiError::new(ErrorCode::ProbeRefused, why)));
                 } else if let Some((r, _)) = self.pending.unloads.remove(&probe_id) {
-                    let _ = r.send(Err(message));
+                    let _ = r.send(Err(ApiError::new(ErrorCode::AgentFailed, message)));
                 } else if !failed {
                     tracing::warn!(vm = %self.name, probe_id, code, error = %message, "agent reported an error");
                 }

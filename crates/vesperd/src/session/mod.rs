@@ -52,7 +52,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use vesper_probe::{KernelInfo, Manifest, ProbeSource, parse_format};
@@ -90,15 +89,8 @@ pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The session's state as status and metrics name it (see [`Link`] for each one's data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Disconnected,
-    Elsewhere,
-    Handshake,
-    Ready,
-    Unresponsive,
-}
+pub use vesper_api::State;
+pub use vesper_api::{ApiError, ErrorCode, GuestState, LoadOutcome, ProbePhase};
 
 /// The connection's state, each with what only it has.
 #[derive(Debug)]
@@ -156,7 +148,7 @@ impl Link {
 pub enum SessionCmd {
     Load {
         probe: ProbeSource,
-        reply: oneshot::Sender<Result<LoadOutcome, String>>,
+        reply: LoadReply,
     },
     /// Unloads a probe; the reply carries its maps' last values.
     Unload {
@@ -188,34 +180,8 @@ pub enum HostEvent {
     Reset,
 }
 
-/// The guest as the hypervisor reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GuestState {
-    /// Nothing reported (no QMP, or nothing happened yet).
-    Running,
-    Panicked,
-    Shutdown,
-}
-
 /// The pseudo-probe under which the host's own observations are stored as records.
 pub const HOST_PROBE: &str = "vesper";
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "state", rename_all = "lowercase")]
-pub enum LoadOutcome {
-    /// Loaded and attached in the guest.
-    Loaded { probe_id: u32, load_us: u64 },
-    /// The VM is not connected; the probe loads when its agent connects.
-    Pending,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbePhase {
-    Loading,
-    Loaded,
-}
 
 struct ActiveProbe {
     status: ProbeStatus,
@@ -234,8 +200,8 @@ pub struct Judge {
 
 /// Why a connection ended.
 type End = String;
-type LoadReply = oneshot::Sender<Result<LoadOutcome, String>>;
-type KernelInfoReply = oneshot::Sender<Result<KernelInfo, String>>;
+pub type LoadReply = oneshot::Sender<Result<LoadOutcome, ApiError>>;
+pub type KernelInfoReply = oneshot::Sender<Result<KernelInfo, ApiError>>;
 
 pub struct Session {
     pub name: String,

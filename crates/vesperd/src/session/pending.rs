@@ -7,7 +7,14 @@ use vesper_probe::ProbeSource;
 use vesper_probe::map_values::MapDump;
 
 use super::maps::{After, MapRead, MapsReply};
-use super::{KernelInfoReply, LoadOutcome, LoadReply};
+use super::{ApiError, ErrorCode, KernelInfoReply, LoadOutcome, LoadReply};
+
+fn gone() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotConnected,
+        "the agent disconnected before answering",
+    )
+}
 
 #[derive(Default)]
 pub(super) struct Pending {
@@ -58,7 +65,7 @@ impl Pending {
             let _ = r.send(pending());
         }
         for (_, r) in self.info.drain(..) {
-            let _ = r.send(Err("the agent disconnected before answering".into()));
+            let _ = r.send(Err(gone()));
         }
         for (_, (r, last)) in self.unloads.drain() {
             let _ = r.send(Ok(last));
@@ -69,7 +76,7 @@ impl Pending {
                     let _ = reply.send(Ok(Vec::new()));
                 }
                 After::Reply(reply) => {
-                    let _ = reply.send(Err("the agent disconnected before answering".into()));
+                    let _ = reply.send(Err(gone()));
                 }
                 After::Store { .. } => {}
             }

@@ -50,15 +50,15 @@ impl Session {
         reply: Option<LoadReply>,
         wr: &mut WriteHalf<BoxStream>,
     ) -> Result<(), End> {
-        let fail = |reply: Option<oneshot::Sender<_>>, msg: String| {
+        let fail = |reply: Option<LoadReply>, e: ApiError| {
             if let Some(r) = reply {
-                let _ = r.send(Err(msg));
+                let _ = r.send(Err(e));
             }
         };
         let events = match probe.kernel_keys() {
             Ok(e) => e,
             Err(e) => {
-                fail(reply, e.to_string());
+                fail(reply, ApiError::new(ErrorCode::ProbeRefused, e.to_string()));
                 return Ok(());
             }
         };
@@ -92,9 +92,12 @@ impl Session {
                 self.desired.retain(|d| d.name() != name);
                 fail(
                     reply,
-                    format!(
-                        "cannot build {name} for {} (kernel {}):\n{e}",
-                        self.name, self.kernel.release
+                    ApiError::new(
+                        ErrorCode::ProbeRefused,
+                        format!(
+                            "cannot build {name} for {} (kernel {}):\n{e}",
+                            self.name, self.kernel.release
+                        ),
                     ),
                 );
                 return Ok(());
@@ -156,10 +159,13 @@ impl Session {
         self.send(wr, &Message::LoadProbe(load)).await
     }
 
-    pub(super) fn already_loaded(&self, probe: &str) -> String {
-        format!(
-            "probe {probe:?} is already loaded in {}; unload it first",
-            self.name
+    pub(super) fn already_loaded(&self, probe: &str) -> ApiError {
+        ApiError::new(
+            ErrorCode::AlreadyLoaded,
+            format!(
+                "probe {probe:?} is already loaded in {}; unload it first",
+                self.name
+            ),
         )
     }
 }
