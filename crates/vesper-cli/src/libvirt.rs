@@ -244,7 +244,7 @@ pub fn append(path: &Path, section: &str) -> Result<(), AddError> {
         text.push('\n');
     }
     text.push_str(section);
-    let cfg = vesperd::config::Config::parse(path, &text).map_err(|e| {
+    let cfg = vesper_config::config::Config::parse(path, &text).map_err(|e| {
         let mut error = e.to_string();
         if error.contains(".name`") {
             error.push_str(" (choose the VM's name with --name)");

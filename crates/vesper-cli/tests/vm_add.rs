@@ -58,7 +58,7 @@ fn a_running_domain_is_added_with_its_generated_channel_path() {
         text.starts_with(CONFIG),
         "comments and layout kept:\n{text}"
     );
-    let loaded = vesperd::config::Config::load(&cfg).unwrap();
+    let loaded = vesper_config::config::Config::load(&cfg).unwrap();
     let vm = loaded.vm("web2").unwrap();
     assert_eq!(
         vm.channel, "unix:/var/lib/libvirt/qemu/channel/target/domain-3-web2/org.vesper.0",
@@ -111,7 +111,7 @@ fn the_shipped_example_domain_brings_its_qmp_socket_and_a_new_config_is_created(
         &["--libvirt", "web1", "--xml", example().to_str().unwrap()],
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let loaded = vesperd::config::Config::load(&cfg).unwrap();
+    let loaded = vesper_config::config::Config::load(&cfg).unwrap();
     let vm = loaded.vm("web1").unwrap();
     assert_eq!(vm.channel, "unix:/run/vesper/web1.sock");
     assert_eq!(vm.qmp.as_deref(), Some("unix:/run/vesper/web1.qmp"));

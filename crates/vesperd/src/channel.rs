@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::SystemTime;
 
@@ -37,24 +36,7 @@ pub fn is_absent(e: &io::Error) -> bool {
     )
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChannelSpec {
-    /// A unix socket served by QEMU/libvirt (chardev socket, server=on) or by an agent
-    /// started with `--channel unix-listen:PATH`.
-    Unix(PathBuf),
-}
-
-impl std::str::FromStr for ChannelSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.strip_prefix("unix:") {
-            Some(p) if !p.is_empty() => Ok(ChannelSpec::Unix(p.into())),
-            _ => Err(format!(
-                "{s:?} is not a channel; write unix:/path/to/vm.sock (the VM's virtio-serial chardev socket)"
-            )),
-        }
-    }
-}
+pub use vesper_config::ChannelSpec;
 
 impl Connector for ChannelSpec {
     fn connect(&self) -> ConnectFuture<'_> {

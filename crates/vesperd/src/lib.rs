@@ -2,10 +2,10 @@
 //! [`store::RecordStore`] per VM, and the [`control`] API for the CLI.
 
 pub mod access;
+pub use vesper_config::{config, rules};
 pub mod actions;
 pub mod channel;
 pub mod cluster;
-pub mod config;
 pub mod control;
 pub mod disk;
 pub mod kernels;
@@ -13,7 +13,6 @@ pub mod metrics;
 pub mod pacemaker;
 pub mod qmp;
 pub mod rate;
-pub mod rules;
 pub mod session;
 pub mod store;
 pub mod testing;

@@ -18,12 +18,7 @@ pub struct StoredRecord {
     pub json: Arc<str>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct StoreLimits {
-    pub max_records: usize,
-    pub max_bytes: usize,
-    pub file_max_bytes: u64,
-}
+pub use vesper_config::StoreLimits;
 
 /// Where a store's records go on disk.
 #[derive(Debug, Clone)]

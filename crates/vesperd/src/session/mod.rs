@@ -86,7 +86,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How often a VM that is elsewhere is looked for: a failed connect to an absent socket
 /// costs one syscall, and a VM that migrates in should get its probes within a second.
 pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
-pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub use vesper_config::DEFAULT_BOOT_TIMEOUT;
 
 /// The session's state as status and metrics name it (see [`Link`] for each one's data).
 pub use vesper_api::State;

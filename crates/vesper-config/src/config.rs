@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::channel::ChannelSpec;
+use crate::ChannelSpec;
 
 pub const DEFAULT_PATH: &str = "/etc/vesper/vesper.toml";
 
@@ -145,7 +145,7 @@ fn default_deadtime_ms() -> u64 {
 }
 
 fn default_boot_timeout_ms() -> u64 {
-    crate::session::DEFAULT_BOOT_TIMEOUT.as_millis() as u64
+    crate::DEFAULT_BOOT_TIMEOUT.as_millis() as u64
 }
 
 fn default_debounce_ms() -> u64 {
@@ -156,14 +156,14 @@ impl VmConfig {
     pub fn deadtime(&self) -> Duration {
         Duration::from_millis(self.deadtime_ms)
     }
-    pub fn rate_limits(&self, daemon: &DaemonConfig) -> crate::rate::RateLimits {
-        crate::rate::RateLimits {
+    pub fn rate_limits(&self, daemon: &DaemonConfig) -> vesper_api::RateLimits {
+        vesper_api::RateLimits {
             records_per_sec: self.records_per_sec.unwrap_or(daemon.records_per_sec),
             bytes_per_sec: self.bytes_per_sec.unwrap_or(daemon.bytes_per_sec),
         }
     }
-    pub fn store_limits(&self, daemon: &DaemonConfig) -> crate::store::StoreLimits {
-        crate::store::StoreLimits {
+    pub fn store_limits(&self, daemon: &DaemonConfig) -> crate::StoreLimits {
+        crate::StoreLimits {
             max_records: self.store_max_records.unwrap_or(daemon.store_max_records),
             max_bytes: self.store_max_bytes.unwrap_or(daemon.store_max_bytes),
             file_max_bytes: self.file_max_bytes.unwrap_or(daemon.file_max_bytes),
