@@ -582,3 +582,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vesper_api::{ApiError, GuestState, State};
+
+    fn refused(code: ErrorCode) -> Result<CheckReply, CallError> {
+        // The words say "unknown VM" in every case: only the code may decide.
+        Err(CallError::Refused(ApiError::new(
+            code,
+            "unknown VM \"web1\"",
+        )))
+    }
+
+    #[test]
+    fn the_ocf_code_comes_from_the_answer_and_its_error_code() {
+        let reply = |healthy| {
+            Ok(CheckReply {
+                vm: "web1".into(),
+                healthy,
+                state: State::Ready,
+                guest: GuestState::Running,
+                cause: None,
+            })
+        };
+        assert_eq!(check_code(&reply(true)), OCF_SUCCESS);
+        assert_eq!(check_code(&reply(false)), OCF_ERR_GENERIC);
+        assert_eq!(
+            check_code(&refused(ErrorCode::UnknownVm)),
+            OCF_ERR_CONFIGURED
+        );
+        assert_eq!(check_code(&refused(ErrorCode::NoAnswer)), OCF_ERR_GENERIC);
+        assert_eq!(check_code(&refused(ErrorCode::Other)), OCF_ERR_GENERIC);
+        let gone = Err(CallError::Unreachable {
+            socket: "/run/vesper/vesper.sock".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert_eq!(check_code(&gone), OCF_SUCCESS, "no vesperd: not judging");
+    }
+}
