@@ -6,6 +6,7 @@ mod kernel;
 mod kernel_files;
 mod maps;
 mod probes;
+mod ring;
 mod session;
 mod sys;
 
@@ -74,8 +75,12 @@ fn run() -> Result<(), String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
-    if lock && let Err(e) = sys::lock_memory() {
-        log::warn!("mlockall failed ({e}); continuing unlocked");
+    sys::tune_allocator();
+    if lock {
+        match sys::lock_memory() {
+            Ok(()) => cfg.memory_locked = true,
+            Err(e) => log::warn!("mlockall failed ({e}); continuing unlocked"),
+        }
     }
     if oom_protect && let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
         log::warn!("setting oom_score_adj -1000 failed ({e}); the OOM killer may pick the agent");

@@ -1,14 +1,19 @@
 //! One connection to the host: answer requests, stream records, heartbeat.
 //!
-//! The loop never blocks on the host: output goes to a bounded buffer; while that
-//! buffer is full the ring buffers are not read, so the BPF programs fail to reserve
-//! and count the drop. The guest kernel never waits for anyone.
+//! The loop never blocks on the host, and what it holds for the host is bounded: output
+//! goes to a buffer; while that buffer is over `out_limit` the rings are not read (the BPF
+//! programs then fail to reserve and count the drop: the guest kernel never waits for
+//! anyone) and the host's requests are not taken in (they wait in the channel, so a host
+//! that asks and never reads cannot grow the agent either).
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use vesper_proto::message::error_code;
-use vesper_proto::{DEFAULT_MAX_PAYLOAD, FrameDecoder, Hello, Message, Records, encode_frame};
+use vesper_proto::{
+    DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, Hello, Message, Records, encode_frame,
+};
 
 use crate::channel::{Conn, raw_fd};
 use crate::kernel;
@@ -21,29 +26,45 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Largest record batch in one frame.
     pub batch_bytes: usize,
+    /// Largest record sent; a longer one is dropped and counted (`agent_drops`).
+    pub max_record: usize,
     /// Output buffered for the host beyond which rings are left to fill (and drop).
     pub out_limit: usize,
+    /// The agent's memory is locked (mlockall): freeing memory needs the lock lifted.
+    pub memory_locked: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_secs(1),
-            batch_bytes: 256 * 1024,
-            out_limit: 4 << 20,
+            batch_bytes: 64 * 1024,
+            max_record: 64 * 1024,
+            // A few batches: enough to keep a virtio-serial port busy, little to hold.
+            out_limit: 256 * 1024,
+            memory_locked: false,
         }
     }
 }
+
+/// The output buffer beyond which an emptied one is given back (a burst's buffer must not
+/// stay resident).
+const OUT_KEEP: usize = 64 * 1024;
+/// Bytes read from the host at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
 pub struct Session<'a> {
     conn: Box<dyn Conn>,
     cfg: &'a Config,
     dec: FrameDecoder,
+    /// Frames read but not handled yet: handled while the output has room.
+    pending: VecDeque<Frame>,
     out: Vec<u8>,
     out_seq: u64,
-    probes: ProbeSet,
+    pub(crate) probes: ProbeSet,
     kernel_files: KernelFiles,
     started: Instant,
+    next_hb: Instant,
 }
 
 /// How a session ended.
@@ -60,11 +81,13 @@ impl<'a> Session<'a> {
             conn,
             cfg,
             dec: FrameDecoder::new(DEFAULT_MAX_PAYLOAD),
+            pending: VecDeque::new(),
             out: Vec::new(),
             out_seq: 0,
             probes: ProbeSet::default(),
             kernel_files: KernelFiles::default(),
             started,
+            next_hb: Instant::now() + cfg.heartbeat,
         }
     }
 
@@ -73,74 +96,107 @@ impl<'a> Session<'a> {
         self.out_seq += 1;
     }
 
+    fn out_full(&self) -> bool {
+        self.out.len() >= self.cfg.out_limit
+    }
+
     /// Runs until the host goes away. Probes are unloaded when the session ends; the
     /// host loads its probes again on the next connection.
     pub fn run(mut self) -> End {
+        self.hello();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if let Err(end) = self.turn(&mut buf) {
+                return end;
+            }
+        }
+    }
+
+    fn hello(&mut self) {
         self.send(&Message::Hello(Hello {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             kernel_release: sys::kernel_release(),
             capabilities: kernel::capabilities(),
             boot_id: kernel::boot_id(),
         }));
-        let mut next_hb = Instant::now() + self.cfg.heartbeat;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if let Err(e) = self.flush() {
-                return End::Io(e);
-            }
-            let conn_fd = raw_fd(self.conn.as_ref());
-            let mut events = libc::POLLIN;
-            if !self.out.is_empty() {
-                events |= libc::POLLOUT;
-            }
-            let mut fds = vec![sys::pollfd(conn_fd, events)];
-            if self.out.len() < self.cfg.out_limit {
-                fds.extend(
-                    self.probes
-                        .probes
-                        .values()
-                        .map(|p| sys::pollfd(p.ring_fd(), libc::POLLIN)),
-                );
-            }
-            let wait = next_hb
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(1000) as i32;
-            if let Err(e) = sys::poll(&mut fds, wait) {
-                return End::Io(e);
-            }
-            let conn_ev = fds[0].revents;
-            if conn_ev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                match self.read_input(&mut buf) {
-                    Ok(true) => {}
-                    Ok(false) => return End::HostClosed,
-                    Err(end) => return end,
-                }
-            }
-            self.drain_rings();
-            if Instant::now() >= next_hb {
+    }
+
+    /// One turn of the loop: write what the host can take, wait (at most until the next
+    /// heartbeat) for the host or a ring, take in requests and records while there is
+    /// room. Never waits on the host.
+    fn turn(&mut self, buf: &mut [u8]) -> Result<(), End> {
+        self.flush().map_err(End::Io)?;
+        if self.out.is_empty() && self.out.capacity() > OUT_KEEP {
+            self.out = Vec::new();
+        }
+        let conn_fd = raw_fd(self.conn.as_ref());
+        let mut events = 0;
+        if !self.out_full() && self.pending.is_empty() {
+            events |= libc::POLLIN;
+        }
+        if !self.out.is_empty() {
+            events |= libc::POLLOUT;
+        }
+        let mut fds = vec![sys::pollfd(conn_fd, events)];
+        if !self.out_full() {
+            fds.extend(
+                (self.probes.probes.values())
+                    .filter_map(|p| p.ring().poll_fd())
+                    .map(|fd| sys::pollfd(fd, libc::POLLIN)),
+            );
+        }
+        // Rounded up: a wait rounded down to 0 would spin until the heartbeat is due.
+        let wait = (self.next_hb.saturating_duration_since(Instant::now()))
+            .as_micros()
+            .div_ceil(1000)
+            .min(1000) as i32;
+        sys::poll(&mut fds, wait).map_err(End::Io)?;
+        let conn_ev = fds[0].revents;
+        // A hang-up is reported whatever was asked: read on to the end of the stream (a
+        // host that is gone sends no more), or the loop would spin on it.
+        let hup = conn_ev & (libc::POLLHUP | libc::POLLERR) != 0;
+        let readable = conn_ev & libc::POLLIN != 0 && self.pending.is_empty();
+        if (readable || hup) && !self.read_input(buf)? {
+            return Err(End::HostClosed);
+        }
+        self.handle_pending()?;
+        self.drain_rings();
+        if Instant::now() >= self.next_hb {
+            // With the output full the host is not reading: a heartbeat would only add to
+            // what waits (and the drop counts go with a later one).
+            if !self.out_full() {
                 let uptime_ms = self.started.elapsed().as_millis() as u64;
                 let probes = self.probes.probes.len() as u32;
                 self.send(&Message::Heartbeat { uptime_ms, probes });
                 self.report_quiet_drops();
-                next_hb = Instant::now() + self.cfg.heartbeat;
             }
+            self.next_hb = Instant::now() + self.cfg.heartbeat;
         }
+        Ok(())
     }
 
-    /// Reads what the host sent. Ok(false) when the host closed the stream.
+    /// Handles the frames read, while the output has room.
+    fn handle_pending(&mut self) -> Result<(), End> {
+        while !self.out_full() {
+            let Some(f) = self.pending.pop_front() else {
+                break;
+            };
+            let m = f.message().map_err(End::Protocol)?;
+            self.handle(m);
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk of what the host sent into `pending`. Ok(false) when the host
+    /// closed the stream.
     fn read_input(&mut self, buf: &mut [u8]) -> Result<bool, End> {
         loop {
             match self.conn.read(buf) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     let frames = self.dec.decode_all(&buf[..n]).map_err(End::Protocol)?;
-                    for f in frames {
-                        match f.message() {
-                            Ok(m) => self.handle(m),
-                            Err(e) => return Err(End::Protocol(e)),
-                        }
-                    }
+                    self.pending.extend(frames);
+                    return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -155,31 +211,10 @@ impl<'a> Session<'a> {
                 let info = kernel::kernel_info(&events);
                 self.send(&Message::KernelInfo(info));
             }
-            Message::LoadProbe(req) => match self.probes.load(&req) {
-                Ok(load_us) => {
-                    log::info!(
-                        "probe {} (id {}) loaded and attached in {} us",
-                        req.name,
-                        req.probe_id,
-                        load_us
-                    );
-                    self.send(&Message::ProbeLoaded {
-                        probe_id: req.probe_id,
-                        load_us,
-                    });
-                }
-                Err(e) => {
-                    log::warn!("{e}");
-                    let message = format!("{e}{}", source_chain(&e));
-                    self.send(&Message::Error {
-                        probe_id: req.probe_id,
-                        code: error_code::LOAD_FAILED,
-                        message,
-                    });
-                }
-            },
+            Message::LoadProbe(req) => self.load(&req),
             Message::UnloadProbe { probe_id } => {
-                if self.probes.unload(probe_id) {
+                let locked = self.cfg.memory_locked;
+                if sys::with_memory_unlocked(locked, || self.probes.unload(probe_id)) {
                     log::info!("probe id {probe_id} unloaded");
                     self.send(&Message::ProbeUnloaded { probe_id });
                 } else {
@@ -245,24 +280,56 @@ impl<'a> Session<'a> {
         }
     }
 
+    fn load(&mut self, req: &vesper_proto::LoadProbe) {
+        let probes = &mut self.probes;
+        match sys::with_memory_unlocked(self.cfg.memory_locked, || probes.load(req)) {
+            Ok(load_us) => {
+                log::info!(
+                    "probe {} (id {}) loaded and attached in {} us",
+                    req.name,
+                    req.probe_id,
+                    load_us
+                );
+                self.send(&Message::ProbeLoaded {
+                    probe_id: req.probe_id,
+                    load_us,
+                });
+            }
+            Err(e) => {
+                log::warn!("{e}");
+                let message = format!("{e}{}", source_chain(&e));
+                self.send(&Message::Error {
+                    probe_id: req.probe_id,
+                    code: error_code::LOAD_FAILED,
+                    message,
+                });
+            }
+        }
+    }
+
+    /// Moves records from the rings to the output, a batch per probe in turn, until the
+    /// rings are empty or the output is over its limit (the rest wait in the rings).
     fn drain_rings(&mut self) {
         let mut batch = Vec::new();
-        let ids: Vec<u32> = self.probes.probes.keys().copied().collect();
-        for id in ids {
-            loop {
-                if self.out.len() >= self.cfg.out_limit {
+        let mut progress = true;
+        while progress && !self.out_full() {
+            progress = false;
+            let ids: Vec<u32> = self.probes.probes.keys().copied().collect();
+            for id in ids {
+                if self.out_full() {
                     return;
                 }
                 let Some(p) = self.probes.probes.get_mut(&id) else {
-                    break;
+                    continue;
                 };
-                batch.clear();
-                let n = p.drain(&mut batch, self.cfg.batch_bytes);
-                if n == 0 {
-                    break;
+                let agent_before = p.agent_drops;
+                let n = p.drain(&mut batch, self.cfg.batch_bytes, self.cfg.max_record);
+                if n == 0 && p.agent_drops == agent_before {
+                    continue;
                 }
+                progress = true;
                 let kernel_drops = p.kernel_drops();
-                p.reported_drops = kernel_drops;
+                p.reported_drops = (kernel_drops, p.agent_drops);
                 let rec = Records {
                     probe_id: id,
                     first_seq: p.next_seq,
@@ -281,14 +348,14 @@ impl<'a> Session<'a> {
     fn report_quiet_drops(&mut self) {
         let mut batches = Vec::new();
         for (&id, p) in self.probes.probes.iter_mut() {
-            let kernel_drops = p.kernel_drops();
-            if kernel_drops != p.reported_drops {
-                p.reported_drops = kernel_drops;
+            let drops = (p.kernel_drops(), p.agent_drops);
+            if drops != p.reported_drops {
+                p.reported_drops = drops;
                 batches.push(Records {
                     probe_id: id,
                     first_seq: p.next_seq,
-                    kernel_drops,
-                    agent_drops: p.agent_drops,
+                    kernel_drops: drops.0,
+                    agent_drops: drops.1,
                     records: Vec::new(),
                 });
             }
@@ -330,3 +397,7 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -49,15 +49,71 @@ pub fn mount_tracefs(target: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Locks current and future pages in memory so guest memory pressure cannot page
-/// the agent out while it is reporting that very pressure.
+/// mlockall's flag (Linux 4.4+; not in the libc crate for this target): lock pages as they
+/// are faulted in, not every page of every mapping at once.
+const MCL_ONFAULT: libc::c_int = 4;
+const LOCK_FLAGS: libc::c_int = libc::MCL_CURRENT | libc::MCL_FUTURE | MCL_ONFAULT;
+
+/// Locks the pages the agent uses, now and later, so guest memory pressure cannot page the
+/// agent out while it is reporting that very pressure. On fault: a page the agent never
+/// touches (most of its binary, freed heap) is not made resident just to be locked
+/// (kernels before 4.4 lack it and lock everything).
 pub fn lock_memory() -> io::Result<()> {
     // SAFETY: mlockall takes only flags and touches no memory of ours.
-    let r = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
+    let mut r = unsafe { libc::mlockall(LOCK_FLAGS) };
+    if r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: as above.
+        r = unsafe { libc::mlockall(LOCK_FLAGS & !MCL_ONFAULT) };
+    }
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Allocations of at least this size get their own mapping, returned to the kernel when
+/// freed: record batches and frames come and go without pinning heap pages.
+const MMAP_THRESHOLD: libc::c_int = 64 * 1024;
+
+/// Sets the allocator up for a small, long-lived process: big buffers from mmap (a fixed
+/// threshold; glibc's default rises to 32 MiB after the first big free, after which a
+/// burst's buffers stay in the heap), and a heap whose free top is given back early.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; it is called at start, before
+    // any other thread exists, and touches no memory of ours.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// Runs `f` with the agent's memory unlocked (if `locked`), then gives the heap's free
+/// pages back ([`trim_heap`]) and locks again, on fault: pages freed while unlocked stay
+/// out. Loading a probe allocates and frees megabytes (see `probes.rs`); locked pages
+/// could not be given back (madvise refuses them), and relocking without on-fault would
+/// make every page of every mapping resident again.
+pub fn with_memory_unlocked<T>(locked: bool, f: impl FnOnce() -> T) -> T {
+    if locked {
+        // SAFETY: munlockall takes no arguments and touches no memory of ours.
+        unsafe { libc::munlockall() };
+    }
+    let r = f();
+    trim_heap();
+    if locked && let Err(e) = lock_memory() {
+        log::warn!("mlockall again failed ({e}); the agent is unlocked");
+    }
+    r
+}
+
+/// Merges the heap's free chunks and gives their pages back to the kernel (pages that are
+/// locked stay).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim works on the allocator's own free lists, with no pointer of ours.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The running kernel's release string (uname -r).

@@ -10,6 +10,8 @@
 mod common;
 #[path = "lab/kernels.rs"]
 mod kernels;
+#[path = "lab/ring.rs"]
+mod ring;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -24,16 +24,24 @@ fn fail(file: &str, source: &str, items: Vec<Diagnostic>) -> Diagnostics {
 /// Lex and parse. Lexer errors stop here: parsing a broken token stream only adds
 /// noise after the real mistake.
 fn front_end(source: &str, file: &str) -> Result<ast::Script, Diagnostics> {
+    Ok(front_end_with_config(source, file)?.0)
+}
+
+/// [`front_end`], with what the script's `config = { ... }` block set.
+fn front_end_with_config(
+    source: &str,
+    file: &str,
+) -> Result<(ast::Script, passes::parse::ScriptConfig), Diagnostics> {
     let mut diags = Vec::new();
     let toks = passes::lex::lex(source, &mut diags);
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }
-    let script = passes::parse::parse(&toks, &mut diags);
+    let parsed = passes::parse::parse_with_config(&toks, &mut diags);
     if !diags.is_empty() {
         return Err(fail(file, source, diags));
     }
-    Ok(script)
+    Ok(parsed)
 }
 
 /// Parses a standalone condition (`sig == 9 && target_comm == "httpd"`), for rules the
@@ -110,7 +118,7 @@ pub fn compile(
     name: &str,
     kernel: &KernelInfo,
 ) -> Result<CompiledProbe, Diagnostics> {
-    let script = front_end(source, file)?;
+    let (script, config) = front_end_with_config(source, file)?;
     let mut diags = Vec::new();
     let checked = passes::check::check(&script, kernel, &mut diags);
     let (programs, schemas, maps, intervals) = (
@@ -139,6 +147,9 @@ pub fn compile(
     match passes::object::object(
         name,
         &kernel.release,
+        config
+            .ring_bytes
+            .unwrap_or(passes::object::DEFAULT_RING_BYTES),
         code,
         schemas,
         &maps,

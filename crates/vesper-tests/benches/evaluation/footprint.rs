@@ -94,15 +94,22 @@ pub fn run(setup: &Setup) -> Value {
         for p in DEFAULT_PROBES {
             _h.wait_loaded("lab", p);
         }
+        // Idle: the loads' transient memory is given back, nothing is being sent.
+        std::thread::sleep(Duration::from_secs(2));
         let s = lab.exec("cat /proc/$(pidof vesper-agent)/status");
         let smaps = lab.exec("cat /proc/$(pidof vesper-agent)/smaps");
-        Some((status_kib(&s, "VmRSS:")?, rss_split_kib(&smaps)))
+        Some((
+            status_kib(&s, "VmRSS:")?,
+            rss_split_kib(&smaps),
+            status_kib(&s, "VmHWM:").unwrap_or(0),
+            smaps_by_kind(&smaps),
+        ))
     });
 
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
     let mut rows = vec![
         vec!["agent (host build), idle, signal + oom loaded: RSS MiB / CPU %".into(), format!("{} / {idle_cpu:.2}", mib(idle_rss))],
-        vec!["  of which: the two probes' ring buffers mapped in (1 MiB each, mapped twice) / the agent's own".into(), format!("{} / {}", mib(idle_maps), mib(idle_own))],
+        vec!["  of which: the two probes' ring buffers mapped in (64 KiB each by default, data mapped twice) / the agent's own".into(), format!("{} / {}", mib(idle_maps), mib(idle_own))],
         vec!["agent (host build) at 10 000 records/s: peak RSS MiB / CPU %".into(), format!("{} / {busy_cpu:.1}", mib(busy_rss))],
         vec!["vesperd at 10 000 records/s, one VM: RSS MiB / CPU %".into(), format!("{} / {vesperd_cpu:.1}", mib(vesperd_rss_1))],
         vec![format!("vesperd RSS, 1 VM → {n} VMs (MiB)"), format!("{} → {}", mib(one), mib(many))],
@@ -114,11 +121,20 @@ pub fn run(setup: &Setup) -> Value {
             format!("{:.2}", b as f64 / 1048576.0),
         ]);
     }
-    if let Some((r, (maps, own))) = guest_rss {
+    if let Some((r, (maps, own), hwm, kinds)) = &guest_rss {
         rows.push(vec![
-            "agent in the lab guest (static, memory-locked), idle: RSS MiB (ring buffers / own)"
+            "agent in the lab guest (static, memory-locked), idle, signal + oom loaded: RSS MiB (ring buffers / own; target ≤ 4)"
                 .into(),
-            format!("{} ({} / {})", mib(r), mib(maps), mib(own)),
+            format!("{} ({} / {})", mib(*r), mib(*maps), mib(*own)),
+        ]);
+        let by_kind: Vec<String> = kinds.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        rows.push(vec![
+            "  smaps Rss by mapping, KiB".into(),
+            by_kind.join(", "),
+        ]);
+        rows.push(vec![
+            "  peak RSS (VmHWM, while loading: aya parses the kernel's BTF), MiB".into(),
+            mib(*hwm),
         ]);
     }
     table("footprint", &["what", "measured"], &rows);
@@ -128,6 +144,39 @@ pub fn run(setup: &Setup) -> Value {
         "vesperd_busy_cpu_pct": vesperd_cpu, "vesperd_rss_kib_1vm": vesperd_rss_1,
         "vesperd_rss_kib": {"vms_1": one, "vms_n": many, "n": n}, "vesperd_rss_kib_per_vm": per_vm,
         "static_agent_bytes": static_agent,
-        "guest_agent_rss_kib": guest_rss.map(|g| g.0), "guest_agent_ringbuf_rss_kib": guest_rss.map(|g| g.1.0), "guest_agent_own_rss_kib": guest_rss.map(|g| g.1.1),
+        "guest_agent_rss_kib": guest_rss.as_ref().map(|g| g.0), "guest_agent_ringbuf_rss_kib": guest_rss.as_ref().map(|g| g.1.0), "guest_agent_own_rss_kib": guest_rss.as_ref().map(|g| g.1.1),
+        "guest_agent_hwm_kib": guest_rss.as_ref().map(|g| g.2), "guest_agent_smaps_kib": guest_rss.as_ref().map(|g| g.3.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()),
     })
+}
+
+/// Rss of an smaps text summed by what the mappings are: the heap, the agent's binary, ring
+/// buffers, the stack, the rest (anonymous mappings, vdso).
+fn smaps_by_kind(smaps: &str) -> Vec<(&'static str, u64)> {
+    let mut kinds = vec![
+        ("heap", 0),
+        ("binary", 0),
+        ("rings", 0),
+        ("stack", 0),
+        ("other", 0),
+    ];
+    let mut kind = 4;
+    for l in smaps.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            kind = if l.ends_with("[heap]") {
+                0
+            } else if l.ends_with("vesper-agent") {
+                1
+            } else if l.ends_with("anon_inode:bpf-map") {
+                2
+            } else if l.ends_with("[stack]") {
+                3
+            } else {
+                4
+            };
+        } else if let Some(kib) = status_kib(l, "Rss:") {
+            kinds[kind].1 += kib;
+        }
+    }
+    kinds
 }

@@ -2,7 +2,7 @@
 //! records a diagnostic and skips to the next probe, so several mistakes show at once.
 //!
 //! ```text
-//! script    := probe*
+//! script    := config? probe*           (config: see `parse/config.rs`)
 //! probe     := attach (',' attach)* ('/' expr '/')? '{' stmt* '}'
 //! attach    := 'tracepoint' ':' IDENT ':' IDENT | ('kprobe' | 'kretprobe') ':' IDENT
 //!            | 'interval' ':' ('s' | 'ms') ':' INT
@@ -28,6 +28,9 @@
 use crate::compiler::ast::*;
 use crate::compiler::diag::{Diagnostic, Span};
 use crate::compiler::passes::lex::{Tok, Token};
+
+mod config;
+pub use config::{MAX_RING_BYTES, PAGE_BYTES, ScriptConfig};
 
 /// Nesting beyond this is refused (keeps recursion bounded on hostile input).
 const MAX_DEPTH: usize = 64;
@@ -55,10 +58,33 @@ impl<'a> Parser<'a> {
 }
 
 pub fn parse(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Script {
+    parse_with_config(toks, diags).0
+}
+
+/// The script and what its `config = { ... }` block set.
+pub fn parse_with_config(toks: &[Token], diags: &mut Vec<Diagnostic>) -> (Script, ScriptConfig) {
     let mut p = Parser::new(toks, diags);
+    let mut cfg = ScriptConfig::default();
+    if p.at_config() {
+        let start = p.pos;
+        if p.config(&mut cfg).is_err() {
+            p.recover(start);
+        }
+    }
     let mut probes = Vec::new();
     while !p.at_eof() {
         let start = p.pos;
+        if p.at_config() {
+            let t = p.peek().span;
+            p.diags.push(
+                Diagnostic::new(t, "the config block must come first in the script")
+                    .hint("move `config = { ... }` above the first probe"),
+            );
+            if p.config(&mut ScriptConfig::default()).is_err() {
+                p.recover(start);
+            }
+            continue;
+        }
         match p.probe() {
             Ok(pr) => probes.push(pr),
             Err(()) => p.recover(start),
@@ -70,7 +96,7 @@ pub fn parse(toks: &[Token], diags: &mut Vec<Diagnostic>) -> Script {
                 .hint("start with an attach point, e.g. `tracepoint:signal:signal_generate { emit { sig = args.sig } }`"),
         );
     }
-    Script { probes }
+    (Script { probes }, cfg)
 }
 
 /// Parses one expression that must use every token (for host-side rule conditions).
