@@ -13,7 +13,7 @@ mod util;
 
 use anyhow::bail;
 
-const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--probe] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME [--kernel 5.10|6.1|6.12]|cluster ...>
+const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--render] [--probe] [--scale] [--cluster [--debian 13] [--publish]]|soak [SECONDS]|lab up|exec|down NAME [--kernel 5.10|6.1|6.12]|cluster ...>
   test   build everything and run all tests, including the root-only end-to-end tests
   demo   a 2-node Pacemaker cluster with the lab guest: httpd killed in the guest, explained,
          failed over by Pacemaker, answering again (--native: agent and vesperd on this machine alone)
@@ -29,7 +29,8 @@ const USAGE: &str = "usage: cargo xtask <test|demo|package|bench [--quick] [--re
          overhead and footprint against bpftrace (--quick: short, native only; --render: the
          report and plots again from the last results; --cluster: only the cluster part,
          into target/bench/cluster.json and cluster.md, on Debian 13's Pacemaker with
-         --debian 13, and into the published results with --publish)";
+         --debian 13, and into the published results with --publish; --scale: only one
+         vesperd serving 500 VMs, published unless --quick)";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -53,6 +54,8 @@ fn main() {
                 bench::render(quick)
             } else if args.iter().any(|a| a == "--probe") {
                 bench::run_probe()
+            } else if args.iter().any(|a| a == "--scale") {
+                bench::run_scale(quick)
             } else {
                 bench::run(quick)
             }

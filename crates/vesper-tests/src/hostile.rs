@@ -22,15 +22,23 @@ use vesper_proto::{
     EventFormat, FrameDecoder, Hello, KernelInfo, Message, Records, Writer, encode_frame,
 };
 
-struct Conn {
-    s: UnixStream,
-    seq: u64,
+pub(crate) struct Conn {
+    pub(crate) s: UnixStream,
+    pub(crate) seq: u64,
     /// vesperd's frames, in order (the decoder checks their sequence numbers).
-    dec: FrameDecoder,
+    pub(crate) dec: FrameDecoder,
 }
 
 impl Conn {
-    fn send(&mut self, msg: &Message) -> io::Result<()> {
+    pub(crate) fn new(s: UnixStream) -> Conn {
+        Conn {
+            s,
+            seq: 0,
+            dec: FrameDecoder::new(vesper_proto::DEFAULT_MAX_PAYLOAD),
+        }
+    }
+
+    pub(crate) fn send(&mut self, msg: &Message) -> io::Result<()> {
         let f = encode_frame(msg, self.seq);
         self.seq += 1;
         self.s.write_all(&f)
@@ -86,7 +94,7 @@ fn batch(probe_id: u32, first_seq: u64, count: usize) -> Message {
 
 /// Answers like a real agent up to the first probe load (kernel formats from this host's
 /// tracefs, then "loaded"); returns the probe's id.
-fn accept_first_load(c: &mut Conn) -> io::Result<u32> {
+pub(crate) fn accept_first_load(c: &mut Conn) -> io::Result<u32> {
     let events = c.wait_for(|m| match m {
         Message::KernelInfoRequest { events } => Some(events.clone()),
         _ => None,
@@ -120,13 +128,18 @@ fn accept_first_load(c: &mut Conn) -> io::Result<u32> {
     Ok(probe_id)
 }
 
-fn misbehave(c: &mut Conn, mode: &str) -> io::Result<()> {
+/// The greeting an agent opens its connection with.
+pub(crate) fn hello(c: &mut Conn, boot_id: &str) -> io::Result<()> {
     c.send(&Message::Hello(Hello {
         agent_version: "hostile".into(),
         kernel_release: "6.1.0-hostile".into(),
         capabilities: caps::RINGBUF | caps::TRACEPOINT,
-        boot_id: "hostile".into(),
-    }))?;
+        boot_id: boot_id.into(),
+    }))
+}
+
+fn misbehave(c: &mut Conn, mode: &str) -> io::Result<()> {
+    hello(c, "hostile")?;
     std::thread::sleep(Duration::from_millis(200));
     match mode {
         "garbage" => {
@@ -209,11 +222,7 @@ pub fn run(path: &str, mode: &str) -> io::Result<()> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)?;
     for s in l.incoming() {
-        let mut c = Conn {
-            s: s?,
-            seq: 0,
-            dec: FrameDecoder::new(vesper_proto::DEFAULT_MAX_PAYLOAD),
-        };
+        let mut c = Conn::new(s?);
         if let Err(e) = misbehave(&mut c, mode) {
             if e.kind() == io::ErrorKind::InvalidInput {
                 return Err(e);

@@ -18,7 +18,10 @@
 //! - `power-switch DIR`: the cluster lab's power switch for fencing (see `cluster::power`).
 //! - `power SOCK REQUEST...`: one request to that switch; prints the answer.
 //! - `hostile-agent PATH MODE`: an attacker's program in place of the agent (see `hostile.rs`).
+//! - `fake-agents --dir D --count N [--rate R] [--record-bytes B]`: N well-behaved agents
+//!   streaming R records/s each, in one process (see `fake_agents.rs`).
 
+mod fake_agents;
 mod hostile;
 mod sys;
 mod web;
@@ -184,6 +187,16 @@ fn main() {
             };
             hostile::run(path, mode).unwrap_or_else(|e| die(&format!("hostile-agent: {e}")));
         }
+        Some("fake-agents") => {
+            let dir = arg(&args, "--dir").unwrap_or_else(|| die("fake-agents needs --dir D"));
+            let opt = fake_agents::Options {
+                dir: dir.into(),
+                count: num(&args, "--count", 1).max(0) as usize,
+                rate: num(&args, "--rate", 100).max(0) as u64,
+                record_bytes: num(&args, "--record-bytes", 256).clamp(1, 65536) as usize,
+            };
+            fake_agents::run(&opt).unwrap_or_else(|e| die(&format!("fake-agents: {e}")));
+        }
         Some("lab-exec") => {
             let (Some(sock), Some(cmd)) = (args.get(1), args.get(2)) else {
                 die("lab-exec needs SOCK CMD")
@@ -201,7 +214,7 @@ fn main() {
             }
         }
         _ => die(
-            "usage: vesper-testkit victim|signal|memhog|exit|fork|web|blaster|lab-exec|hostile-agent ...",
+            "usage: vesper-testkit victim|signal|memhog|exit|fork|web|blaster|lab-exec|hostile-agent|fake-agents ...",
         ),
     }
 }

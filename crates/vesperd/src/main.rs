@@ -48,6 +48,40 @@ fn reload(
     *current = cfg;
 }
 
+/// The open-file limit. Each VM holds about three descriptors (its channel, its record
+/// file and its seen file in the disk writer, a QMP socket): 500 VMs need more than the
+/// 1024 a service gets by default, so vesperd raises its soft limit to the hard one.
+mod nofile {
+    /// (soft limit before, hard limit, soft limit now); None if it cannot be read.
+    pub fn raise() -> Option<(u64, u64, u64)> {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit through a valid, exclusive pointer.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            // SAFETY: setrlimit reads one valid rlimit; raising soft to hard needs no privilege.
+            if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        Some((before, lim.rlim_max, lim.rlim_cur))
+    }
+}
+
+/// Descriptors vesperd needs for `vms` VMs, with room for CLI connections and followers.
+fn fds_needed(vms: usize) -> u64 {
+    vms as u64 * 3 + 256
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
@@ -94,6 +128,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         println!("{}: ok", args.config.display());
         return Ok(());
+    }
+    match nofile::raise() {
+        Some((before, hard, now)) => {
+            if now < fds_needed(cfg.vm.len()) {
+                tracing::warn!(
+                    limit = now,
+                    hard,
+                    vms = cfg.vm.len(),
+                    needed = fds_needed(cfg.vm.len()),
+                    "the open-file limit is low for this many VMs: record files and connections will fail with \"Too many open files\"; raise the hard limit (LimitNOFILE= in the service unit)"
+                );
+            } else if now > before {
+                tracing::debug!(from = before, to = now, "open-file limit raised");
+            }
+        }
+        None => tracing::warn!("cannot read the open-file limit"),
     }
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .with_context(|| format!("creating state_dir {}", cfg.daemon.state_dir.display()))?;

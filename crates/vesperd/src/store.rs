@@ -2,6 +2,7 @@
 //! JSON-lines file under the state directory (through the [`DiskWriter`], never on the
 //! caller's thread), and fanned out to followers.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,13 +40,28 @@ pub struct RecordStore {
     /// Records that never reached the file: the disk fell behind and its queue was full
     /// (they were kept in memory like any other).
     pub file_dropped: u64,
-    followers: broadcast::Sender<StoredRecord>,
+    /// Made on the first `subscribe` and dropped once no one follows: the channel
+    /// allocates all its slots at once (about 0.5 MiB), and most VMs have no follower.
+    /// (A cell: `subscribe` is called through a shared borrow of the locked store.)
+    followers: RefCell<Option<broadcast::Sender<StoredRecord>>>,
+}
+
+/// Slots of a followers' channel: a follower that falls further behind is told how many
+/// it missed (they are in the store and its file).
+const FOLLOWER_SLOTS: usize = 8192;
+
+/// What a kept record costs beyond its JSON: its place in the queue and the shared
+/// string's counters and allocation. Counted against `max_bytes`, so that the limit
+/// bounds the memory the records take, not only their text.
+pub const RECORD_OVERHEAD: usize = std::mem::size_of::<StoredRecord>() + 32;
+
+fn cost(rec: &StoredRecord) -> usize {
+    rec.json.len() + RECORD_OVERHEAD
 }
 
 impl RecordStore {
     /// `file`: where to append records (None: memory only).
     pub fn new(limits: StoreLimits, file: Option<RecordFile>) -> Self {
-        let (followers, _) = broadcast::channel(8192);
         Self {
             limits,
             records: VecDeque::new(),
@@ -54,7 +70,7 @@ impl RecordStore {
             total: 0,
             file,
             file_dropped: 0,
-            followers,
+            followers: RefCell::new(None),
         }
     }
 
@@ -72,15 +88,22 @@ impl RecordStore {
     pub fn push_batch(&mut self, recs: impl IntoIterator<Item = StoredRecord>) {
         let mut lines = Vec::new();
         let mut count = 0;
+        let followers = self.followers.get_mut();
+        if followers.as_ref().is_some_and(|f| f.receiver_count() == 0) {
+            *followers = None;
+        }
+        let followers = followers.clone();
         for rec in recs {
             if self.file.is_some() {
                 lines.extend_from_slice(rec.json.as_bytes());
                 lines.push(b'\n');
                 count += 1;
             }
-            self.bytes += rec.json.len();
+            self.bytes += cost(&rec);
             self.total += 1;
-            let _ = self.followers.send(rec.clone());
+            if let Some(f) = &followers {
+                let _ = f.send(rec.clone());
+            }
             self.records.push_back(rec);
         }
         if let Some(f) = &self.file
@@ -92,7 +115,7 @@ impl RecordStore {
         while self.records.len() > self.limits.max_records || self.bytes > self.limits.max_bytes {
             match self.records.pop_front() {
                 Some(old) => {
-                    self.bytes -= old.json.len();
+                    self.bytes -= cost(&old);
                     self.evicted += 1;
                 }
                 None => break,
@@ -112,7 +135,15 @@ impl RecordStore {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StoredRecord> {
-        self.followers.subscribe()
+        self.followers
+            .borrow_mut()
+            .get_or_insert_with(|| broadcast::channel(FOLLOWER_SLOTS).0)
+            .subscribe()
+    }
+
+    /// Whether a followers' channel exists (someone followed since the last batch).
+    pub fn has_followers_channel(&self) -> bool {
+        self.followers.borrow().is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -142,19 +173,48 @@ mod tests {
     fn bounded_by_count_and_bytes() {
         let limits = StoreLimits {
             max_records: 3,
-            max_bytes: 25,
+            max_bytes: 2 * (10 + RECORD_OVERHEAD) + 5,
             file_max_bytes: 1 << 20,
         };
         let mut s = RecordStore::new(limits, None);
         for i in 0..5 {
             s.push(rec(i, "signal", 10));
         }
-        assert_eq!(s.len(), 2, "25 bytes hold two 10-byte records");
+        assert_eq!(
+            s.len(),
+            2,
+            "the bytes hold two 10-byte records and their bookkeeping"
+        );
+        assert_eq!(s.bytes(), 2 * (10 + RECORD_OVERHEAD));
         assert_eq!(s.evicted, 3);
         assert_eq!(
             s.tail(None, None).iter().map(|r| r.seq).collect::<Vec<_>>(),
             [3, 4]
         );
+    }
+
+    #[test]
+    fn the_followers_channel_exists_only_while_someone_follows() {
+        let limits = StoreLimits {
+            max_records: 10,
+            max_bytes: 1 << 20,
+            file_max_bytes: 1 << 20,
+        };
+        let mut s = RecordStore::new(limits, None);
+        s.push(rec(0, "a", 1));
+        assert!(!s.has_followers_channel(), "no slots allocated for no one");
+        let mut rx = s.subscribe();
+        s.push(rec(1, "a", 1));
+        assert_eq!(rx.try_recv().unwrap().seq, 1);
+        drop(rx);
+        s.push(rec(2, "a", 1));
+        assert!(
+            !s.has_followers_channel(),
+            "freed when the last follower left"
+        );
+        let mut again = s.subscribe();
+        s.push(rec(3, "a", 1));
+        assert_eq!(again.try_recv().unwrap().seq, 3);
     }
 
     #[test]

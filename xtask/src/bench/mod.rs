@@ -10,6 +10,8 @@
 //! evaluation's cluster section against it; `--cluster` runs only that section and writes
 //! `target/bench/cluster.json` and `cluster.md`.
 //!
+//! `--scale` runs only the section of one vesperd serving 500 VMs (`run_scale`).
+//!
 //! A full run writes `bench/results.json`, `bench/*.svg` and `docs/evaluation.md`, the
 //! published figures; `--quick` (native only, a few trials) writes the same under
 //! `target/bench/`, so a short run never replaces them.
@@ -17,6 +19,7 @@
 mod probe;
 mod report;
 mod report_cluster;
+mod report_scale;
 mod svg;
 
 use std::path::{Path, PathBuf};
@@ -332,6 +335,46 @@ pub fn run_probe() -> anyhow::Result<()> {
         &std::fs::read_to_string(&file).with_context(|| file.display().to_string())?,
     )?;
     all["probe"] = section;
+    write(&file, &serde_json::to_string_pretty(&all)?)?;
+    publish(&all, false, &published)
+}
+
+/// `--scale [--quick]`: only the scale section (one vesperd, 500 VMs; see
+/// `benches/evaluation/scale.rs`), into `target/bench/scale.json`; a full-length run
+/// (without `--quick`) also into the published results and the report.
+pub fn run_scale(quick: bool) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the scale section loads BPF programs: run `cargo xtask bench --scale` as root");
+    }
+    util::ensure_tracefs()?;
+    progress("building the release binaries");
+    util::cargo(&["build", "--release", "--workspace", "--bins"])?;
+    let bin = util::target_dir()?.join("release");
+    let raw = util::target_dir()?.join("bench/scale.json");
+    std::fs::create_dir_all(raw.parent().context("target/bench")?)?;
+    let _ = std::fs::remove_file(&raw);
+    progress("the evaluation's scale section: one vesperd, 500 VMs");
+    let mut cmd = Command::new(util::cargo_bin());
+    cmd.args(["bench", "-p", "vesper-tests", "--bench", "evaluation", "--"])
+        .args(["--only", "scale", "--out"])
+        .arg(&raw)
+        .env("VESPER_BIN_DIR", &bin);
+    if quick {
+        cmd.arg("--quick");
+    }
+    util::run(&mut cmd)?;
+    if quick {
+        return Ok(());
+    }
+    let eval: Value = serde_json::from_str(
+        &std::fs::read_to_string(&raw).with_context(|| raw.display().to_string())?,
+    )?;
+    let published = self::out_dir(false)?;
+    let file = published.join("results.json");
+    let mut all: Value = serde_json::from_str(
+        &std::fs::read_to_string(&file).with_context(|| file.display().to_string())?,
+    )?;
+    all["scale"] = eval["scale"].clone();
     write(&file, &serde_json::to_string_pretty(&all)?)?;
     publish(&all, false, &published)
 }

@@ -99,6 +99,7 @@ fn targets(r: &Value) -> Vec<Vec<String>> {
             yes(rss <= 4096.0).into(),
         ]);
     }
+    rows.extend(super::report_scale::targets(r));
     rows
 }
 
@@ -641,6 +642,7 @@ Raw numbers: `{plots}/results.json`. Do not edit by hand: the analysis at the en
     footprint(&mut out, r);
     probe(&mut out, r);
     out.push_str(&super::report_cluster::section(r));
+    out.push_str(&super::report_scale::section(r));
     if !analysis.trim().is_empty() {
         out.push_str(analysis.trim());
         out.push('\n');
