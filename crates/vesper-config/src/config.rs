@@ -49,7 +49,10 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// Records kept in memory per VM.
     pub store_max_records: usize,
-    /// Bytes of records (as JSON) kept in memory per VM.
+    /// Memory the records kept per VM may take: their JSON and about 70 bytes of
+    /// bookkeeping each (every record is in the VM's file too). The default suits a few
+    /// VMs; for many, the memory given to the stores divided by the VMs (500 VMs at
+    /// 512 KiB: 250 MiB; docs/evaluation.md, section 7).
     pub store_max_bytes: usize,
     /// Size at which a VM's record file is rotated (one old file is kept).
     pub file_max_bytes: u64,
