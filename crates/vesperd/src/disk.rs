@@ -250,7 +250,7 @@ fn run(shared: &Shared) {
             Err(e) => {
                 let msg = format!("{}: {e}", job.path().display());
                 if q.errors.get(job.path()) != Some(&msg) {
-                    tracing::warn!(error = %msg, "cannot write; the records stay in memory");
+                    tracing::warn!(error = %msg, "cannot write to the disk; records and verdicts are kept in memory only");
                 }
                 q.stats.failed_writes += 1;
                 q.errors.insert(job.path().to_path_buf(), msg);
