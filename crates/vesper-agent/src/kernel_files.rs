@@ -114,7 +114,10 @@ impl KernelFiles {
                 let stream = self.symbol_stream(offset)?;
                 // Whole lines only, and never more than asked for: a line that does not fit
                 // waits for the next piece.
-                let mut data = std::mem::take(&mut stream.carry);
+                // Sized at once: grown by doubling, the buffer would leave its smaller
+                // steps scattered in the heap.
+                let mut data = Vec::with_capacity(max);
+                data.append(&mut stream.carry);
                 let mut line = Vec::new();
                 while !stream.done {
                     line.clear();
@@ -125,7 +128,7 @@ impl KernelFiles {
                                 line.push(b'\n');
                             }
                             if data.len() + line.len() > max {
-                                stream.carry = line.clone();
+                                stream.carry = std::mem::take(&mut line);
                                 break;
                             }
                             data.extend_from_slice(&line);

@@ -76,6 +76,8 @@ fn run() -> Result<(), String> {
         }
     }
     sys::tune_allocator();
+    // Before the lock: the loader's transient megabytes can then be given back.
+    probes::init_loader();
     if lock {
         match sys::lock_memory() {
             Ok(()) => cfg.memory_locked = true,

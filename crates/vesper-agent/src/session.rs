@@ -40,8 +40,10 @@ impl Default for Config {
             heartbeat: Duration::from_secs(1),
             batch_bytes: 64 * 1024,
             max_record: 64 * 1024,
-            // A few batches: enough to keep a virtio-serial port busy, little to hold.
-            out_limit: 256 * 1024,
+            // A burst the host is slow to take (it is writing to disk, say) waits here
+            // rather than being dropped; the buffer is given back once sent, so it costs
+            // nothing idle.
+            out_limit: 4 << 20,
             memory_locked: false,
         }
     }
@@ -52,6 +54,10 @@ impl Default for Config {
 const OUT_KEEP: usize = 64 * 1024;
 /// Bytes read from the host at a time.
 const READ_CHUNK: usize = 16 * 1024;
+/// Heap freed since the last trim beyond which the next heartbeat gives it back: loads,
+/// the kernel-file transfers and bursts free memory among what they keep, and the lock
+/// would keep it resident.
+const TRIM_AFTER: usize = 128 * 1024;
 
 pub struct Session<'a> {
     conn: Box<dyn Conn>,
@@ -65,6 +71,8 @@ pub struct Session<'a> {
     kernel_files: KernelFiles,
     started: Instant,
     next_hb: Instant,
+    /// Free heap right after the last trim.
+    heap_free_at_trim: usize,
 }
 
 /// How a session ended.
@@ -88,6 +96,7 @@ impl<'a> Session<'a> {
             kernel_files: KernelFiles::default(),
             started,
             next_hb: Instant::now() + cfg.heartbeat,
+            heap_free_at_trim: sys::heap_free_bytes(),
         }
     }
 
@@ -170,9 +179,19 @@ impl<'a> Session<'a> {
                 self.send(&Message::Heartbeat { uptime_ms, probes });
                 self.report_quiet_drops();
             }
+            self.give_back_memory();
             self.next_hb = Instant::now() + self.cfg.heartbeat;
         }
         Ok(())
+    }
+
+    /// Gives freed heap back if much was freed since the last time (checked once a
+    /// heartbeat: a trim with the memory locked costs an unlock and a lock).
+    fn give_back_memory(&mut self) {
+        if sys::heap_free_bytes() > self.heap_free_at_trim + TRIM_AFTER {
+            sys::give_back_free_heap(self.cfg.memory_locked);
+            self.heap_free_at_trim = sys::heap_free_bytes();
+        }
     }
 
     /// Handles the frames read, while the output has room.
@@ -213,8 +232,7 @@ impl<'a> Session<'a> {
             }
             Message::LoadProbe(req) => self.load(&req),
             Message::UnloadProbe { probe_id } => {
-                let locked = self.cfg.memory_locked;
-                if sys::with_memory_unlocked(locked, || self.probes.unload(probe_id)) {
+                if self.probes.unload(probe_id) {
                     log::info!("probe id {probe_id} unloaded");
                     self.send(&Message::ProbeUnloaded { probe_id });
                 } else {
@@ -281,8 +299,7 @@ impl<'a> Session<'a> {
     }
 
     fn load(&mut self, req: &vesper_proto::LoadProbe) {
-        let probes = &mut self.probes;
-        match sys::with_memory_unlocked(self.cfg.memory_locked, || probes.load(req)) {
+        match self.probes.load(req) {
             Ok(load_us) => {
                 log::info!(
                     "probe {} (id {}) loaded and attached in {} us",

@@ -88,22 +88,18 @@ pub fn tune_allocator() {
     }
 }
 
-/// Runs `f` with the agent's memory unlocked (if `locked`), then gives the heap's free
-/// pages back ([`trim_heap`]) and locks again, on fault: pages freed while unlocked stay
-/// out. Loading a probe allocates and frees megabytes (see `probes.rs`); locked pages
-/// could not be given back (madvise refuses them), and relocking without on-fault would
-/// make every page of every mapping resident again.
-pub fn with_memory_unlocked<T>(locked: bool, f: impl FnOnce() -> T) -> T {
+/// Gives the heap's free pages back to the kernel. Locked pages cannot be given back
+/// (madvise refuses them): with `locked`, the lock is lifted for the trim and taken again,
+/// on fault, so the pages given back stay out.
+pub fn give_back_free_heap(locked: bool) {
     if locked {
         // SAFETY: munlockall takes no arguments and touches no memory of ours.
         unsafe { libc::munlockall() };
     }
-    let r = f();
     trim_heap();
     if locked && let Err(e) = lock_memory() {
         log::warn!("mlockall again failed ({e}); the agent is unlocked");
     }
-    r
 }
 
 /// Merges the heap's free chunks and gives their pages back to the kernel (pages that are
@@ -114,6 +110,17 @@ pub fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Bytes of the heap that are free (in the allocator's bins, resident or not).
+pub fn heap_free_bytes() -> usize {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's own counters and returns a copy.
+        unsafe { libc::mallinfo2() }.fordblks
+    }
+    #[cfg(not(target_env = "gnu"))]
+    0
 }
 
 /// The running kernel's release string (uname -r).

@@ -10,8 +10,9 @@
 mod common;
 #[path = "lab/kernels.rs"]
 mod kernels;
+// `burst::` sorts before the destructive `lab_` tests (tests run in name order).
 #[path = "lab/ring.rs"]
-mod ring;
+mod burst;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

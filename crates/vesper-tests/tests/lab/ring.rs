@@ -1,7 +1,7 @@
 //! A probe's ring buffer is as big as its script says (`config = { ring_kib = N }`), and
 //! what a small one cannot hold in a burst is dropped in the guest and counted: the host's
-//! per-probe counters account for every event (received + dropped = the burst). Named
-//! `burst_`, the test runs before the destructive `lab_` ones.
+//! per-probe counters account for every event (received + dropped = the burst). Its module
+//! is `burst` in `lab.rs`: it runs before the destructive `lab_` tests.
 
 use std::time::Duration;
 
