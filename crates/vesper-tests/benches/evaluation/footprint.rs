@@ -133,7 +133,7 @@ pub fn run(setup: &Setup) -> Value {
             by_kind.join(", "),
         ]);
         rows.push(vec![
-            "  peak RSS (VmHWM, while loading: aya parses the kernel's BTF), MiB".into(),
+            "  peak RSS (VmHWM, at start: aya's loader parses the kernel's BTF once), MiB".into(),
             mib(*hwm),
         ]);
     }
