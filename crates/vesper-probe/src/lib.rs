@@ -144,8 +144,8 @@ pub enum BuildError {
     NoManifest { name: String },
 }
 
-/// Default ring buffer size per probe: 1 MiB holds ~14k 72-byte records.
-pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+/// Default ring buffer size per probe (a script's `config = { ring_kib = N }` overrides it).
+pub use compiler::passes::object::DEFAULT_RING_BYTES;
 
 /// What to load: a built-in probe, a script, or an object built elsewhere.
 #[derive(Debug, Clone, PartialEq, Eq)]
