@@ -4,7 +4,7 @@
 //! arrival on and departure from this host.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Instant, UNIX_EPOCH};
 
 use super::{Link, ProbePhase, Session, now_ms};
 
@@ -47,7 +47,7 @@ impl Session {
         if !force
             && self
                 .seen_written
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                .is_some_and(|t| t.elapsed() < super::SEEN_EVERY)
         {
             return;
         }

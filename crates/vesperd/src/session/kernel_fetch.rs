@@ -323,6 +323,16 @@ impl KernelFetch {
     }
 
     /// Called on every tick: an agent that stopped answering fails the transfer.
+    /// When the agent's answer is due, while one is awaited.
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            KernelFetch::Identifying { since, .. } | KernelFetch::Receiving { since, .. } => {
+                Some(*since + ANSWER_TIMEOUT)
+            }
+            _ => None,
+        }
+    }
+
     pub fn check_timeout(&mut self) -> FetchStep {
         let since = match self {
             KernelFetch::Identifying { since, .. } | KernelFetch::Receiving { since, .. } => *since,

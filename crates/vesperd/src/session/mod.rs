@@ -87,6 +87,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// costs one syscall, and a VM that migrates in should get its probes within a second.
 pub const ELSEWHERE_POLL: Duration = Duration::from_millis(200);
 pub use vesper_config::DEFAULT_BOOT_TIMEOUT;
+/// How often a session with nothing due wakes anyway (a safety net for its checks).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How often the seen file is written while probes are attached.
+const SEEN_EVERY: Duration = Duration::from_secs(1);
 
 /// The session's state as status and metrics name it (see [`Link`] for each one's data).
 pub use vesper_api::State;
@@ -506,8 +510,8 @@ impl Session {
         self.enter(Link::Handshake {
             since: Instant::now(),
         });
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
         let end = loop {
+            let wake = tokio::time::Instant::from_std(self.next_wake());
             let step = tokio::select! {
                 m = frx.recv() => match m {
                     Some(Ok(msg)) => self.on_message(msg, &mut wr).await,
@@ -518,13 +522,13 @@ impl Session {
                     Some(cmd) => self.on_command(cmd, &mut wr).await,
                     None => Err("daemon shutting down".to_string()),
                 },
-                _ = tick.tick() => {
+                _ = tokio::time::sleep_until(wake) => {
                     let step = self.kernel_fetch.check_timeout();
                     match self.kernel_step(step, &mut wr).await {
                         Ok(()) => match self.run_intervals(&mut wr).await {
-                        Ok(()) => self.on_tick(),
-                        Err(e) => Err(e),
-                    },
+                            Ok(()) => self.on_tick(),
+                            Err(e) => Err(e),
+                        },
                         Err(e) => Err(e),
                     }
                 }
@@ -542,6 +546,45 @@ impl Session {
         };
         reader.abort();
         end
+    }
+
+    /// When the session next has something to do on its own: a timeout, the deadtime, a
+    /// reset guest's boot timeout, an interval probe's turn, the seen file's write. With
+    /// nothing due it wakes once a second anyway: 500 quiet sessions wake 500 times a
+    /// second, not the 5,000 a fixed 100 ms tick cost.
+    fn next_wake(&self) -> Instant {
+        // Checks are "more than the timeout ago": a wake just past the deadline, not on it.
+        const PAST: Duration = Duration::from_millis(2);
+        let now = Instant::now();
+        let mut at = now + IDLE_WAKE;
+        let mut soon = |t: Instant| at = at.min(t);
+        if self.observing() {
+            soon(self.seen_written.map_or(now, |t| t + SEEN_EVERY));
+        }
+        match &self.link {
+            Link::Handshake { since } => soon(*since + HELLO_TIMEOUT + PAST),
+            Link::Ready(g) => {
+                if let Some(t) = g.reset_at {
+                    soon(t + self.boot_timeout + PAST);
+                }
+                if let Some(t) = self.last_heard {
+                    soon(t + self.deadtime + PAST);
+                }
+            }
+            _ => {}
+        }
+        if let Some(t) = self.kernel_fetch.deadline() {
+            soon(t + PAST);
+        }
+        let loaded = self
+            .probes
+            .values()
+            .filter(|p| p.status.phase == ProbePhase::Loaded);
+        for p in loaded {
+            // An interval not started yet starts at once.
+            p.next_interval.iter().for_each(|n| soon(n.unwrap_or(now)));
+        }
+        at
     }
 
     fn on_tick(&mut self) -> Result<(), End> {
