@@ -27,6 +27,8 @@ const FAULTY: &str = "guest1";
 const BESIDE: &str = "guest2";
 /// Records timed per phase.
 const SAMPLES: usize = 30;
+/// Failovers timed per phase (each waits for Pacemaker to recover the resource).
+const FAULTS: usize = 3;
 
 /// A directory whose writes can be made to hang.
 struct StallableDisk {
@@ -130,6 +132,11 @@ fn record_latencies(rx: &mpsc::Receiver<(Instant, Value)>, to: u32) -> Vec<f64> 
     out
 }
 
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -210,7 +217,7 @@ fn a_stalled_disk_holds_up_no_session_and_no_failover() {
 
     // Normal: the disk answers.
     let normal = record_latencies(&rx, to);
-    let normal_action = fault(&h, &cluster, 0);
+    let normal_action = median((0..FAULTS).map(|n| fault(&h, &cluster, n)).collect());
     let file = state.join(format!("records/{BESIDE}.jsonl"));
     wait_until(
         Duration::from_secs(5),
@@ -232,7 +239,11 @@ fn a_stalled_disk_holds_up_no_session_and_no_failover() {
         })
         .unwrap();
     let stalled = record_latencies(&rx, to);
-    let stalled_action = fault(&h, &cluster, 1);
+    let stalled_action = median(
+        (FAULTS..2 * FAULTS)
+            .map(|n| fault(&h, &cluster, n))
+            .collect(),
+    );
     let status = h.vesper_ok(&["status"]);
     assert!(
         status.contains("disk: ") && status.contains("bytes queued"),
@@ -252,7 +263,9 @@ fn a_stalled_disk_holds_up_no_session_and_no_failover() {
             pct(l, 1.0)
         );
     }
-    eprintln!("pacemaker action, normal {normal_action} ms, disk stalled {stalled_action} ms");
+    eprintln!(
+        "pacemaker action (median of {FAULTS}), normal {normal_action} ms, disk stalled {stalled_action} ms"
+    );
     // Within 10 % of normal, with a floor for the scheduling noise of a 2-core machine
     // (2 ms on a record, 50 ms on an action): a daemon that waited on the disk would be
     // seconds late, or never done.
@@ -285,9 +298,9 @@ fn a_stalled_disk_holds_up_no_session_and_no_failover() {
                 .lines()
                 .filter(|l| l.contains("\"pending\":false") && !l.contains("\"debounced\":true"))
                 .count()
-                >= 2
+                >= 2 * FAULTS
         },
-        "both verdicts in the why-log file",
+        "every verdict in the why-log file",
     );
     let st = h.vm_status(BESIDE);
     assert_eq!(st["store_file_dropped"], 0, "{st}");

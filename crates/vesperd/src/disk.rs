@@ -218,16 +218,18 @@ impl DiskWriter {
     }
 }
 
-/// The writer thread: takes jobs in order until the queue is closed and empty.
+/// The writer thread: takes every queued job at each wake-up, until the queue is closed
+/// and empty. Appends to one file queued since the last wake-up become one write (a busy
+/// host queues a batch per VM every few milliseconds: one system call each was the cost).
 fn run(shared: &Shared) {
     let mut files = Files::default();
     loop {
-        let job = {
+        let jobs = {
             let mut q = lock(&shared.queue);
             loop {
-                if let Some((_, job)) = q.jobs.pop_front() {
+                if !q.jobs.is_empty() {
                     q.busy = Some(Instant::now());
-                    break job;
+                    break std::mem::take(&mut q.jobs);
                 }
                 if q.closed {
                     return;
@@ -238,27 +240,72 @@ fn run(shared: &Shared) {
                 };
             }
         };
-        let result = files.write(&job);
-        let mut q = lock(&shared.queue);
-        q.busy = None;
-        q.bytes -= job.len();
-        match result {
-            Ok(n) => {
-                q.stats.written_bytes += n;
-                q.errors.remove(job.path());
-            }
-            Err(e) => {
-                let msg = format!("{}: {e}", job.path().display());
-                if q.errors.get(job.path()) != Some(&msg) {
-                    tracing::warn!(error = %msg, "cannot write to the disk; records and verdicts are kept in memory only");
+        for (job, queued) in merge(jobs.into_iter().map(|(_, j)| j)) {
+            let result = files.write(&job);
+            let mut q = lock(&shared.queue);
+            // Its bytes stay counted until written: they are memory held until then.
+            q.bytes -= queued;
+            match result {
+                Ok(n) => {
+                    q.stats.written_bytes += n;
+                    q.errors.remove(job.path());
                 }
-                q.stats.failed_writes += 1;
-                q.errors.insert(job.path().to_path_buf(), msg);
+                Err(e) => {
+                    let msg = format!("{}: {e}", job.path().display());
+                    if q.errors.get(job.path()) != Some(&msg) {
+                        tracing::warn!(error = %msg, "cannot write to the disk; records and verdicts are kept in memory only");
+                    }
+                    q.stats.failed_writes += 1;
+                    q.errors.insert(job.path().to_path_buf(), msg);
+                }
             }
         }
-        drop(q);
+        lock(&shared.queue).busy = None;
         shared.done.notify_all();
     }
+}
+
+/// Joins each file's consecutive appends (same rotation) into one, and keeps only the last
+/// of its consecutive replacements; the order of each file's jobs is kept. Each job comes
+/// with the bytes the queue counted for the jobs it stands for.
+fn merge(jobs: impl Iterator<Item = Job>) -> Vec<(Job, usize)> {
+    let mut out: Vec<(Job, usize)> = Vec::new();
+    let mut last: HashMap<PathBuf, usize> = HashMap::new();
+    for job in jobs {
+        let len = job.len();
+        if let Some(&i) = last.get(job.path()) {
+            let (merged, queued) = &mut out[i];
+            *queued += len;
+            match (merged, job) {
+                (
+                    Job::Append {
+                        data, rotate_at, ..
+                    },
+                    Job::Append {
+                        data: more,
+                        rotate_at: r,
+                        ..
+                    },
+                ) if *rotate_at == r => {
+                    data.extend_from_slice(&more);
+                    continue;
+                }
+                (Job::Replace { data, .. }, Job::Replace { data: newer, .. }) => {
+                    *data = newer;
+                    continue;
+                }
+                (_, job) => {
+                    out[i].1 -= len;
+                    last.insert(job.path().to_path_buf(), out.len());
+                    out.push((job, len));
+                    continue;
+                }
+            }
+        }
+        last.insert(job.path().to_path_buf(), out.len());
+        out.push((job, len));
+    }
+    out
 }
 
 /// The files the writer keeps open for appending, and their lengths.
@@ -438,6 +485,48 @@ mod tests {
         drop(reader);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 60);
         assert_eq!(w.stats().written_bytes, 60);
+        assert_eq!(w.stats().queued_bytes, 0, "every queued byte released");
+    }
+
+    #[test]
+    fn queued_jobs_are_merged_per_file_in_order_and_their_bytes_released() {
+        let (a, b) = (PathBuf::from("a.jsonl"), PathBuf::from("b.seen"));
+        let app = |p: &PathBuf, d: &[u8]| Job::Append {
+            path: p.clone(),
+            data: d.to_vec(),
+            rotate_at: NO_ROTATION,
+        };
+        let rep = |p: &PathBuf, d: &[u8]| Job::Replace {
+            path: p.clone(),
+            data: d.to_vec(),
+        };
+        let jobs = vec![
+            app(&a, b"1\n"),
+            rep(&b, b"10"),
+            app(&a, b"2\n"),
+            rep(&b, b"200"),
+            Job::Remove { path: b.clone() },
+            app(&a, b"3\n"),
+        ];
+        let queued: usize = jobs.iter().map(Job::len).sum();
+        let merged = merge(jobs.into_iter());
+        assert_eq!(merged.iter().map(|(_, n)| n).sum::<usize>(), queued);
+        let shapes: Vec<String> = merged
+            .iter()
+            .map(|(j, n)| match j {
+                Job::Append { data, .. } => {
+                    format!("append {} ({n})", String::from_utf8_lossy(data))
+                }
+                Job::Replace { data, .. } => {
+                    format!("replace {} ({n})", String::from_utf8_lossy(data))
+                }
+                Job::Remove { .. } => format!("remove ({n})"),
+            })
+            .collect();
+        assert_eq!(
+            shapes,
+            ["append 1\n2\n3\n (6)", "replace 200 (5)", "remove (0)"]
+        );
     }
 
     #[test]
