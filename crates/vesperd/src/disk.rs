@@ -64,6 +64,11 @@ pub use vesper_api::DiskStats;
 #[derive(Debug, Default)]
 struct Queue {
     jobs: VecDeque<(Instant, Job)>,
+    /// The number of jobs ever taken off the queue: `jobs[i]` is job `head + i`.
+    head: u64,
+    /// The job of each file whose last queued job is a replacement: a newer replacement
+    /// overwrites it in place (found at once, however long the queue of a stalled disk).
+    last_replace: HashMap<PathBuf, u64>,
     bytes: usize,
     /// A job is being written (taken off the queue, not done).
     busy: Option<Instant>,
@@ -142,12 +147,9 @@ impl DiskWriter {
         {
             let mut q = lock(&self.shared.queue);
             let q = &mut *q;
-            if let Some((_, Job::Replace { data: old, .. })) = q
-                .jobs
-                .iter_mut()
-                .rev()
-                .find(|(_, j)| j.path() == path)
-                .filter(|(_, j)| matches!(j, Job::Replace { .. }))
+            let queued = q.last_replace.get(path).map(|&n| (n - q.head) as usize);
+            if let Some((_, Job::Replace { data: old, .. })) =
+                queued.and_then(|i| q.jobs.get_mut(i))
             {
                 q.bytes = q.bytes - old.len() + data.len();
                 *old = data;
@@ -178,6 +180,11 @@ impl DiskWriter {
             return false;
         }
         q.bytes += len;
+        let n = q.head + q.jobs.len() as u64;
+        match &job {
+            Job::Replace { path, .. } => q.last_replace.insert(path.clone(), n),
+            other => q.last_replace.remove(other.path()),
+        };
         q.jobs.push_back((Instant::now(), job));
         drop(q);
         self.shared.work.notify_one();
@@ -229,6 +236,8 @@ fn run(shared: &Shared) {
             loop {
                 if !q.jobs.is_empty() {
                     q.busy = Some(Instant::now());
+                    q.head += q.jobs.len() as u64;
+                    q.last_replace.clear();
                     break std::mem::take(&mut q.jobs);
                 }
                 if q.closed {
@@ -542,6 +551,26 @@ mod tests {
         assert!(w.remove(&path));
         assert!(w.flush(WAIT));
         assert!(!path.exists());
+        // Stalled (a FIFO without a reader): replace, remove, replace keeps its order.
+        let fifo = dir.path().join("stalled");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(w.replace(&fifo, Vec::new()));
+        std::thread::sleep(Duration::from_millis(50));
+        for (i, remove) in [(1, false), (2, true), (3, false), (4, false)] {
+            assert!(w.replace(&path, format!("{i}").into_bytes()));
+            if remove {
+                assert!(w.remove(&path));
+            }
+        }
+        let reader = std::fs::File::open(&fifo).unwrap();
+        assert!(w.flush(WAIT));
+        drop(reader);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4");
+        assert_eq!(w.stats().queued_bytes, 0);
     }
 
     #[test]

@@ -125,6 +125,17 @@ async fn handshake_and_load(g: &mut FakeGuest) -> (u32, vesper_probe::Manifest) 
     )
 }
 
+/// A Hello from an agent that can do nothing but stream records.
+async fn hello(g: &mut FakeGuest) {
+    g.send(&Message::Hello(Hello {
+        agent_version: "f".into(),
+        kernel_release: "k".into(),
+        capabilities: 0,
+        boot_id: "b".into(),
+    }))
+    .await;
+}
+
 /// A record laid out as the manifest says (as the BPF program would write it).
 fn signal_record(m: &vesper_probe::Manifest, sig: i32, sender: &[u8], target: &[u8]) -> Vec<u8> {
     let schema = &m.schemas[0];
@@ -232,13 +243,7 @@ async fn garbage_closes_the_session_and_a_new_connection_reloads_probes() {
 async fn a_silent_agent_is_unresponsive_after_deadtime_and_recovers_on_any_frame() {
     let r = rig(&[]);
     let mut g = r.listener.guest().await;
-    g.send(&Message::Hello(Hello {
-        agent_version: "f".into(),
-        kernel_release: "k".into(),
-        capabilities: 0,
-        boot_id: "b".into(),
-    }))
-    .await;
+    hello(&mut g).await;
     wait_state(&r, State::Ready).await;
     wait_state(&r, State::Unresponsive).await; // deadtime is 300 ms
     g.send(&Message::Heartbeat {
@@ -368,13 +373,7 @@ async fn a_reset_guest_is_given_its_boot_timeout_and_its_new_boot_closes_the_gap
 async fn a_reset_guest_whose_agent_never_returns_is_unresponsive_after_its_boot_timeout() {
     let r = rig_with(&[], Duration::from_millis(600));
     let mut g = r.listener.guest().await;
-    g.send(&Message::Hello(Hello {
-        agent_version: "f".into(),
-        kernel_release: "k".into(),
-        capabilities: 0,
-        boot_id: "b".into(),
-    }))
-    .await;
+    hello(&mut g).await;
     wait_state(&r, State::Ready).await;
     host(&r, HostEvent::Reset).await;
     let t = std::time::Instant::now();
@@ -445,13 +444,7 @@ async fn a_load_during_the_handshake_waits_for_hello_and_for_the_kernels_layouts
 async fn waits_on_the_agent_are_answered_when_it_goes() {
     let r = rig(&[]);
     let mut g = r.listener.guest().await;
-    g.send(&Message::Hello(Hello {
-        agent_version: "f".into(),
-        kernel_release: "k".into(),
-        capabilities: 0,
-        boot_id: "b".into(),
-    }))
-    .await;
+    hello(&mut g).await;
     wait_state(&r, State::Ready).await;
     // A load waiting for its event's layout, and a kernel-info question.
     let (load, load_answer) = oneshot::channel();
