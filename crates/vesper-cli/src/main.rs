@@ -265,8 +265,8 @@ fn check(socket: &Path, vm: &str) -> anyhow::Result<()> {
     match &answer {
         Ok(c) if c.healthy => println!(
             "{vm}: healthy (agent {}, guest {})",
-            state_name(&c.state),
-            state_name(&c.guest)
+            render::name_of(&c.state),
+            render::name_of(&c.guest)
         ),
         Ok(c) => println!(
             "{vm}: FAILED: {}",
@@ -279,14 +279,6 @@ fn check(socket: &Path, vm: &str) -> anyhow::Result<()> {
         Err(e) => eprintln!("vesper check {vm}: {e}"),
     }
     std::process::exit(code);
-}
-
-/// A state's wire name ("ready", "running").
-fn state_name(s: &impl serde::Serialize) -> String {
-    match serde_json::to_value(s) {
-        Ok(Value::String(n)) => n,
-        _ => "?".into(),
-    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
