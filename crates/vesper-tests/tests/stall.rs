@@ -28,7 +28,7 @@ const BESIDE: &str = "guest2";
 /// Records timed per phase.
 const SAMPLES: usize = 30;
 /// Failovers timed per phase (each waits for Pacemaker to recover the resource).
-const FAULTS: usize = 3;
+const FAULTS: usize = 5;
 
 /// A directory whose writes can be made to hang.
 struct StallableDisk {
@@ -148,19 +148,27 @@ fn why(h: &Harness) -> Vec<Value> {
         .collect()
 }
 
-/// The Pacemaker action's time (ms from the verdict to its success) for the `n`th acted-on
-/// verdict, once done.
+/// For the `n`th acted-on verdict, once done: ms from the verdict until Pacemaker took the
+/// fail. That is what a stalled disk could delay; the action's whole time also holds
+/// its wait for Pacemaker 2.1.5's second count (up to 0.5 s, whatever the disk).
 fn action_ms(h: &Harness, n: usize) -> Option<u64> {
     let acted: Vec<Value> = why(h)
         .into_iter()
         .filter(|e| e["debounced"] == false && e["pending"] == false)
         .collect();
     let e = acted.get(n)?;
-    e["actions"]
+    let a = e["actions"]
         .as_array()?
         .iter()
-        .find(|a| a["kind"] == "pacemaker" && a["ok"] == true)
-        .and_then(|a| a["ms"].as_u64())
+        .find(|a| a["kind"] == "pacemaker" && a["ok"] == true)?;
+    let detail = a["detail"].as_str().unwrap_or("");
+    // "... accepted 12.3 ms after the verdict" (over the controller's IPC), else the tool's.
+    let accepted = detail
+        .split(" accepted ")
+        .nth(1)
+        .and_then(|r| r.split(" ms after the verdict").next())
+        .and_then(|ms| ms.parse::<f64>().ok());
+    accepted.map(|ms| ms.round() as u64).or(a["ms"].as_u64())
 }
 
 /// Kills a watched httpd in `FAULTY`; returns the Pacemaker action's time.
@@ -264,17 +272,16 @@ fn a_stalled_disk_holds_up_no_session_and_no_failover() {
         );
     }
     eprintln!(
-        "pacemaker action (median of {FAULTS}), normal {normal_action} ms, disk stalled {stalled_action} ms"
+        "pacemaker fail taken (median of {FAULTS}), normal {normal_action} ms, disk stalled {stalled_action} ms"
     );
-    // Within 10 % of normal, with a floor for the scheduling noise of a 2-core machine
-    // (2 ms on a record, 50 ms on an action): a daemon that waited on the disk would be
-    // seconds late, or never done.
+    // Within 10 % of normal, with a floor for the noise of a 2-core machine (2 ms on a
+    // record, 20 ms on a fail): a daemon that waited on the stalled disk would never be done.
     assert!(
         pct(&stalled, 0.5) <= pct(&normal, 0.5) * 1.1 + 2.0,
         "a record beside the stalled disk is late: {stalled:?} vs {normal:?}"
     );
     assert!(
-        stalled_action as f64 <= normal_action as f64 * 1.1 + 50.0,
+        stalled_action as f64 <= normal_action as f64 * 1.1 + 20.0,
         "the failover waited for the disk: {stalled_action} ms vs {normal_action} ms"
     );
 
