@@ -424,6 +424,18 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
+    /// A FIFO with no reader: writing to it blocks, as on a stalled disk, until it is
+    /// opened for reading.
+    fn stalled_file(dir: &Path) -> PathBuf {
+        let fifo = dir.join("stalled");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        fifo
+    }
+
     fn lines(p: &Path) -> usize {
         std::fs::read_to_string(p).map_or(0, |t| t.lines().count())
     }
@@ -461,13 +473,7 @@ mod tests {
     #[test]
     fn a_stalled_disk_drops_and_counts_without_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        // A FIFO with no reader: writing to it blocks, as a stalled disk does.
-        let fifo = dir.path().join("stalled");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = stalled_file(dir.path());
         let w = DiskWriter::start(100).unwrap();
         assert!(w.replace(&fifo, Vec::new()));
         let path = dir.path().join("a.jsonl");
@@ -551,13 +557,8 @@ mod tests {
         assert!(w.remove(&path));
         assert!(w.flush(WAIT));
         assert!(!path.exists());
-        // Stalled (a FIFO without a reader): replace, remove, replace keeps its order.
-        let fifo = dir.path().join("stalled");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        // Stalled: replace, remove, replace keeps its order.
+        let fifo = stalled_file(dir.path());
         assert!(w.replace(&fifo, Vec::new()));
         std::thread::sleep(Duration::from_millis(50));
         for (i, remove) in [(1, false), (2, true), (3, false), (4, false)] {
